@@ -1,0 +1,1362 @@
+#include "client/tlctl_commands.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <random>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/demo.h"
+#include "client/job_progress.h"
+#include "common/file_util.h"
+#include "common/proto_time.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace tlserve::cli {
+namespace {
+
+using absl::string_view;
+
+// absl::StrCat in Debian's Abseil takes absl::string_view, which is not
+// std::string_view there; every std::string_view crosses through this.
+string_view AV(std::string_view s) { return string_view(s.data(), s.size()); }
+
+absl::Status FlagError(std::string_view flag, std::string_view problem) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", AV(flag), ": ", AV(problem)));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Args
+
+bool Args::Has(std::string_view name) const {
+  return values_.find(name) != values_.end();
+}
+
+std::string Args::Get(std::string_view name, std::string fallback) const {
+  auto it = values_.find(name);
+  if (it == values_.end() || it->second.empty()) return fallback;
+  return it->second.back();
+}
+
+std::vector<std::string> Args::GetAll(std::string_view name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return {};
+  return it->second;
+}
+
+absl::StatusOr<bool> Args::GetBool(std::string_view name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return false;
+  std::string v = absl::AsciiStrToLower(it->second.back());
+  if (v.empty() || v == "true" || v == "1" || v == "yes") return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  return FlagError(name, absl::StrCat("'", v, "' is not true or false"));
+}
+
+absl::StatusOr<int64_t> Args::GetInt(std::string_view name,
+                                     int64_t fallback) const {
+  if (!Has(name)) return fallback;
+  return ParseIntFlag(name, Get(name));
+}
+
+absl::StatusOr<double> Args::GetDouble(std::string_view name,
+                                       double fallback) const {
+  if (!Has(name)) return fallback;
+  return ParseDoubleFlag(name, Get(name));
+}
+
+std::vector<std::string> Args::GetStringList(std::string_view name) const {
+  std::vector<std::string> out;
+  for (const std::string& value : GetAll(name)) {
+    for (string_view item : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+      out.emplace_back(absl::StripAsciiWhitespace(item));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<int64_t>> Args::GetIntList(
+    std::string_view name) const {
+  std::vector<int64_t> out;
+  for (const std::string& item : GetStringList(name)) {
+    ASSIGN_OR_RETURN(int64_t v, ParseIntFlag(name, item));
+    out.push_back(v);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<double>> Args::GetDoubleList(
+    std::string_view name) const {
+  std::vector<double> out;
+  for (const std::string& item : GetStringList(name)) {
+    ASSIGN_OR_RETURN(double v, ParseDoubleFlag(name, item));
+    out.push_back(v);
+  }
+  return out;
+}
+
+absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv,
+                               const std::vector<FlagDef>& defs) {
+  Args args;
+  bool only_positional = false;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& token = argv[i];
+    if (only_positional || !absl::StartsWith(token, "--") ||
+        token.size() == 2) {
+      if (!only_positional && token == "--") {
+        only_positional = true;
+      } else {
+        args.positional_.push_back(token);
+      }
+      continue;
+    }
+    std::string name = token.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+      has_value = true;
+    }
+    auto def = std::find_if(defs.begin(), defs.end(), [&](const FlagDef& d) {
+      return d.name == name;
+    });
+    if (def == defs.end()) {
+      std::vector<std::string> known;
+      for (const FlagDef& d : defs) known.push_back("--" + d.name);
+      std::sort(known.begin(), known.end());
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, known.empty() ? "" : " (known: ",
+                       absl::StrJoin(known, " "), known.empty() ? "" : ")"));
+    }
+    if (def->takes_value && !has_value) {
+      if (i + 1 >= argv.size()) return FlagError(name, "needs a value");
+      value = argv[++i];
+    }
+    auto& slot = args.values_[name];
+    if (!slot.empty() && !def->repeated) {
+      return FlagError(name, "given more than once");
+    }
+    slot.push_back(value);
+  }
+  return args;
+}
+
+absl::StatusOr<int64_t> ParseIntFlag(std::string_view flag,
+                                     std::string_view text) {
+  int64_t value = 0;
+  string_view t = absl::StripAsciiWhitespace(AV(text));
+  if (t.empty() || !absl::SimpleAtoi(t, &value)) {
+    return FlagError(flag, absl::StrCat("'", AV(text), "' is not an integer"));
+  }
+  return value;
+}
+
+absl::StatusOr<double> ParseDoubleFlag(std::string_view flag,
+                                       std::string_view text) {
+  double value = 0;
+  string_view t = absl::StripAsciiWhitespace(AV(text));
+  if (t.empty() || !absl::SimpleAtod(t, &value) || !std::isfinite(value)) {
+    return FlagError(flag, absl::StrCat("'", AV(text), "' is not a number"));
+  }
+  return value;
+}
+
+namespace {
+
+template <typename Enum>
+absl::StatusOr<Enum> ParseChoice(
+    std::string_view flag, std::string_view text,
+    const std::vector<std::pair<std::string, Enum>>& choices) {
+  std::string lower = absl::AsciiStrToLower(AV(text));
+  std::vector<std::string> names;
+  for (const auto& [name, value] : choices) {
+    if (name == lower) return value;
+    names.push_back(name);
+  }
+  return FlagError(flag, absl::StrCat("'", AV(text), "' is not one of ",
+                                      absl::StrJoin(names, ", ")));
+}
+
+// An int32 field from a flag, at least `min`. Absent: leaves *field alone.
+absl::Status GetInt32Into(const Args& args, std::string_view name, int64_t min,
+                          int32_t* field) {
+  if (!args.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int64_t v, ParseIntFlag(name, args.Get(name)));
+  if (v < min || v > std::numeric_limits<int32_t>::max()) {
+    return FlagError(name, absl::StrCat(v, " is out of range [", min, ", ",
+                                        std::numeric_limits<int32_t>::max(),
+                                        "]"));
+  }
+  *field = static_cast<int32_t>(v);
+  return absl::OkStatus();
+}
+
+// A float field from a flag within [min, max] (max_open: [min, max)).
+absl::Status GetFloatInto(const Args& args, std::string_view name, double min,
+                          double max, bool max_open, float* field) {
+  if (!args.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(double v, ParseDoubleFlag(name, args.Get(name)));
+  if (v < min || v > max || (max_open && v == max)) {
+    return FlagError(name, absl::StrCat(v, " is outside [", min, ", ", max,
+                                        max_open ? ")" : "]"));
+  }
+  *field = static_cast<float>(v);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::JobState> ParseJobState(std::string_view text) {
+  return ParseChoice<v1::JobState>(
+      "state", text,
+      {{"validating", v1::VALIDATING},
+       {"queued", v1::QUEUED},
+       {"running", v1::RUNNING},
+       {"succeeded", v1::SUCCEEDED},
+       {"failed", v1::FAILED},
+       {"cancelled", v1::CANCELLED}});
+}
+
+const std::vector<FlagDef>& JobCreateFlags() {
+  static const auto* flags = new std::vector<FlagDef>{
+      {"spec-json"},     {"kind"},         {"name"},
+      {"dataset"},       {"classes"},      {"samples-per-class"},
+      {"val-fraction"},  {"max-test-samples"},
+      {"backbone"},      {"init"},         {"freeze"},
+      {"blocks"},        {"backbone-lr-scale"},
+      {"optimizer"},     {"lr"},           {"momentum"},
+      {"weight-decay"},  {"schedule"},     {"warmup-epochs"},
+      {"epochs"},        {"batch-size"},   {"seed"},
+      {"priority"},      {"device"},       {"max-attempts"},
+      {"hidden"},        {"dropout"},      {"backbone-name"},
+      {"base-width"},    {"request-id"},   {"watch", false}};
+  return *flags;
+}
+
+absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
+  if (args.Has("kind")) {
+    ASSIGN_OR_RETURN(v1::JobKind kind,
+                     ParseChoice<v1::JobKind>(
+                         "kind", args.Get("kind"),
+                         {{"fine_tune", v1::FINE_TUNE},
+                          {"pretrain", v1::PRETRAIN}}));
+    spec->set_kind(kind);
+  }
+  if (args.Has("name")) spec->set_display_name(args.Get("name"));
+
+  v1::DataSpec* data = spec->mutable_data();
+  if (args.Has("dataset")) data->set_dataset_id(args.Get("dataset"));
+  if (args.Has("classes")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> classes, args.GetIntList("classes"));
+    data->clear_class_subset();
+    for (int64_t c : classes) {
+      if (c < 0 || c > std::numeric_limits<int32_t>::max()) {
+        return FlagError("classes", absl::StrCat("label ", c,
+                                                 " is negative or too big"));
+      }
+      data->add_class_subset(static_cast<int32_t>(c));
+    }
+  }
+  int32_t i32 = 0;
+  float f = 0;
+  i32 = data->samples_per_class();
+  RETURN_IF_ERROR(GetInt32Into(args, "samples-per-class", 0, &i32));
+  data->set_samples_per_class(i32);
+  f = data->validation_fraction();
+  RETURN_IF_ERROR(GetFloatInto(args, "val-fraction", 0, 1, true, &f));
+  data->set_validation_fraction(f);
+  i32 = data->max_test_samples();
+  RETURN_IF_ERROR(GetInt32Into(args, "max-test-samples", 0, &i32));
+  data->set_max_test_samples(i32);
+
+  if (args.Has("backbone")) spec->set_backbone_id(args.Get("backbone"));
+  if (args.Has("init")) {
+    ASSIGN_OR_RETURN(v1::BackboneInit init,
+                     ParseChoice<v1::BackboneInit>(
+                         "init", args.Get("init"),
+                         {{"pretrained", v1::PRETRAINED},
+                          {"random", v1::RANDOM}}));
+    spec->set_backbone_init(init);
+  }
+
+  v1::FreezePolicy* freeze = spec->mutable_freeze();
+  if (args.Has("freeze")) {
+    ASSIGN_OR_RETURN(v1::FreezePolicy::Mode mode,
+                     ParseChoice<v1::FreezePolicy::Mode>(
+                         "freeze", args.Get("freeze"),
+                         {{"frozen", v1::FreezePolicy::FROZEN},
+                          {"last_n_blocks", v1::FreezePolicy::LAST_N_BLOCKS},
+                          {"full", v1::FreezePolicy::FULL}}));
+    freeze->set_mode(mode);
+  }
+  i32 = freeze->n_blocks();
+  RETURN_IF_ERROR(GetInt32Into(args, "blocks", 1, &i32));
+  freeze->set_n_blocks(i32);
+  // Catch the two easy mistakes here rather than after a round trip.
+  if (args.Has("blocks") &&
+      freeze->mode() != v1::FreezePolicy::LAST_N_BLOCKS) {
+    return FlagError("blocks", "only applies with --freeze last_n_blocks");
+  }
+  if (freeze->mode() == v1::FreezePolicy::LAST_N_BLOCKS &&
+      freeze->n_blocks() < 1) {
+    return FlagError("freeze", "last_n_blocks needs --blocks N (N >= 1)");
+  }
+  f = freeze->backbone_lr_scale();
+  RETURN_IF_ERROR(GetFloatInto(args, "backbone-lr-scale", 0, 1e6, false, &f));
+  freeze->set_backbone_lr_scale(f);
+
+  v1::OptimizerSpec* opt = spec->mutable_optimizer();
+  if (args.Has("optimizer")) {
+    ASSIGN_OR_RETURN(v1::OptimizerSpec::Kind kind,
+                     ParseChoice<v1::OptimizerSpec::Kind>(
+                         "optimizer", args.Get("optimizer"),
+                         {{"sgd", v1::OptimizerSpec::SGD},
+                          {"adamw", v1::OptimizerSpec::ADAMW}}));
+    opt->set_kind(kind);
+  }
+  f = opt->learning_rate();
+  RETURN_IF_ERROR(GetFloatInto(args, "lr", 0, 1e3, false, &f));
+  opt->set_learning_rate(f);
+  f = opt->momentum();
+  RETURN_IF_ERROR(GetFloatInto(args, "momentum", 0, 1, true, &f));
+  opt->set_momentum(f);
+  f = opt->weight_decay();
+  RETURN_IF_ERROR(GetFloatInto(args, "weight-decay", 0, 1e3, false, &f));
+  opt->set_weight_decay(f);
+
+  v1::ScheduleSpec* schedule = spec->mutable_schedule();
+  if (args.Has("schedule")) {
+    ASSIGN_OR_RETURN(v1::ScheduleSpec::Kind kind,
+                     ParseChoice<v1::ScheduleSpec::Kind>(
+                         "schedule", args.Get("schedule"),
+                         {{"cosine", v1::ScheduleSpec::COSINE},
+                          {"constant", v1::ScheduleSpec::CONSTANT}}));
+    schedule->set_kind(kind);
+  }
+  i32 = schedule->warmup_epochs();
+  RETURN_IF_ERROR(GetInt32Into(args, "warmup-epochs", 0, &i32));
+  schedule->set_warmup_epochs(i32);
+
+  i32 = spec->epochs();
+  RETURN_IF_ERROR(GetInt32Into(args, "epochs", 1, &i32));
+  spec->set_epochs(i32);
+  i32 = spec->batch_size();
+  RETURN_IF_ERROR(GetInt32Into(args, "batch-size", 1, &i32));
+  spec->set_batch_size(i32);
+  if (args.Has("seed")) {
+    ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+    if (seed < 0) return FlagError("seed", "must not be negative");
+    spec->set_seed(static_cast<uint64_t>(seed));
+  }
+  i32 = spec->priority();
+  RETURN_IF_ERROR(
+      GetInt32Into(args, "priority", std::numeric_limits<int32_t>::min(), &i32));
+  spec->set_priority(i32);
+  if (args.Has("device")) {
+    std::string device = args.Get("device");
+    if (device != "cpu" && device != "cuda") {
+      return FlagError("device", absl::StrCat("'", device,
+                                              "' is not one of cpu, cuda"));
+    }
+    spec->set_device(device);
+  }
+  i32 = spec->max_attempts();
+  RETURN_IF_ERROR(GetInt32Into(args, "max-attempts", 1, &i32));
+  spec->set_max_attempts(i32);
+
+  v1::HeadSpec* head = spec->mutable_head();
+  if (args.Has("hidden")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> sizes, args.GetIntList("hidden"));
+    head->clear_hidden_sizes();
+    for (int64_t size : sizes) {
+      if (size < 1 || size > (1 << 20)) {
+        return FlagError("hidden", absl::StrCat("layer size ", size,
+                                                " is outside [1, 1048576]"));
+      }
+      head->add_hidden_sizes(static_cast<int32_t>(size));
+    }
+  }
+  f = head->dropout();
+  RETURN_IF_ERROR(GetFloatInto(args, "dropout", 0, 1, true, &f));
+  head->set_dropout(f);
+
+  if (args.Has("backbone-name")) {
+    spec->mutable_pretrain()->set_backbone_name(args.Get("backbone-name"));
+  }
+  i32 = spec->pretrain().base_width();
+  RETURN_IF_ERROR(GetInt32Into(args, "base-width", 1, &i32));
+  if (i32 != 0) spec->mutable_pretrain()->set_base_width(i32);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobSpec> JobSpecFromArgs(const Args& args) {
+  v1::JobSpec spec;
+  if (args.Has("spec-json")) {
+    std::string path = args.Get("spec-json");
+    ASSIGN_OR_RETURN(std::string json, ReadFile(path));
+    auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--spec-json ", path, ": not a JobSpec: ",
+                       std::string(status.message())));
+    }
+  }
+  RETURN_IF_ERROR(ApplyJobSpecFlags(args, &spec));
+  if (spec.kind() == v1::JOB_KIND_UNSPECIFIED) spec.set_kind(v1::FINE_TUNE);
+  return spec;
+}
+
+absl::StatusOr<v1::InputSpec> InputSpecFromArgs(const Args& args) {
+  v1::InputSpec spec;
+  if (args.Has("spec-json")) {
+    std::string path = args.Get("spec-json");
+    ASSIGN_OR_RETURN(std::string json, ReadFile(path));
+    auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--spec-json ", path, ": not an InputSpec: ",
+                       std::string(status.message())));
+    }
+  }
+  int32_t v = spec.channels();
+  RETURN_IF_ERROR(GetInt32Into(args, "channels", 1, &v));
+  spec.set_channels(v);
+  v = spec.height();
+  RETURN_IF_ERROR(GetInt32Into(args, "height", 1, &v));
+  spec.set_height(v);
+  v = spec.width();
+  RETURN_IF_ERROR(GetInt32Into(args, "width", 1, &v));
+  spec.set_width(v);
+  if (args.Has("mean")) {
+    ASSIGN_OR_RETURN(std::vector<double> mean, args.GetDoubleList("mean"));
+    spec.clear_mean();
+    for (double m : mean) spec.add_mean(static_cast<float>(m));
+  }
+  if (args.Has("std")) {
+    ASSIGN_OR_RETURN(std::vector<double> std, args.GetDoubleList("std"));
+    spec.clear_std();
+    for (double s : std) {
+      if (s <= 0) return FlagError("std", "every value must be > 0");
+      spec.add_std(static_cast<float>(s));
+    }
+  }
+  if (spec.channels() < 1 || spec.height() < 1 || spec.width() < 1) {
+    return absl::InvalidArgumentError(
+        "the input spec needs --channels, --height and --width (or "
+        "--spec-json FILE)");
+  }
+  if (spec.mean_size() != spec.channels() ||
+      spec.std_size() != spec.channels()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--mean and --std need one value per channel (", spec.channels(),
+        "); got ", spec.mean_size(), " and ", spec.std_size()));
+  }
+  return spec;
+}
+
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(header.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  };
+  measure(header);
+  for (const auto& row : rows) measure(row);
+  std::string out;
+  auto append = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      absl::StrAppend(&line, row[i]);
+      if (i + 1 < row.size()) {
+        line.append(widths[i] - row[i].size() + 2, ' ');
+      }
+    }
+    absl::StrAppend(&out, line, "\n");
+  };
+  append(header);
+  for (const auto& row : rows) append(row);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+namespace {
+
+struct Context {
+  const RunOptions* options = nullptr;
+  std::ostream* out = nullptr;
+  std::ostream* err = nullptr;
+  bool json = false;
+  std::string server;
+  absl::Duration timeout = absl::Seconds(30);
+  std::unique_ptr<Client> client;
+
+  absl::StatusOr<Client*> GetClient() {
+    if (client == nullptr) {
+      Client::Options client_options;
+      client_options.target = server;
+      client_options.timeout = timeout;
+      ASSIGN_OR_RETURN(client, Client::Connect(std::move(client_options)));
+    }
+    return client.get();
+  }
+};
+
+using Handler = absl::StatusOr<int> (*)(Context&, const Args&);
+
+struct Command {
+  std::string group;
+  std::string verb;  // "" for one-word commands
+  std::string usage;
+  size_t positional = 0;  // exactly this many positional arguments
+  std::vector<FlagDef> flags;
+  Handler run = nullptr;
+};
+
+absl::Status PrintJson(Context& ctx, const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  auto status =
+      google::protobuf::util::MessageToJsonString(message, &json, options);
+  if (!status.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot print JSON: ", std::string(status.message())));
+  }
+  *ctx.out << json;
+  if (json.empty() || json.back() != '\n') *ctx.out << "\n";
+  return absl::OkStatus();
+}
+
+std::string TimeText(const google::protobuf::Timestamp& t) {
+  if (t.seconds() == 0 && t.nanos() == 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", FromProtoTime(t),
+                          absl::LocalTimeZone());
+}
+
+std::string Bytes(int64_t n) {
+  if (n >= (1 << 20)) return absl::StrFormat("%.1f MiB", n / 1048576.0);
+  if (n >= (1 << 10)) return absl::StrFormat("%.1f KiB", n / 1024.0);
+  return absl::StrCat(n, " B");
+}
+
+std::string InputSpecText(const v1::InputSpec& s) {
+  return absl::StrFormat("%dx%dx%d mean [%s] std [%s]", s.channels(),
+                         s.height(), s.width(), absl::StrJoin(s.mean(), ","),
+                         absl::StrJoin(s.std(), ","));
+}
+
+std::string KindName(v1::JobKind kind) {
+  return absl::AsciiStrToLower(v1::JobKind_Name(kind));
+}
+
+// --- dataset ---
+
+absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
+  std::string name = args.Get("name");
+  if (name.empty()) return FlagError("name", "is required");
+  std::vector<std::pair<v1::DatasetPartRole, std::string>> parts;
+  v1::DatasetFormat format;
+  bool idx = args.Has("idx-train-images") || args.Has("idx-train-labels") ||
+             args.Has("idx-test-images") || args.Has("idx-test-labels");
+  bool archive = args.Has("archive") || args.Has("test-archive");
+  if (idx == archive) {
+    return absl::InvalidArgumentError(
+        "give either --idx-train-images and --idx-train-labels (IDX) or "
+        "--archive (a tar of class_name/*.png|jpg), not both or neither");
+  }
+  if (idx) {
+    format = v1::IDX;
+    if (!args.Has("idx-train-images") || !args.Has("idx-train-labels")) {
+      return absl::InvalidArgumentError(
+          "IDX needs both --idx-train-images and --idx-train-labels");
+    }
+    if (args.Has("idx-test-images") != args.Has("idx-test-labels")) {
+      return absl::InvalidArgumentError(
+          "give --idx-test-images and --idx-test-labels together");
+    }
+    parts.emplace_back(v1::TRAIN_IMAGES, args.Get("idx-train-images"));
+    parts.emplace_back(v1::TRAIN_LABELS, args.Get("idx-train-labels"));
+    if (args.Has("idx-test-images")) {
+      parts.emplace_back(v1::TEST_IMAGES, args.Get("idx-test-images"));
+      parts.emplace_back(v1::TEST_LABELS, args.Get("idx-test-labels"));
+    }
+  } else {
+    format = v1::IMAGE_FOLDER_TAR;
+    if (!args.Has("archive")) return FlagError("archive", "is required");
+    if (args.Has("class-names")) {
+      return FlagError("class-names",
+                       "archives take class names from their folder names");
+    }
+    parts.emplace_back(v1::TRAIN_ARCHIVE, args.Get("archive"));
+    if (args.Has("test-archive")) {
+      parts.emplace_back(v1::TEST_ARCHIVE, args.Get("test-archive"));
+    }
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Dataset dataset,
+                   client->UploadDatasetFiles(name, format, parts,
+                                              args.GetStringList("class-names"),
+                                              args.Get("request-id")));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, dataset));
+  } else {
+    *ctx.out << "uploaded dataset " << dataset.id() << " ('" << dataset.name()
+             << "'): " << dataset.train_count() << " train, "
+             << dataset.test_count() << " test images, "
+             << dataset.class_names_size() << " classes\n";
+  }
+  return 0;
+}
+
+void PrintDatasetDetails(Context& ctx, const v1::Dataset& d) {
+  std::ostream& o = *ctx.out;
+  o << "id:       " << d.id() << "\n"
+    << "name:     " << d.name() << "\n"
+    << "format:   " << v1::DatasetFormat_Name(d.format()) << "\n"
+    << "images:   " << d.train_count() << " train, " << d.test_count()
+    << " test";
+  if (d.height() > 0) {
+    o << " (" << d.channels() << "x" << d.height() << "x" << d.width() << ")";
+  }
+  o << "\ncreated:  " << TimeText(d.create_time()) << "\n";
+  std::vector<std::vector<std::string>> rows;
+  for (int i = 0; i < d.class_names_size(); ++i) {
+    rows.push_back(
+        {absl::StrCat(i), d.class_names(i),
+         i < d.train_class_counts_size() ? absl::StrCat(d.train_class_counts(i))
+                                         : "-",
+         i < d.test_class_counts_size() ? absl::StrCat(d.test_class_counts(i))
+                                        : "-"});
+  }
+  o << "\n" << FormatTable({"LABEL", "CLASS", "TRAIN", "TEST"}, rows);
+}
+
+absl::StatusOr<int> DatasetGet(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Dataset d, client->GetDataset(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, d));
+  } else {
+    PrintDatasetDetails(ctx, d);
+  }
+  return 0;
+}
+
+absl::StatusOr<int> DatasetList(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  v1::ListDatasetsResponse response;
+  if (args.Has("page-size") || args.Has("page-token")) {
+    ASSIGN_OR_RETURN(int64_t size, args.GetInt("page-size", 0));
+    ASSIGN_OR_RETURN(response, client->ListDatasetsPage(
+                                   static_cast<int32_t>(size),
+                                   args.Get("page-token")));
+  } else {
+    ASSIGN_OR_RETURN(std::vector<v1::Dataset> all, client->ListDatasets());
+    for (auto& d : all) *response.add_datasets() = std::move(d);
+  }
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Dataset& d : response.datasets()) {
+    rows.push_back({d.id(), d.name(), v1::DatasetFormat_Name(d.format()),
+                    absl::StrCat(d.train_count()), absl::StrCat(d.test_count()),
+                    absl::StrCat(d.class_names_size()),
+                    TimeText(d.create_time())});
+  }
+  *ctx.out << FormatTable(
+      {"ID", "NAME", "FORMAT", "TRAIN", "TEST", "CLASSES", "CREATED"}, rows);
+  if (!response.next_page_token().empty()) {
+    *ctx.out << "next page: --page-token=" << response.next_page_token()
+             << "\n";
+  }
+  return 0;
+}
+
+absl::StatusOr<int> DatasetDelete(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  RETURN_IF_ERROR(client->DeleteDataset(args.positional()[0]));
+  if (!ctx.json) *ctx.out << "deleted dataset " << args.positional()[0] << "\n";
+  return 0;
+}
+
+// --- backbone ---
+
+void PrintBackboneDetails(Context& ctx, const v1::Backbone& b) {
+  *ctx.out << "id:           " << b.id() << "\n"
+           << "name:         " << b.name() << "\n"
+           << "input:        " << InputSpecText(b.input_spec()) << "\n"
+           << "feature dim:  "
+           << (b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "unknown")
+           << "\n"
+           << "blocks:       " << absl::StrJoin(b.blocks(), ", ") << "\n"
+           << "size:         " << Bytes(b.size_bytes()) << "\n"
+           << "sha256:       " << b.sha256() << "\n"
+           << "source job:   "
+           << (b.source_job_id().empty() ? "-" : b.source_job_id()) << "\n"
+           << "created:      " << TimeText(b.create_time()) << "\n";
+}
+
+absl::StatusOr<int> BackboneUpload(Context& ctx, const Args& args) {
+  std::string name = args.Get("name");
+  if (name.empty()) return FlagError("name", "is required");
+  if (!args.Has("file")) return FlagError("file", "is required");
+  ASSIGN_OR_RETURN(v1::InputSpec spec, InputSpecFromArgs(args));
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Backbone b,
+                   client->UploadBackbone(name, args.Get("file"), spec,
+                                          args.Get("request-id")));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, b));
+  } else {
+    PrintBackboneDetails(ctx, b);
+  }
+  return 0;
+}
+
+absl::StatusOr<int> BackboneGet(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Backbone b, client->GetBackbone(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, b));
+  } else {
+    PrintBackboneDetails(ctx, b);
+  }
+  return 0;
+}
+
+absl::StatusOr<int> BackboneList(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(std::vector<v1::Backbone> all, client->ListBackbones());
+  v1::ListBackbonesResponse response;
+  for (auto& b : all) *response.add_backbones() = std::move(b);
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Backbone& b : response.backbones()) {
+    const v1::InputSpec& s = b.input_spec();
+    rows.push_back({b.id(), b.name(),
+                    absl::StrFormat("%dx%dx%d", s.channels(), s.height(),
+                                    s.width()),
+                    b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "-",
+                    absl::StrCat(b.blocks_size()), Bytes(b.size_bytes()),
+                    b.source_job_id().empty() ? "-" : b.source_job_id(),
+                    TimeText(b.create_time())});
+  }
+  *ctx.out << FormatTable({"ID", "NAME", "INPUT", "FEATURES", "BLOCKS", "SIZE",
+                           "SOURCE_JOB", "CREATED"},
+                          rows);
+  return 0;
+}
+
+// --- job ---
+
+std::string ProgressText(const v1::Job& job) {
+  if (job.state() == v1::QUEUED) {
+    return absl::StrCat("queue position ", job.queue_position());
+  }
+  if (job.state() != v1::RUNNING || job.progress().total_epochs() == 0) {
+    return "-";
+  }
+  return absl::StrFormat("epoch %d/%d", job.progress().epoch(),
+                         job.progress().total_epochs());
+}
+
+void PrintJobDetails(Context& ctx, const v1::Job& job) {
+  std::ostream& o = *ctx.out;
+  const v1::JobSpec& s = job.spec();
+  o << "id:         " << job.id() << "\n"
+    << "name:       " << (s.display_name().empty() ? "-" : s.display_name())
+    << "\n"
+    << "kind:       " << KindName(s.kind()) << "\n"
+    << "state:      " << JobStateName(job.state());
+  if (job.attempt() > 0) o << " (attempt " << job.attempt() << ")";
+  o << "\n";
+  if (!job.error().empty()) o << "error:      " << job.error() << "\n";
+  o << "dataset:    " << s.data().dataset_id();
+  if (s.data().class_subset_size() > 0) {
+    o << " classes [" << absl::StrJoin(s.data().class_subset(), ",") << "]";
+  }
+  if (s.data().samples_per_class() > 0) {
+    o << " " << s.data().samples_per_class() << "/class";
+  }
+  o << "\n";
+  if (s.kind() == v1::FINE_TUNE) {
+    o << "backbone:   " << s.backbone_id() << " ("
+      << absl::AsciiStrToLower(v1::BackboneInit_Name(s.backbone_init()))
+      << ", "
+      << absl::AsciiStrToLower(v1::FreezePolicy::Mode_Name(s.freeze().mode()));
+    if (s.freeze().mode() == v1::FreezePolicy::LAST_N_BLOCKS) {
+      o << " n=" << s.freeze().n_blocks();
+    }
+    o << ")\n";
+  } else if (s.kind() == v1::PRETRAIN) {
+    o << "registers:  backbone '" << s.pretrain().backbone_name() << "'\n";
+  }
+  o << "training:   " << s.epochs() << " epochs, batch " << s.batch_size()
+    << ", "
+    << absl::AsciiStrToLower(v1::OptimizerSpec::Kind_Name(s.optimizer().kind()))
+    << " lr " << s.optimizer().learning_rate() << ", seed " << s.seed()
+    << "\n"
+    << "created:    " << TimeText(job.create_time()) << "\n"
+    << "started:    " << TimeText(job.start_time()) << "\n"
+    << "ended:      " << TimeText(job.end_time()) << "\n";
+  if (job.state() == v1::QUEUED) {
+    o << "queue:      position " << job.queue_position() << ", expected start "
+      << TimeText(job.estimated_start_time()) << "\n";
+  }
+  if (job.state() == v1::RUNNING) {
+    o << "progress:   " << FormatProgressLine(job.progress(), 20) << "\n";
+  }
+  if (job.state() == v1::SUCCEEDED) {
+    const v1::JobResult& r = job.result();
+    o << absl::StrFormat("result:     test accuracy %.4f, loss %.4f on %d images\n",
+                         r.test_accuracy(), r.test_loss(), r.test_count());
+    if (!r.model_id().empty()) o << "model:      " << r.model_id() << "\n";
+    if (!r.backbone_id().empty()) o << "backbone:   " << r.backbone_id() << "\n";
+  }
+  if (job.metrics_size() > 0) {
+    std::vector<std::vector<std::string>> rows;
+    for (const v1::EpochMetrics& m : job.metrics()) {
+      rows.push_back({absl::StrCat(m.epoch()),
+                      absl::StrFormat("%.4f", m.train_loss()),
+                      absl::StrFormat("%.3f", m.train_accuracy()),
+                      absl::StrFormat("%.4f", m.val_loss()),
+                      absl::StrFormat("%.3f", m.val_accuracy()),
+                      absl::StrFormat("%.1f", m.seconds())});
+    }
+    o << "\n"
+      << FormatTable({"EPOCH", "TRAIN_LOSS", "TRAIN_ACC", "VAL_LOSS",
+                      "VAL_ACC", "SECONDS"},
+                     rows);
+  }
+}
+
+// Watches until the end; 0 if the job succeeded, 2 otherwise.
+absl::StatusOr<int> WatchAndReport(Context& ctx, const std::string& id,
+                                   int64_t after) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  JobProgressPrinter printer(*ctx.out, ctx.options->out_is_tty && !ctx.json);
+  absl::StatusOr<v1::Job> job = client->WatchJob(
+      id, after, [&](const v1::JobEvent& event) {
+        if (ctx.json) {
+          // One JSON document per line, for tools that follow the stream.
+          google::protobuf::util::JsonPrintOptions options;
+          options.preserve_proto_field_names = true;
+          std::string line;
+          if (google::protobuf::util::MessageToJsonString(event, &line, options)
+                  .ok()) {
+            *ctx.out << line << "\n" << std::flush;
+          }
+          return true;
+        }
+        return printer.OnEvent(event);
+      });
+  printer.Finish();
+  if (!job.ok()) return job.status();
+  if (!ctx.json) {
+    *ctx.out << "job " << job->id() << " " << JobStateName(job->state());
+    if (job->state() == v1::SUCCEEDED) {
+      *ctx.out << absl::StrFormat(": test accuracy %.4f",
+                                  job->result().test_accuracy());
+      if (!job->result().model_id().empty()) {
+        *ctx.out << ", model " << job->result().model_id();
+      }
+      if (!job->result().backbone_id().empty()) {
+        *ctx.out << ", backbone " << job->result().backbone_id();
+      }
+    } else if (!job->error().empty()) {
+      *ctx.out << ": " << job->error();
+    }
+    *ctx.out << "\n";
+  }
+  return job->state() == v1::SUCCEEDED ? 0 : 2;
+}
+
+absl::StatusOr<int> JobCreate(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(v1::JobSpec spec, JobSpecFromArgs(args));
+  ASSIGN_OR_RETURN(bool watch, args.GetBool("watch"));
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Job job,
+                   client->CreateJob(spec, args.Get("request-id")));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, job));
+  } else {
+    *ctx.out << "created job " << job.id() << " (" << JobStateName(job.state())
+             << ")\n";
+  }
+  if (!watch) return 0;
+  return WatchAndReport(ctx, job.id(), 0);
+}
+
+absl::StatusOr<int> JobGet(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Job job, client->GetJob(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, job));
+  } else {
+    PrintJobDetails(ctx, job);
+  }
+  return 0;
+}
+
+absl::StatusOr<int> JobList(Context& ctx, const Args& args) {
+  v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  if (args.Has("state")) {
+    ASSIGN_OR_RETURN(state, ParseJobState(args.Get("state")));
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  v1::ListJobsResponse response;
+  if (args.Has("page-size") || args.Has("page-token")) {
+    ASSIGN_OR_RETURN(int64_t size, args.GetInt("page-size", 0));
+    ASSIGN_OR_RETURN(response,
+                     client->ListJobs(state, static_cast<int32_t>(size),
+                                      args.Get("page-token")));
+  } else {
+    ASSIGN_OR_RETURN(std::vector<v1::Job> all, client->ListAllJobs(state));
+    for (auto& j : all) *response.add_jobs() = std::move(j);
+  }
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Job& j : response.jobs()) {
+    rows.push_back(
+        {j.id(), KindName(j.spec().kind()),
+         j.spec().display_name().empty() ? "-" : j.spec().display_name(),
+         JobStateName(j.state()), ProgressText(j),
+         j.state() == v1::SUCCEEDED
+             ? absl::StrFormat("%.4f", j.result().test_accuracy())
+             : "-",
+         TimeText(j.create_time())});
+  }
+  *ctx.out << FormatTable(
+      {"ID", "KIND", "NAME", "STATE", "PROGRESS", "TEST_ACC", "CREATED"}, rows);
+  if (!response.next_page_token().empty()) {
+    *ctx.out << "next page: --page-token=" << response.next_page_token()
+             << "\n";
+  }
+  return 0;
+}
+
+absl::StatusOr<int> JobWatch(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(int64_t after, args.GetInt("after", 0));
+  return WatchAndReport(ctx, args.positional()[0], after);
+}
+
+absl::StatusOr<int> JobCancel(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Job job, client->CancelJob(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, job));
+  } else {
+    *ctx.out << "job " << job.id() << " " << JobStateName(job.state()) << "\n";
+  }
+  return 0;
+}
+
+absl::StatusOr<int> JobCheckpoints(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::ListCheckpointsResponse response,
+                   client->ListCheckpoints(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::CheckpointInfo& c : response.checkpoints()) {
+    rows.push_back({absl::StrCat(c.epoch()), absl::StrCat(c.attempt()),
+                    Bytes(c.size_bytes()), c.sha256(),
+                    TimeText(c.create_time())});
+  }
+  *ctx.out << FormatTable({"EPOCH", "ATTEMPT", "SIZE", "SHA256", "CREATED"},
+                          rows);
+  return 0;
+}
+
+// --- model ---
+
+void PrintModelDetails(Context& ctx, const v1::Model& m) {
+  *ctx.out << "id:        " << m.id() << "\n"
+           << "job:       " << m.job_id() << "\n"
+           << "backbone:  " << m.backbone_id() << "\n"
+           << "classes:   " << absl::StrJoin(m.class_names(), ", ") << "\n"
+           << "input:     " << InputSpecText(m.input_spec()) << "\n"
+           << "size:      " << Bytes(m.size_bytes()) << "\n"
+           << "sha256:    " << m.sha256() << "\n"
+           << "created:   " << TimeText(m.create_time()) << "\n";
+}
+
+absl::StatusOr<int> ModelGet(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Model m, client->GetModel(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, m));
+  } else {
+    PrintModelDetails(ctx, m);
+  }
+  return 0;
+}
+
+absl::StatusOr<int> ModelList(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(std::vector<v1::Model> all, client->ListModels());
+  v1::ListModelsResponse response;
+  for (auto& m : all) *response.add_models() = std::move(m);
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Model& m : response.models()) {
+    rows.push_back({m.id(), m.job_id(), m.backbone_id(),
+                    absl::StrCat(m.class_names_size()), Bytes(m.size_bytes()),
+                    TimeText(m.create_time())});
+  }
+  *ctx.out << FormatTable(
+      {"ID", "JOB", "BACKBONE", "CLASSES", "SIZE", "CREATED"}, rows);
+  return 0;
+}
+
+absl::StatusOr<int> ModelExport(Context& ctx, const Args& args) {
+  std::string out_path = args.Get("out");
+  if (out_path.empty()) return FlagError("out", "is required");
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(std::string sha256,
+                   client->ExportModel(args.positional()[0], out_path));
+  if (!ctx.json) {
+    *ctx.out << "wrote " << out_path << " (sha256 " << sha256
+             << "); load it with torch.jit.load\n";
+  }
+  return 0;
+}
+
+// --- predict ---
+
+absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
+  std::string model_id = args.Get("model");
+  if (model_id.empty()) return FlagError("model", "is required");
+  ASSIGN_OR_RETURN(bool random, args.GetBool("random-tensor"));
+  std::vector<std::string> images = args.GetAll("image");
+  // Several files may also follow --image as positional arguments.
+  for (const std::string& p : args.positional()) images.push_back(p);
+  if (random == !images.empty()) {
+    return absl::InvalidArgumentError(
+        "give --image FILE (one or more) or --random-tensor");
+  }
+  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(int64_t deadline_ms, args.GetInt("deadline-ms", 10000));
+  if (top_k < 0 || top_k > 1000) return FlagError("top-k", "must be 0..1000");
+  if (deadline_ms < 1) return FlagError("deadline-ms", "must be > 0");
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  v1::PredictRequest request;
+  request.set_model_id(model_id);
+  request.set_top_k(static_cast<int32_t>(top_k));
+  for (const std::string& path : images) {
+    ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+    request.add_images(std::move(bytes));
+  }
+  if (random) {
+    // A smoke test of the serving path that needs no image at hand.
+    ASSIGN_OR_RETURN(v1::Model model, client->GetModel(model_id));
+    const v1::InputSpec& s = model.input_spec();
+    ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::uniform_real_distribution<float> dist(0.0f, 1.0f);
+    std::vector<float> values(static_cast<size_t>(s.channels()) * s.height() *
+                              s.width());
+    for (float& v : values) v = dist(rng);
+    v1::RawTensor* tensor = request.mutable_tensor();
+    for (int64_t d : {int64_t{1}, int64_t{s.channels()}, int64_t{s.height()},
+                      int64_t{s.width()}}) {
+      tensor->add_shape(d);
+    }
+    tensor->set_dtype("FP32");
+    // Little-endian on every machine we build for.
+    tensor->set_contents(reinterpret_cast<const char*>(values.data()),
+                         values.size() * sizeof(float));
+  }
+  ASSIGN_OR_RETURN(v1::PredictResponse response,
+                   client->Predict(request, absl::Milliseconds(deadline_ms)));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  for (int i = 0; i < response.predictions_size(); ++i) {
+    std::string source = i < static_cast<int>(images.size())
+                             ? images[i]
+                             : absl::StrCat("input ", i);
+    *ctx.out << source << ":\n";
+    std::vector<std::vector<std::string>> rows;
+    int rank = 1;
+    for (const v1::ClassScore& c : response.predictions(i).top()) {
+      rows.push_back({absl::StrCat(rank++), c.label(), absl::StrCat(c.index()),
+                      absl::StrFormat("%.4f", c.probability())});
+    }
+    *ctx.out << FormatTable({"RANK", "CLASS", "INDEX", "PROBABILITY"}, rows);
+  }
+  return 0;
+}
+
+// --- health, demo ---
+
+absl::StatusOr<int> HealthCommand(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(int64_t wait_s, args.GetInt("wait", 0));
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  if (wait_s > 0) {
+    RETURN_IF_ERROR(client->WaitUntilHealthy(absl::Seconds(wait_s)));
+  } else {
+    RETURN_IF_ERROR(client->CheckHealth());
+  }
+  *ctx.out << ctx.server << ": SERVING\n";
+  return 0;
+}
+
+absl::StatusOr<int> DemoCommand(Context& ctx, const Args& args) {
+  DemoOptions options;
+  options.tty = ctx.options->out_is_tty;
+  ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", options.shots));
+  ASSIGN_OR_RETURN(int64_t pretrain_samples,
+                   args.GetInt("pretrain-samples", options.pretrain_samples));
+  ASSIGN_OR_RETURN(int64_t pretrain_epochs,
+                   args.GetInt("pretrain-epochs", options.pretrain_epochs));
+  ASSIGN_OR_RETURN(int64_t epochs, args.GetInt("epochs", options.epochs));
+  ASSIGN_OR_RETURN(int64_t wait_s, args.GetInt("wait-healthy", 60));
+  if (shots < 2 || shots > 6000) {
+    return FlagError("shots", "must be in [2, 6000] (validation takes 20%)");
+  }
+  if (pretrain_samples < 1 || pretrain_samples > 6000) {
+    return FlagError("pretrain-samples", "must be in [1, 6000]");
+  }
+  if (pretrain_epochs < 1 || epochs < 1 || pretrain_epochs > 1000 ||
+      epochs > 1000) {
+    return FlagError(pretrain_epochs < 1 || pretrain_epochs > 1000
+                         ? "pretrain-epochs"
+                         : "epochs",
+                     "must be in [1, 1000]");
+  }
+  options.shots = static_cast<int>(shots);
+  options.pretrain_samples = static_cast<int>(pretrain_samples);
+  options.pretrain_epochs = static_cast<int>(pretrain_epochs);
+  options.epochs = static_cast<int>(epochs);
+  if (args.Has("seeds")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> seeds, args.GetIntList("seeds"));
+    if (seeds.empty()) return FlagError("seeds", "needs at least one seed");
+    options.seeds.clear();
+    for (int64_t s : seeds) {
+      if (s < 0) return FlagError("seeds", "seeds must not be negative");
+      options.seeds.push_back(static_cast<uint64_t>(s));
+    }
+  }
+  options.summary_path = args.Get("summary", options.summary_path);
+  options.data_dir = args.Get("data-dir", options.data_dir);
+  if (args.Has("device")) {
+    options.device = args.Get("device");
+    if (options.device != "cpu" && options.device != "cuda") {
+      return FlagError("device", "must be cpu or cuda");
+    }
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  RETURN_IF_ERROR(client->WaitUntilHealthy(absl::Seconds(wait_s)));
+  return RunDemo(*client, options, *ctx.out);
+}
+
+const std::vector<FlagDef>& GlobalFlags() {
+  static const auto* flags = new std::vector<FlagDef>{
+      {"server"}, {"json", false}, {"timeout"}};
+  return *flags;
+}
+
+std::vector<FlagDef> WithCreateFlags() { return JobCreateFlags(); }
+
+const std::vector<Command>& Commands() {
+  static const auto* commands = new std::vector<Command>{
+      {"dataset", "upload",
+       "dataset upload --name N (--idx-train-images F --idx-train-labels F "
+       "[--idx-test-images F --idx-test-labels F] [--class-names a,b,...] | "
+       "--archive F [--test-archive F]) [--request-id K]",
+       0,
+       {{"name"}, {"idx-train-images"}, {"idx-train-labels"},
+        {"idx-test-images"}, {"idx-test-labels"}, {"class-names"},
+        {"archive"}, {"test-archive"}, {"request-id"}},
+       DatasetUpload},
+      {"dataset", "list", "dataset list [--page-size N --page-token T]", 0,
+       {{"page-size"}, {"page-token"}}, DatasetList},
+      {"dataset", "get", "dataset get ID", 1, {}, DatasetGet},
+      {"dataset", "delete", "dataset delete ID", 1, {}, DatasetDelete},
+      {"backbone", "upload",
+       "backbone upload --name N --file F (--spec-json F | --channels C "
+       "--height H --width W --mean a,b,c --std a,b,c) [--request-id K]",
+       0,
+       {{"name"}, {"file"}, {"spec-json"}, {"channels"}, {"height"},
+        {"width"}, {"mean"}, {"std"}, {"request-id"}},
+       BackboneUpload},
+      {"backbone", "list", "backbone list", 0, {}, BackboneList},
+      {"backbone", "get", "backbone get ID", 1, {}, BackboneGet},
+      {"job", "create",
+       "job create [--spec-json F] [--kind fine_tune|pretrain] --dataset ID "
+       "[--classes 2,3,4] [--samples-per-class N] [--val-fraction F] "
+       "[--max-test-samples N] [--backbone ID] [--init pretrained|random] "
+       "[--freeze frozen|last_n_blocks|full] [--blocks N] "
+       "[--backbone-lr-scale F] [--optimizer sgd|adamw] [--lr F] "
+       "[--momentum F] [--weight-decay F] [--schedule cosine|constant] "
+       "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
+       "[--priority N] [--device cpu|cuda] [--max-attempts N] "
+       "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "
+       "[--name N] [--request-id K] [--watch]",
+       0, WithCreateFlags(), JobCreate},
+      {"job", "get", "job get ID", 1, {}, JobGet},
+      {"job", "list",
+       "job list [--state queued|running|...] [--page-size N --page-token T]",
+       0, {{"state"}, {"page-size"}, {"page-token"}}, JobList},
+      {"job", "watch", "job watch ID [--after SEQ]", 1, {{"after"}}, JobWatch},
+      {"job", "cancel", "job cancel ID", 1, {}, JobCancel},
+      {"job", "checkpoints", "job checkpoints ID", 1, {}, JobCheckpoints},
+      {"model", "list", "model list", 0, {}, ModelList},
+      {"model", "get", "model get ID", 1, {}, ModelGet},
+      {"model", "export", "model export ID --out FILE", 1, {{"out"}},
+       ModelExport},
+      {"predict", "",
+       "predict --model ID (--image F [--image F ...] | --random-tensor "
+       "[--seed N]) [--top-k K] [--deadline-ms MS]",
+       0,
+       {{"model"}, {"image", true, true}, {"random-tensor", false}, {"top-k"},
+        {"seed"}, {"deadline-ms"}},
+       PredictCommand},
+      {"health", "", "health [--wait SECONDS]", 0, {{"wait"}}, HealthCommand},
+      {"demo", "",
+       "demo [--shots 10] [--seeds 1,2,3] [--pretrain-samples 1000] "
+       "[--pretrain-epochs 3] [--epochs 30] [--summary var/demo_summary.json] "
+       "[--data-dir DIR] [--device cpu|cuda] [--wait-healthy SECONDS]",
+       0,
+       {{"shots"}, {"seeds"}, {"pretrain-samples"}, {"pretrain-epochs"},
+        {"epochs"}, {"summary"}, {"data-dir"}, {"device"}, {"wait-healthy"}},
+       DemoCommand},
+  };
+  return *commands;
+}
+
+void PrintUsage(std::ostream& o) {
+  o << "usage: tlctl [--server=host:port] [--json] [--timeout=SECONDS] "
+       "<command>\n\n"
+       "The server defaults to $TLSERVE_SERVER, else 127.0.0.1:50051.\n\n"
+       "commands:\n";
+  for (const Command& c : Commands()) o << "  " << c.usage << "\n";
+}
+
+}  // namespace
+
+int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
+             std::ostream& out, std::ostream& err) {
+  auto fail = [&](const absl::Status& status) {
+    err << "error: " << absl::StatusCodeToString(status.code()) << ": "
+        << status.message() << "\n";
+    return 1;
+  };
+  // Global flags may come before the command words; gather them so the
+  // command's own parse sees them too.
+  std::vector<std::string> rest;
+  size_t i = 0;
+  for (; i < argv.size() && absl::StartsWith(argv[i], "--"); ++i) {
+    if (argv[i] == "--help") {
+      PrintUsage(out);
+      return 0;
+    }
+    rest.push_back(argv[i]);
+    if ((argv[i] == "--server" || argv[i] == "--timeout") &&
+        i + 1 < argv.size()) {
+      rest.push_back(argv[++i]);
+    }
+  }
+  if (i >= argv.size() || argv[i] == "help") {
+    PrintUsage(i >= argv.size() ? err : out);
+    return i >= argv.size() ? 1 : 0;
+  }
+  const std::string& group = argv[i++];
+  const Command* command = nullptr;
+  bool group_known = false;
+  for (const Command& c : Commands()) {
+    if (c.group != group) continue;
+    group_known = true;
+    if (c.verb.empty() || (i < argv.size() && argv[i] == c.verb)) {
+      command = &c;
+      break;
+    }
+  }
+  if (command == nullptr) {
+    PrintUsage(err);
+    return fail(absl::InvalidArgumentError(
+        group_known ? absl::StrCat("'", group, "' needs one of the verbs above")
+                    : absl::StrCat("unknown command '", group, "'")));
+  }
+  if (!command->verb.empty()) ++i;
+  rest.insert(rest.end(), argv.begin() + static_cast<ptrdiff_t>(i),
+              argv.end());
+  std::vector<FlagDef> defs = command->flags;
+  defs.insert(defs.end(), GlobalFlags().begin(), GlobalFlags().end());
+  defs.push_back({"help", false});
+  absl::StatusOr<Args> args = ParseArgs(rest, defs);
+  if (!args.ok()) {
+    err << "usage: tlctl " << command->usage << "\n";
+    return fail(args.status());
+  }
+  if (args->Has("help")) {
+    out << "usage: tlctl " << command->usage << "\n";
+    return 0;
+  }
+  // `predict --image a.png b.png` puts extra files in positional.
+  if (args->positional().size() != command->positional &&
+      command->run != PredictCommand) {
+    err << "usage: tlctl " << command->usage << "\n";
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "expected ", command->positional, " argument(s), got ",
+        args->positional().size())));
+  }
+
+  Context ctx;
+  ctx.options = &options;
+  ctx.out = &out;
+  ctx.err = &err;
+  absl::StatusOr<bool> json = args->GetBool("json");
+  if (!json.ok()) return fail(json.status());
+  ctx.json = *json;
+  ctx.server = args->Get("server", options.default_server);
+  absl::StatusOr<int64_t> timeout_s = args->GetInt("timeout", 30);
+  if (!timeout_s.ok()) return fail(timeout_s.status());
+  if (*timeout_s < 1) return fail(FlagError("timeout", "must be >= 1"));
+  ctx.timeout = absl::Seconds(*timeout_s);
+
+  absl::StatusOr<int> code = command->run(ctx, *args);
+  out.flush();
+  if (!code.ok()) return fail(code.status());
+  return *code;
+}
+
+}  // namespace tlserve::cli

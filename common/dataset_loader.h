@@ -1,0 +1,66 @@
+#ifndef TLSERVE_COMMON_DATASET_LOADER_H_
+#define TLSERVE_COMMON_DATASET_LOADER_H_
+
+// Reads the dataset formats the service accepts into decoded images and
+// labels. The server uses it to validate uploads, the worker to train.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/image.h"
+#include "tlserve/v1/dataset.pb.h"
+
+namespace tlserve {
+
+struct DatasetLimits {
+  int64_t max_images = 2'000'000;
+  int64_t max_archive_entries = 2'000'000;
+  int64_t max_entry_bytes = 64LL * 1024 * 1024;
+  // Bytes after gunzip of one IDX file.
+  int64_t max_idx_bytes = 4LL * 1024 * 1024 * 1024;
+  ImageLimits image;
+};
+
+struct LabelledImages {
+  std::vector<Image> images;
+  std::vector<int32_t> labels;  // same length as images
+};
+
+struct DecodedDataset {
+  std::vector<std::string> class_names;
+  LabelledImages train;
+  LabelledImages test;  // empty when the dataset has no test split
+};
+
+// One IDX array of unsigned bytes (type 0x08), gzip-compressed or not.
+struct IdxArray {
+  std::vector<int32_t> dims;
+  std::vector<uint8_t> data;
+};
+absl::StatusOr<IdxArray> ParseIdx(std::string_view bytes,
+                                  const DatasetLimits& limits = {});
+
+// The files of a dataset on local disk, by role.
+struct DatasetFiles {
+  tlserve::v1::DatasetFormat format = tlserve::v1::DATASET_FORMAT_UNSPECIFIED;
+  std::map<tlserve::v1::DatasetPartRole, std::string> paths;
+  // IDX: label names (labels must be < size); empty: "0".."K-1" from the
+  // largest label seen. Archives: ignored (folder names, sorted, are used).
+  std::vector<std::string> class_names;
+};
+
+// Decodes every image and label. Errors are INVALID_ARGUMENT and name the
+// part and record, e.g. "TRAIN_LABELS: label 12 at record 311 is outside
+// [0, 10)", "TRAIN_ARCHIVE: entry '../x.png' escapes the archive".
+// A missing required part (train images+labels, or the train archive) is
+// INVALID_ARGUMENT too.
+absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
+                                           const DatasetLimits& limits = {});
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_COMMON_DATASET_LOADER_H_

@@ -1,0 +1,232 @@
+#include "server/blob_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace tlserve {
+namespace {
+
+// errno as a status: ENOSPC and EDQUOT are RESOURCE_EXHAUSTED (free space,
+// then retry), a missing file NOT_FOUND, the rest INTERNAL.
+absl::Status ErrnoStatus(int err, std::string_view what) {
+  std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(message);
+    case ENOENT:
+      return absl::NotFoundError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+std::string BlobDir(const std::string& root) { return root + "/sha256"; }
+std::string TempDir(const std::string& root) { return root + "/tmp"; }
+
+absl::Status CheckName(std::string_view sha256) {
+  if (!IsSha256Hex(sha256)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "blob name '%s' is not a sha256 (64 lowercase hex digits)",
+        absl::CHexEscape(sha256.substr(0, 100))));
+  }
+  return absl::OkStatus();
+}
+
+bool IsRegularFile(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace
+
+// --- Writer.
+
+BlobStore::Writer::Writer(BlobStore* store, std::string temp_path, int fd,
+                          int64_t max_bytes)
+    : store_(store),
+      temp_path_(std::move(temp_path)),
+      fd_(fd),
+      max_bytes_(max_bytes) {}
+
+BlobStore::Writer::~Writer() {
+  if (fd_ >= 0) ::close(fd_);
+  // An abandoned upload leaves nothing behind; a crash before this runs
+  // leaves a temp file that the next Open() removes.
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+absl::Status BlobStore::Writer::Append(std::string_view data) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(
+        "blob writer is closed: Commit was already called");
+  }
+  if (max_bytes_ > 0 &&
+      size_ + static_cast<int64_t>(data.size()) > max_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("blob exceeds the limit of %d bytes", max_bytes_));
+  }
+  const char* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("write '", temp_path_, "'"));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  hasher_.Update(data);
+  size_ += static_cast<int64_t>(data.size());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> BlobStore::Writer::Commit(
+    std::string_view expected_sha256) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(
+        "blob writer is closed: Commit was already called");
+  }
+  // The data must be on disk before the rename makes it visible; otherwise
+  // a crash could leave a complete-looking name over a partial file.
+  const int fd = std::exchange(fd_, -1);
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, absl::StrCat("fsync '", temp_path_, "'"));
+  }
+  if (::close(fd) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("close '", temp_path_, "'"));
+  }
+  std::string hex = hasher_.FinalHex();
+  // Clients may send the digest in upper case; the content decides.
+  if (!expected_sha256.empty() &&
+      absl::AsciiStrToLower(expected_sha256) != hex) {
+    // The destructor removes the temp file: nothing is stored.
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sha256 mismatch: expected %s, got %s",
+                        absl::CHexEscape(expected_sha256.substr(0, 100)), hex));
+  }
+  const std::string dir = BlobDir(store_->root());
+  const std::string final_path = absl::StrCat(dir, "/", hex);
+  if (IsRegularFile(final_path)) {
+    // Same content already stored: keep the existing file, drop ours.
+    ::unlink(temp_path_.c_str());
+  } else if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("rename '", temp_path_, "' to '",
+                                           final_path, "'"));
+  }
+  committed_ = true;
+  // The rename itself must survive a crash before the caller acknowledges.
+  RETURN_IF_ERROR(SyncDir(dir));
+  return hex;
+}
+
+// --- BlobStore.
+
+absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(std::string root) {
+  if (root.empty()) {
+    return absl::InvalidArgumentError("blob store root must not be empty");
+  }
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  RETURN_IF_ERROR(MakeDirs(BlobDir(root)));
+  RETURN_IF_ERROR(MakeDirs(TempDir(root)));
+  // Temp files are uploads that never committed (the process died): no one
+  // can resume them, so they only take space.
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(TempDir(root), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    std::error_code remove_ec;
+    std::filesystem::remove_all(it->path(), remove_ec);
+    if (remove_ec) {
+      return ErrnoStatus(remove_ec.value(),
+                         absl::StrCat("remove stale '", it->path().string(), "'"));
+    }
+  }
+  if (ec) {
+    return ErrnoStatus(ec.value(), absl::StrCat("list '", TempDir(root), "'"));
+  }
+  return std::unique_ptr<BlobStore>(new BlobStore(std::move(root)));
+}
+
+absl::StatusOr<std::unique_ptr<BlobStore::Writer>> BlobStore::NewWriter(
+    int64_t max_bytes) {
+  std::string path = TempDir(root_) + "/upload-XXXXXX";
+  int fd = ::mkostemp(path.data(), O_CLOEXEC);
+  if (fd < 0) {
+    return ErrnoStatus(errno, absl::StrCat("create a temp file in '",
+                                           TempDir(root_), "'"));
+  }
+  return std::unique_ptr<Writer>(new Writer(this, std::move(path), fd, max_bytes));
+}
+
+absl::StatusOr<std::string> BlobStore::Put(std::string_view data) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer, NewWriter());
+  RETURN_IF_ERROR(writer->Append(data));
+  return writer->Commit();
+}
+
+bool BlobStore::Has(std::string_view sha256) const {
+  return IsSha256Hex(sha256) &&
+         IsRegularFile(absl::StrCat(BlobDir(root_), "/", sha256));
+}
+
+absl::StatusOr<std::string> BlobStore::PathOf(std::string_view sha256) const {
+  // The name becomes part of a path: only a well-formed digest may, so
+  // "../x" can never leave the store.
+  RETURN_IF_ERROR(CheckName(sha256));
+  std::string path = absl::StrCat(BlobDir(root_), "/", sha256);
+  if (!IsRegularFile(path)) {
+    return absl::NotFoundError(absl::StrCat("blob '", sha256, "' not found"));
+  }
+  return path;
+}
+
+absl::StatusOr<int64_t> BlobStore::SizeOf(std::string_view sha256) const {
+  ASSIGN_OR_RETURN(std::string path, PathOf(sha256));
+  return FileSize(path);
+}
+
+absl::Status BlobStore::Verify(std::string_view sha256) const {
+  ASSIGN_OR_RETURN(std::string path, PathOf(sha256));
+  ASSIGN_OR_RETURN(std::string actual, Sha256OfFile(path));
+  if (actual != sha256) {
+    return absl::DataLossError(absl::StrFormat(
+        "blob '%s' is corrupt: its content hashes to %s; remove it and "
+        "upload it again",
+        sha256, actual));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BlobStore::Remove(std::string_view sha256) {
+  ASSIGN_OR_RETURN(std::string path, PathOf(sha256));
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("blob '", sha256, "' not found"));
+    }
+    return ErrnoStatus(errno, absl::StrCat("remove '", path, "'"));
+  }
+  return SyncDir(BlobDir(root_));
+}
+
+}  // namespace tlserve

@@ -1,0 +1,70 @@
+#include "server/dataset_service.h"
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "server/reactors.h"
+
+namespace tlserve {
+
+using tlserve::v1::Dataset;
+
+grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>*
+DatasetServiceImpl::UploadDataset(grpc::CallbackServerContext* context,
+                                  Dataset* response) {
+  auto upload = std::make_shared<DatasetUpload>(store_, blobs_, limits_);
+  return new UploadReactor<tlserve::v1::UploadDatasetRequest, Dataset>(
+      response, pool_,
+      [upload](const tlserve::v1::UploadDatasetRequest& r) {
+        return upload->OnMessage(r);
+      },
+      [upload] { return upload->Finish(); });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::GetDataset(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::GetDatasetRequest* request, Dataset* response) {
+  return RunOnPool<Dataset>(context, pool_, response,
+                            [this, id = request->id()] { return store_->GetDataset(id); });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::ListDatasets(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::ListDatasetsRequest* request,
+    tlserve::v1::ListDatasetsResponse* response) {
+  return RunOnPool<tlserve::v1::ListDatasetsResponse>(
+      context, pool_, response,
+      [this, size = request->page_size(), token = request->page_token()]()
+          -> absl::StatusOr<tlserve::v1::ListDatasetsResponse> {
+        ASSIGN_OR_RETURN(auto page, store_->ListDatasets(size, token));
+        tlserve::v1::ListDatasetsResponse out;
+        for (auto& d : page.items) *out.add_datasets() = std::move(d);
+        out.set_next_page_token(page.next_page_token);
+        return out;
+      });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::DeleteDatasetRequest* request,
+    google::protobuf::Empty* response) {
+  return RunOnPool<google::protobuf::Empty>(
+      context, pool_, response,
+      [this, id = request->id()]() -> absl::StatusOr<google::protobuf::Empty> {
+        RETURN_IF_ERROR(store_->GetDataset(id).status());
+        // A job that has not finished still needs the data.
+        for (auto state : {tlserve::v1::QUEUED, tlserve::v1::RUNNING}) {
+          ASSIGN_OR_RETURN(auto jobs, store_->JobsInState(state));
+          for (const auto& job : jobs) {
+            if (job.spec().data().dataset_id() == id) {
+              return absl::FailedPreconditionError(absl::StrFormat(
+                  "dataset '%s' is used by %s job '%s'; cancel it or wait", id,
+                  tlserve::v1::JobState_Name(state), job.id()));
+            }
+          }
+        }
+        RETURN_IF_ERROR(store_->DeleteDataset(id));
+        return google::protobuf::Empty();
+      });
+}
+
+}  // namespace tlserve

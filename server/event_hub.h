@@ -1,0 +1,39 @@
+#ifndef TLSERVE_SERVER_EVENT_HUB_H_
+#define TLSERVE_SERVER_EVENT_HUB_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+
+namespace tlserve {
+
+// Tells watchers that a job has new events. It carries no events itself:
+// a watcher reads them from the store after its last sequence, so a
+// notification can never be lost between a read and a subscribe.
+// Thread-safe; listeners run on the notifying thread with no lock held.
+class EventHub {
+ public:
+  using Listener = std::function<void()>;
+
+  uint64_t Subscribe(const std::string& job_id, Listener listener);
+  // After it returns the listener is not called again, unless a call was
+  // already under way on another thread.
+  void Unsubscribe(uint64_t token);
+  void Notify(const std::string& job_id);
+
+ private:
+  struct Entry {
+    std::string job_id;
+    Listener listener;
+  };
+  absl::Mutex mu_;
+  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_SERVER_EVENT_HUB_H_

@@ -1,0 +1,26 @@
+#ifndef TLSERVE_SERVER_INFERENCE_SERVICE_H_
+#define TLSERVE_SERVER_INFERENCE_SERVICE_H_
+
+#include "server/inference_router.h"
+#include "tlserve/v1/inference.grpc.pb.h"
+
+namespace tlserve {
+
+// tlserve.v1.InferenceService: hands calls to the router with the
+// caller's deadline.
+class InferenceServiceImpl final
+    : public tlserve::v1::InferenceService::CallbackService {
+ public:
+  explicit InferenceServiceImpl(InferenceRouter* router) : router_(router) {}
+
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
+                                    const tlserve::v1::PredictRequest* request,
+                                    tlserve::v1::PredictResponse* response) override;
+
+ private:
+  InferenceRouter* router_;
+};
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_SERVER_INFERENCE_SERVICE_H_

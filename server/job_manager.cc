@@ -1,0 +1,459 @@
+#include "server/job_manager.h"
+
+#include <algorithm>
+#include <functional>
+#include <queue>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "common/proto_time.h"
+#include "common/status_macros.h"
+#include "server/ids.h"
+#include "server/job_spec_validator.h"
+
+namespace tlserve {
+
+using tlserve::v1::AssignJob;
+using tlserve::v1::Backbone;
+using tlserve::v1::Job;
+using tlserve::v1::JobEvent;
+using tlserve::v1::JobSpec;
+using tlserve::v1::JobState;
+
+bool IsFinalState(JobState state) {
+  return state == tlserve::v1::SUCCEEDED || state == tlserve::v1::FAILED ||
+         state == tlserve::v1::CANCELLED;
+}
+
+JobManager::JobManager(Options options, Store* store, BlobStore* blobs,
+                       EventHub* events)
+    : options_(std::move(options)), store_(store), blobs_(blobs),
+      events_(events) {}
+
+JobEvent JobManager::NewEvent() const {
+  JobEvent event;
+  *event.mutable_time() = ToProtoTime(options_.now());
+  return event;
+}
+
+absl::Status JobManager::Transition(Job* job, JobState to,
+                                    const std::string& reason,
+                                    std::vector<JobEvent> extra,
+                                    bool enter_queue) {
+  JobEvent change = NewEvent();
+  auto* sc = change.mutable_state_change();
+  sc->set_from(job->state());
+  sc->set_to(to);
+  sc->set_attempt(job->attempt());
+  sc->set_reason(reason);
+  job->set_state(to);
+  if (IsFinalState(to)) {
+    *job->mutable_end_time() = ToProtoTime(options_.now());
+    if (to != tlserve::v1::SUCCEEDED) job->set_error(reason);
+  }
+  job->clear_queue_position();
+  job->clear_estimated_start_time();
+  // The state change goes last: a watcher that stops at a final state has
+  // then seen everything that led to it.
+  extra.push_back(std::move(change));
+  RETURN_IF_ERROR(store_->PutJob(*job, &extra, enter_queue));
+  events_->Notify(job->id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::RequeueOrFail(Job* job, const std::string& reason) {
+  if (job->attempt() >= job->spec().max_attempts()) {
+    return Transition(job, tlserve::v1::FAILED,
+                      absl::StrFormat("%s; no attempts left (%d of %d used)",
+                                      reason, job->attempt(),
+                                      job->spec().max_attempts()));
+  }
+  job->clear_worker_id();
+  // enter_queue=false keeps the job's old place: it goes ahead of jobs
+  // submitted after it.
+  return Transition(job, tlserve::v1::QUEUED, reason);
+}
+
+absl::Status JobManager::RecoverAfterRestart() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<Job> running,
+                   store_->JobsInState(tlserve::v1::RUNNING));
+  for (Job& job : running) {
+    RETURN_IF_ERROR(RequeueOrFail(
+        &job, absl::StrFormat("server restarted during attempt %d",
+                              job.attempt())));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
+                                          const std::string& request_id) {
+  ApplyJobDefaults(&spec);
+  if (spec.data().dataset_id().empty()) {
+    return absl::InvalidArgumentError("spec.data.dataset_id is required");
+  }
+  auto dataset = store_->GetDataset(spec.data().dataset_id());
+  if (absl::IsNotFound(dataset.status())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "spec.data.dataset_id: dataset '%s' not found",
+        spec.data().dataset_id()));
+  }
+  RETURN_IF_ERROR(dataset.status());
+  std::optional<Backbone> backbone;
+  if (spec.kind() == tlserve::v1::FINE_TUNE) {
+    if (spec.backbone_id().empty()) {
+      return absl::InvalidArgumentError(
+          "spec.backbone_id is required for FINE_TUNE");
+    }
+    auto found = store_->GetBackbone(spec.backbone_id());
+    if (absl::IsNotFound(found.status())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "spec.backbone_id: backbone '%s' not found", spec.backbone_id()));
+    }
+    RETURN_IF_ERROR(found.status());
+    backbone = *std::move(found);
+  }
+  RETURN_IF_ERROR(
+      ValidateJobSpec(spec, *dataset, backbone ? &*backbone : nullptr));
+
+  std::string id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!request_id.empty()) {
+      ASSIGN_OR_RETURN(auto existing, store_->LookupRequest("job", request_id));
+      if (existing.has_value()) id = *existing;
+    }
+    if (id.empty()) {
+      Job job;
+      job.set_id(NewId("job"));
+      *job.mutable_spec() = spec;
+      job.set_state(tlserve::v1::QUEUED);
+      *job.mutable_create_time() = ToProtoTime(options_.now());
+      std::vector<JobEvent> events(2, NewEvent());
+      auto* validating = events[0].mutable_state_change();
+      validating->set_to(tlserve::v1::VALIDATING);
+      validating->set_reason("job accepted; checking spec and dataset");
+      auto* queued = events[1].mutable_state_change();
+      queued->set_from(tlserve::v1::VALIDATING);
+      queued->set_to(tlserve::v1::QUEUED);
+      queued->set_reason(absl::StrFormat(
+          "spec and dataset '%s' valid; %d training images in scope",
+          dataset->id(), dataset->train_count()));
+      RETURN_IF_ERROR(store_->PutJob(job, &events, /*enter_queue=*/true,
+                                     request_id));
+      id = job.id();
+      events_->Notify(id);
+    }
+  }
+  if (dispatcher_ != nullptr) dispatcher_->JobQueued();
+  return GetJob(id);
+}
+
+absl::StatusOr<Job> JobManager::GetJob(const std::string& id) {
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+  if (job.state() == tlserve::v1::QUEUED) FillQueueEstimate(&job);
+  return job;
+}
+
+void JobManager::FillQueueEstimate(Job* job) {
+  auto queued = store_->QueuedJobs();
+  if (!queued.ok()) return;
+  int64_t position = -1;
+  for (size_t i = 0; i < queued->size(); ++i) {
+    if ((*queued)[i].id() == job->id()) position = static_cast<int64_t>(i);
+  }
+  if (position < 0) return;
+  job->set_queue_position(position);
+
+  const int workers = dispatcher_ != nullptr ? dispatcher_->ConnectedWorkers() : 0;
+  if (workers <= 0) return;  // No worker: no honest estimate to give.
+  double mean = absl::ToDoubleSeconds(options_.default_run_estimate);
+  if (auto m = store_->MeanRunSeconds(20); m.ok() && m->has_value()) mean = **m;
+
+  // Simulate the queue: each worker frees up when its running job ends
+  // (the job's own ETA when it reports one), then takes queued jobs in order.
+  const absl::Time now = options_.now();
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
+  std::vector<double> busy;
+  if (auto running = store_->JobsInState(tlserve::v1::RUNNING); running.ok()) {
+    for (const Job& r : *running) {
+      double left = r.progress().eta_seconds();
+      if (left <= 0) {
+        double elapsed = absl::ToDoubleSeconds(now - FromProtoTime(r.start_time()));
+        left = std::max(0.0, mean - elapsed);
+      }
+      busy.push_back(left);
+    }
+  }
+  std::sort(busy.begin(), busy.end());
+  for (int w = 0; w < workers; ++w) {
+    free_at.push(w < static_cast<int>(busy.size()) ? busy[w] : 0.0);
+  }
+  double start = 0;
+  for (int64_t i = 0; i <= position; ++i) {
+    start = free_at.top();
+    free_at.pop();
+    free_at.push(start + mean);
+  }
+  *job->mutable_estimated_start_time() =
+      ToProtoTime(now + absl::Seconds(start));
+}
+
+absl::StatusOr<Store::Page<Job>> JobManager::ListJobs(JobState state,
+                                                      int page_size,
+                                                      const std::string& token) {
+  return store_->ListJobs(state, page_size, token);
+}
+
+absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {
+  std::string worker_id;
+  int attempt = 0;
+  Job job;
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(job, store_->GetJob(id));
+    if (IsFinalState(job.state())) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "job '%s' already finished as %s; nothing to cancel", id,
+          tlserve::v1::JobState_Name(job.state())));
+    }
+    if (job.state() == tlserve::v1::RUNNING) {
+      worker_id = job.worker_id();
+      attempt = job.attempt();
+    }
+    RETURN_IF_ERROR(Transition(&job, tlserve::v1::CANCELLED, "cancelled by user"));
+  }
+  if (!worker_id.empty() && dispatcher_ != nullptr) {
+    dispatcher_->CancelAttempt(worker_id, id, attempt);
+  }
+  return job;
+}
+
+absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
+    const std::string& worker_id, const std::string& device) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<Job> queued, store_->QueuedJobs());
+  const bool has_cuda = absl::StartsWith(device, "cuda");
+  for (Job& job : queued) {
+    if (job.spec().device() == "cuda" && !has_cuda) continue;
+    AssignJob assign;
+    auto dataset = store_->GetDataset(job.spec().data().dataset_id());
+    if (!dataset.ok()) {
+      RETURN_IF_ERROR(Transition(&job, tlserve::v1::FAILED,
+                                 "dataset is gone: " +
+                                     std::string(dataset.status().message())));
+      continue;
+    }
+    *assign.mutable_dataset() = *dataset;
+    if (job.spec().kind() == tlserve::v1::FINE_TUNE) {
+      auto backbone = store_->GetBackbone(job.spec().backbone_id());
+      if (!backbone.ok()) {
+        RETURN_IF_ERROR(Transition(&job, tlserve::v1::FAILED,
+                                   "backbone is gone: " +
+                                       std::string(backbone.status().message())));
+        continue;
+      }
+      assign.mutable_backbone()->set_sha256(backbone->sha256());
+      assign.mutable_backbone()->set_size_bytes(backbone->size_bytes());
+      *assign.mutable_backbone_input_spec() = backbone->input_spec();
+    }
+    const absl::Time now = options_.now();
+    job.set_attempt(job.attempt() + 1);
+    job.set_worker_id(worker_id);
+    if (!job.has_start_time()) {
+      *job.mutable_start_time() = ToProtoTime(now);
+      job.set_queue_wait_seconds(
+          absl::ToDoubleSeconds(now - FromProtoTime(job.create_time())));
+    }
+    std::string resume;
+    if (job.has_latest_checkpoint()) {
+      *assign.mutable_resume_from() = job.latest_checkpoint();
+      resume = absl::StrFormat(
+          "; resuming from checkpoint of epoch %d (attempt %d, sha256 %s)",
+          job.latest_checkpoint().epoch(), job.latest_checkpoint().attempt(),
+          job.latest_checkpoint().sha256().substr(0, 12));
+    }
+    assign.set_job_id(job.id());
+    assign.set_attempt(job.attempt());
+    *assign.mutable_spec() = job.spec();
+    RETURN_IF_ERROR(Transition(
+        &job, tlserve::v1::RUNNING,
+        absl::StrFormat("attempt %d of %d on worker %s%s", job.attempt(),
+                        job.spec().max_attempts(), worker_id, resume)));
+    return std::optional<AssignJob>(std::move(assign));
+  }
+  return std::optional<AssignJob>();
+}
+
+absl::StatusOr<Job> JobManager::LoadRunningAttempt(const std::string& worker_id,
+                                                   const std::string& job_id,
+                                                   int attempt) {
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  if (job.state() != tlserve::v1::RUNNING || job.attempt() != attempt ||
+      job.worker_id() != worker_id) {
+    return absl::AbortedError(absl::StrFormat(
+        "stale update for job '%s' attempt %d from worker %s: the job is %s "
+        "at attempt %d on worker '%s'",
+        job_id, attempt, worker_id, tlserve::v1::JobState_Name(job.state()),
+        job.attempt(), job.worker_id()));
+  }
+  return job;
+}
+
+absl::Status JobManager::OnProgress(const std::string& worker_id,
+                                    const tlserve::v1::JobProgressUpdate& update) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job,
+                   LoadRunningAttempt(worker_id, update.job_id(), update.attempt()));
+  *job.mutable_progress() = update.progress();
+  std::vector<JobEvent> events(1, NewEvent());
+  *events[0].mutable_progress() = update.progress();
+  RETURN_IF_ERROR(store_->PutJob(job, &events));
+  events_->Notify(job.id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::OnEpochDone(const std::string& worker_id,
+                                     const tlserve::v1::JobEpochDone& done) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job,
+                   LoadRunningAttempt(worker_id, done.job_id(), done.attempt()));
+  std::vector<JobEvent> events(1, NewEvent());
+  *events[0].mutable_epoch_metrics() = done.metrics();
+  *job.add_metrics() = done.metrics();
+  if (done.has_checkpoint()) {
+    tlserve::v1::CheckpointInfo checkpoint = done.checkpoint();
+    if (!blobs_->Has(checkpoint.sha256())) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "checkpoint %s of job '%s' was not stored; PutBlob it first",
+          checkpoint.sha256(), job.id()));
+    }
+    checkpoint.set_attempt(done.attempt());
+    *checkpoint.mutable_create_time() = ToProtoTime(options_.now());
+    RETURN_IF_ERROR(store_->AddCheckpoint(job.id(), checkpoint));
+    *job.mutable_latest_checkpoint() = checkpoint;
+    JobEvent saved = NewEvent();
+    *saved.mutable_checkpoint() = checkpoint;
+    events.push_back(std::move(saved));
+  }
+  RETURN_IF_ERROR(store_->PutJob(job, &events));
+  events_->Notify(job.id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::OnLog(const std::string& worker_id,
+                               const tlserve::v1::JobLog& log) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job,
+                   LoadRunningAttempt(worker_id, log.job_id(), log.attempt()));
+  std::vector<JobEvent> events(1, NewEvent());
+  events[0].set_message(log.message());
+  RETURN_IF_ERROR(store_->AppendEvents(job.id(), &events));
+  events_->Notify(job.id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::RegisterArtifact(Job* job,
+                                          const tlserve::v1::JobFinished& finished) {
+  const std::string& sha = finished.artifact_sha256();
+  if (!blobs_->Has(sha)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "artifact %s of job '%s' was not stored; PutBlob it first", sha,
+        job->id()));
+  }
+  tlserve::v1::JobResult* result = job->mutable_result();
+  *result = finished.result();
+  if (job->spec().kind() == tlserve::v1::PRETRAIN) {
+    Backbone backbone;
+    backbone.set_id(NewId("bb"));
+    backbone.set_name(job->spec().pretrain().backbone_name());
+    backbone.set_sha256(sha);
+    backbone.set_size_bytes(finished.artifact_size_bytes());
+    *backbone.mutable_input_spec() = finished.input_spec();
+    backbone.set_feature_dim(finished.result().feature_dim());
+    *backbone.mutable_blocks() = finished.result().blocks();
+    backbone.set_source_job_id(job->id());
+    *backbone.mutable_create_time() = ToProtoTime(options_.now());
+    RETURN_IF_ERROR(store_->PutBackbone(backbone));
+    result->set_backbone_id(backbone.id());
+  } else {
+    tlserve::v1::Model model;
+    model.set_id(NewId("model"));
+    model.set_job_id(job->id());
+    model.set_backbone_id(job->spec().backbone_id());
+    model.set_sha256(sha);
+    model.set_size_bytes(finished.artifact_size_bytes());
+    *model.mutable_class_names() = finished.class_names();
+    *model.mutable_input_spec() = finished.input_spec();
+    *model.mutable_create_time() = ToProtoTime(options_.now());
+    RETURN_IF_ERROR(store_->PutModel(model));
+    result->set_model_id(model.id());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::OnFinished(const std::string& worker_id,
+                                    const tlserve::v1::JobFinished& finished) {
+  bool requeued = false;
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Job job, LoadRunningAttempt(worker_id, finished.job_id(),
+                                                 finished.attempt()));
+    if (finished.succeeded()) {
+      absl::Status registered = RegisterArtifact(&job, finished);
+      if (!registered.ok()) {
+        return Transition(&job, tlserve::v1::FAILED,
+                          "could not register the result: " +
+                              std::string(registered.message()));
+      }
+      return Transition(&job, tlserve::v1::SUCCEEDED,
+                        absl::StrFormat("attempt %d finished", job.attempt()));
+    }
+    if (finished.cancelled()) {
+      // The worker gave the attempt back (e.g. it is shutting down).
+      RETURN_IF_ERROR(RequeueOrFail(
+          &job, absl::StrFormat("worker %s handed back attempt %d", worker_id,
+                                job.attempt())));
+      requeued = job.state() == tlserve::v1::QUEUED;
+    } else {
+      return Transition(&job, tlserve::v1::FAILED,
+                        absl::StrFormat("attempt %d failed: %s", job.attempt(),
+                                        finished.error()));
+    }
+  }
+  if (requeued && dispatcher_ != nullptr) dispatcher_->JobQueued();
+  return absl::OkStatus();
+}
+
+void JobManager::OnWorkerLost(const std::string& worker_id,
+                              const std::string& reason) {
+  bool requeued = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto running = store_->JobsInState(tlserve::v1::RUNNING);
+    if (!running.ok()) return;
+    for (Job& job : *running) {
+      if (job.worker_id() != worker_id) continue;
+      absl::Status s = RequeueOrFail(
+          &job, absl::StrFormat("worker %s lost during attempt %d: %s",
+                                worker_id, job.attempt(), reason));
+      requeued |= s.ok() && job.state() == tlserve::v1::QUEUED;
+    }
+  }
+  if (requeued && dispatcher_ != nullptr) dispatcher_->JobQueued();
+}
+
+std::vector<std::string> JobManager::StaleJobsOf(
+    const std::string& worker_id, const std::vector<std::string>& job_ids) {
+  std::vector<std::string> stale;
+  for (const std::string& id : job_ids) {
+    auto job = store_->GetJob(id);
+    if (!job.ok() || job->state() != tlserve::v1::RUNNING ||
+        job->worker_id() != worker_id) {
+      stale.push_back(id);
+    }
+  }
+  return stale;
+}
+
+}  // namespace tlserve

@@ -1,0 +1,65 @@
+// tlserve: the control-plane server. Flags -> Server::Options -> Start -> Wait.
+
+#include <signal.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address");
+ABSL_FLAG(int, port, -1, "shorthand for --listen=0.0.0.0:PORT (0: any free port)");
+ABSL_FLAG(std::string, data_dir, "./var", "folder for tlserve.db and blobs/");
+ABSL_FLAG(int, local_workers, 0, "tlworker processes to start and supervise");
+ABSL_FLAG(std::string, worker_binary, "", "path of tlworker (default: beside tlserve)");
+ABSL_FLAG(int, worker_threads, 0, "LibTorch threads per local worker (0: all cores)");
+ABSL_FLAG(double, lease_seconds, 10, "a worker silent this long is lost");
+ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken by one thread with sigwait; block them everywhere else.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  tlserve::Server::Options options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  if (absl::GetFlag(FLAGS_port) >= 0) {
+    options.listen_address = absl::StrCat("0.0.0.0:", absl::GetFlag(FLAGS_port));
+  }
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.local_workers = absl::GetFlag(FLAGS_local_workers);
+  options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
+  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
+
+  auto server = tlserve::Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "tlserve: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  if (const std::string file = absl::GetFlag(FLAGS_port_file); !file.empty()) {
+    FILE* f = std::fopen((file + ".tmp").c_str(), "w");
+    if (f != nullptr) {
+      std::fprintf(f, "%d\n", (*server)->port());
+      std::fclose(f);
+      std::rename((file + ".tmp").c_str(), file.c_str());
+    }
+  }
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "tlserve: signal %d, shutting down\n", sig);
+    (*server)->Shutdown();
+  });
+  (*server)->Wait();
+  waiter.join();
+  server->reset();
+  return 0;
+}

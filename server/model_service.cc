@@ -1,0 +1,100 @@
+#include "server/model_service.h"
+
+#include "common/status_macros.h"
+#include "server/reactors.h"
+
+namespace tlserve {
+
+using tlserve::v1::Backbone;
+using tlserve::v1::ExportModelChunk;
+using tlserve::v1::Model;
+
+grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>*
+ModelServiceImpl::UploadBackbone(grpc::CallbackServerContext* context,
+                                 Backbone* response) {
+  auto upload = std::make_shared<BackboneUpload>(store_, blobs_, limits_);
+  return new UploadReactor<tlserve::v1::UploadBackboneRequest, Backbone>(
+      response, pool_,
+      [upload](const tlserve::v1::UploadBackboneRequest& r) {
+        return upload->OnMessage(r);
+      },
+      [upload] { return upload->Finish(); });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::GetBackbone(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::GetBackboneRequest* request, Backbone* response) {
+  return RunOnPool<Backbone>(context, pool_, response,
+                             [this, id = request->id()] { return store_->GetBackbone(id); });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::ListBackbones(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::ListBackbonesRequest* request,
+    tlserve::v1::ListBackbonesResponse* response) {
+  return RunOnPool<tlserve::v1::ListBackbonesResponse>(
+      context, pool_, response,
+      [this, size = request->page_size(), token = request->page_token()]()
+          -> absl::StatusOr<tlserve::v1::ListBackbonesResponse> {
+        ASSIGN_OR_RETURN(auto page, store_->ListBackbones(size, token));
+        tlserve::v1::ListBackbonesResponse out;
+        for (auto& b : page.items) *out.add_backbones() = std::move(b);
+        out.set_next_page_token(page.next_page_token);
+        return out;
+      });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::GetModelRequest* request, Model* response) {
+  return RunOnPool<Model>(context, pool_, response,
+                          [this, id = request->id()] { return store_->GetModel(id); });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::ListModelsRequest* request,
+    tlserve::v1::ListModelsResponse* response) {
+  return RunOnPool<tlserve::v1::ListModelsResponse>(
+      context, pool_, response,
+      [this, size = request->page_size(), token = request->page_token()]()
+          -> absl::StatusOr<tlserve::v1::ListModelsResponse> {
+        ASSIGN_OR_RETURN(auto page, store_->ListModels(size, token));
+        tlserve::v1::ListModelsResponse out;
+        for (auto& m : page.items) *out.add_models() = std::move(m);
+        out.set_next_page_token(page.next_page_token);
+        return out;
+      });
+}
+
+namespace {
+// Finishes at once with an error (for streams refused before they start).
+template <typename Message>
+class ErrorWriteReactor : public grpc::ServerWriteReactor<Message> {
+ public:
+  explicit ErrorWriteReactor(const absl::Status& status) {
+    this->Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+}  // namespace
+
+grpc::ServerWriteReactor<ExportModelChunk>* ModelServiceImpl::ExportModel(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::ExportModelRequest* request) {
+  auto model = store_->GetModel(request->id());
+  if (!model.ok()) return new ErrorWriteReactor<ExportModelChunk>(model.status());
+  auto path = blobs_->PathOf(model->sha256());
+  if (!path.ok()) return new ErrorWriteReactor<ExportModelChunk>(path.status());
+  return new FileStreamReactor<ExportModelChunk>(
+      *path, [size = model->size_bytes(), sha = model->sha256()](
+                 ExportModelChunk* chunk, std::string data, bool first) {
+        chunk->set_data(std::move(data));
+        if (first) {
+          chunk->set_total_bytes(size);
+          chunk->set_sha256(sha);
+        }
+      });
+}
+
+}  // namespace tlserve

@@ -1,0 +1,50 @@
+#ifndef TLSERVE_SERVER_MODEL_SERVICE_H_
+#define TLSERVE_SERVER_MODEL_SERVICE_H_
+
+#include "server/blob_store.h"
+#include "server/store.h"
+#include "server/uploads.h"
+#include "server/work_pool.h"
+#include "tlserve/v1/model.grpc.pb.h"
+
+namespace tlserve {
+
+// tlserve.v1.ModelService: backbones in, trained models out.
+class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService {
+ public:
+  ModelServiceImpl(Store* store, BlobStore* blobs, WorkPool* pool,
+                   UploadLimits limits)
+      : store_(store), blobs_(blobs), pool_(pool), limits_(limits) {}
+
+  grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>* UploadBackbone(
+      grpc::CallbackServerContext* context,
+      tlserve::v1::Backbone* response) override;
+  grpc::ServerUnaryReactor* GetBackbone(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::GetBackboneRequest* request,
+      tlserve::v1::Backbone* response) override;
+  grpc::ServerUnaryReactor* ListBackbones(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::ListBackbonesRequest* request,
+      tlserve::v1::ListBackbonesResponse* response) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
+                                     const tlserve::v1::GetModelRequest* request,
+                                     tlserve::v1::Model* response) override;
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::ListModelsRequest* request,
+      tlserve::v1::ListModelsResponse* response) override;
+  grpc::ServerWriteReactor<tlserve::v1::ExportModelChunk>* ExportModel(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::ExportModelRequest* request) override;
+
+ private:
+  Store* store_;
+  BlobStore* blobs_;
+  WorkPool* pool_;
+  UploadLimits limits_;
+};
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_SERVER_MODEL_SERVICE_H_

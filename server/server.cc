@@ -1,0 +1,136 @@
+#include "server/server.h"
+
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/blob_store.h"
+#include "server/dataset_service.h"
+#include "server/event_hub.h"
+#include "server/inference_router.h"
+#include "server/inference_service.h"
+#include "server/job_manager.h"
+#include "server/job_service.h"
+#include "server/local_workers.h"
+#include "server/model_service.h"
+#include "server/scheduler.h"
+#include "server/store.h"
+#include "server/work_pool.h"
+#include "server/worker_service.h"
+
+namespace tlserve {
+
+namespace {
+
+constexpr int kMaxMessageBytes = 64 << 20;
+
+std::string DefaultWorkerBinary() {
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "tlworker";
+  std::string path(self, static_cast<size_t>(n));
+  std::string dir = path.substr(0, path.rfind('/'));
+  // build/server/tlserve -> build/worker/tlworker; an install dir holds both.
+  std::string sibling = dir + "/tlworker";
+  if (access(sibling.c_str(), X_OK) == 0) return sibling;
+  return dir + "/../worker/tlworker";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  RETURN_IF_ERROR(MakeDirs(options.data_dir));
+  ASSIGN_OR_RETURN(s->store_, Store::Open(options.data_dir + "/tlserve.db"));
+  ASSIGN_OR_RETURN(s->blobs_, BlobStore::Open(options.data_dir + "/blobs"));
+  s->events_ = std::make_unique<EventHub>();
+  s->pool_ = std::make_unique<WorkPool>(4);
+  s->jobs_ = std::make_unique<JobManager>(JobManager::Options{}, s->store_.get(),
+                                          s->blobs_.get(), s->events_.get());
+  Scheduler::Options sched;
+  sched.heartbeat_interval = options.heartbeat_interval;
+  sched.lease = options.lease;
+  s->scheduler_ = std::make_unique<Scheduler>(sched, s->jobs_.get());
+  s->jobs_->set_dispatcher(s->scheduler_.get());
+  s->router_ = std::make_unique<InferenceRouter>(InferenceRouter::Options{},
+                                                 s->store_.get(), s->scheduler_.get());
+  s->scheduler_->set_inference_sink(s->router_.get());
+  RETURN_IF_ERROR(s->jobs_->RecoverAfterRestart());
+
+  s->dataset_service_ = std::make_unique<DatasetServiceImpl>(
+      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits);
+  s->model_service_ = std::make_unique<ModelServiceImpl>(
+      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits);
+  s->job_service_ = std::make_unique<JobServiceImpl>(
+      s->jobs_.get(), s->store_.get(), s->events_.get(), s->pool_.get());
+  s->inference_service_ = std::make_unique<InferenceServiceImpl>(s->router_.get());
+  s->worker_service_ = std::make_unique<WorkerServiceImpl>(
+      s->scheduler_.get(), s->blobs_.get(), s->pool_.get(),
+      options.limits.max_part_bytes);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address,
+                           grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.RegisterService(s->dataset_service_.get());
+  builder.RegisterService(s->model_service_.get());
+  builder.RegisterService(s->job_service_.get());
+  builder.RegisterService(s->inference_service_.get());
+  builder.RegisterService(s->worker_service_.get());
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen_address,
+        " (in use, or not a valid address); pick another with --listen"));
+  }
+  // Serving only now that the store is open and recovered.
+  s->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  s->scheduler_->Start();
+  s->router_->Start();
+
+  if (options.local_workers > 0) {
+    LocalWorkers::Options lw;
+    lw.count = options.local_workers;
+    lw.binary = options.worker_binary.empty() ? DefaultWorkerBinary()
+                                              : options.worker_binary;
+    lw.server_address = absl::StrCat("127.0.0.1:", s->port_);
+    lw.cache_root = options.data_dir + "/worker-cache";
+    lw.threads_per_worker = options.worker_threads;
+    s->local_workers_ = std::make_unique<LocalWorkers>(lw);
+    s->local_workers_->Start();
+  }
+  std::fprintf(stderr, "tlserve: serving on port %d, data in %s\n", s->port_,
+               options.data_dir.c_str());
+  return s;
+}
+
+void Server::Wait() { grpc_server_->Wait(); }
+
+void Server::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  local_workers_.reset();
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+}
+
+Server::~Server() {
+  Shutdown();
+  grpc_server_->Wait();
+  // Threads that call into the store stop before it closes.
+  router_.reset();
+  scheduler_.reset();
+  pool_.reset();
+}
+
+}  // namespace tlserve

@@ -1,0 +1,82 @@
+#ifndef TLSERVE_SERVER_SERVER_H_
+#define TLSERVE_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "server/uploads.h"
+
+namespace tlserve {
+
+class BlobStore;
+class DatasetServiceImpl;
+class EventHub;
+class InferenceRouter;
+class InferenceServiceImpl;
+class JobManager;
+class JobServiceImpl;
+class LocalWorkers;
+class ModelServiceImpl;
+class Scheduler;
+class Store;
+class WorkPool;
+class WorkerServiceImpl;
+
+// The tlserve process: owns the store, the blob store, the job manager,
+// the scheduler, the inference router, the gRPC services (plus health and
+// reflection) and, optionally, local worker processes.
+class Server {
+ public:
+  struct Options {
+    // Where clients and workers connect; port 0 picks a free port.
+    std::string listen_address = "0.0.0.0:50051";
+    // tlserve.db and blobs/ live here.
+    std::string data_dir = "./var";
+    // tlworker processes to start and supervise beside the server.
+    int local_workers = 0;
+    // Path of tlworker (default: next to the running tlserve binary).
+    std::string worker_binary;
+    int worker_threads = 0;
+    absl::Duration heartbeat_interval = absl::Seconds(1);
+    // A worker silent this long is lost and its job requeued.
+    absl::Duration lease = absl::Seconds(10);
+    UploadLimits limits;
+  };
+
+  static absl::StatusOr<std::unique_ptr<Server>> Start(Options options);
+  ~Server();
+
+  int port() const { return port_; }
+  // Blocks until Shutdown() from another thread.
+  void Wait();
+  // Stops accepting calls, gives running ones `grace` to end, stops workers.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+ private:
+  Server() = default;
+
+  Options options_;
+  int port_ = 0;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<EventHub> events_;
+  std::unique_ptr<WorkPool> pool_;
+  std::unique_ptr<JobManager> jobs_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<InferenceRouter> router_;
+  std::unique_ptr<DatasetServiceImpl> dataset_service_;
+  std::unique_ptr<ModelServiceImpl> model_service_;
+  std::unique_ptr<JobServiceImpl> job_service_;
+  std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::unique_ptr<WorkerServiceImpl> worker_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<LocalWorkers> local_workers_;
+  bool shut_down_ = false;
+};
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_SERVER_SERVER_H_

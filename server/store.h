@@ -1,0 +1,111 @@
+#ifndef TLSERVE_SERVER_STORE_H_
+#define TLSERVE_SERVER_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "tlserve/v1/dataset.pb.h"
+#include "tlserve/v1/job.pb.h"
+#include "tlserve/v1/model.pb.h"
+
+struct sqlite3;
+
+namespace tlserve {
+
+// Durable state of the server in one SQLite database (WAL mode,
+// synchronous=FULL: a write has reached the disk when a call returns).
+// Resources are stored as serialized protos beside the columns that queries
+// need. The schema is versioned; Open() applies pending migrations in order
+// inside transactions. Thread-safe: calls are serialised on one connection.
+class Store {
+ public:
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+
+  int schema_version() const;
+
+  // A page of a list: items and the token for the next page ("" at the end).
+  template <typename T>
+  struct Page {
+    std::vector<T> items;
+    std::string next_page_token;
+  };
+
+  // --- Idempotency keys: (scope, request_id) -> resource id.
+  absl::StatusOr<std::optional<std::string>> LookupRequest(
+      const std::string& scope, const std::string& request_id);
+
+  // --- Datasets. Put inserts or replaces by id. When request_id is not
+  // empty it is recorded in the same transaction under scope "dataset".
+  absl::Status PutDataset(const tlserve::v1::Dataset& dataset,
+                          const std::string& request_id = "");
+  // NOT_FOUND when absent.
+  absl::StatusOr<tlserve::v1::Dataset> GetDataset(const std::string& id);
+  // Ordered by creation (oldest first). page_size <= 0 means 100.
+  absl::StatusOr<Page<tlserve::v1::Dataset>> ListDatasets(
+      int page_size, const std::string& page_token);
+  absl::Status DeleteDataset(const std::string& id);
+
+  // --- Backbones (scope "backbone") and models.
+  absl::Status PutBackbone(const tlserve::v1::Backbone& backbone,
+                           const std::string& request_id = "");
+  absl::StatusOr<tlserve::v1::Backbone> GetBackbone(const std::string& id);
+  absl::StatusOr<Page<tlserve::v1::Backbone>> ListBackbones(
+      int page_size, const std::string& page_token);
+  absl::Status PutModel(const tlserve::v1::Model& model);
+  absl::StatusOr<tlserve::v1::Model> GetModel(const std::string& id);
+  absl::StatusOr<Page<tlserve::v1::Model>> ListModels(
+      int page_size, const std::string& page_token);
+
+  // --- Jobs. PutJob inserts or replaces the job (its state, priority and
+  // attempt are indexed) and appends `events` in the same transaction,
+  // filling in each event's sequence (increasing, unique in the database)
+  // and job_id. A new job (or one moved back to QUEUED) gets a fresh
+  // queue_seq when enter_queue is true: the FIFO order among equal
+  // priorities. request_id as for datasets, scope "job".
+  absl::Status PutJob(const tlserve::v1::Job& job,
+                      std::vector<tlserve::v1::JobEvent>* events = nullptr,
+                      bool enter_queue = false,
+                      const std::string& request_id = "");
+  absl::StatusOr<tlserve::v1::Job> GetJob(const std::string& id);
+  // Newest first. state JOB_STATE_UNSPECIFIED: every state.
+  absl::StatusOr<Page<tlserve::v1::Job>> ListJobs(
+      tlserve::v1::JobState state, int page_size,
+      const std::string& page_token);
+  // Every QUEUED job, in run order: priority high to low, then queue_seq.
+  absl::StatusOr<std::vector<tlserve::v1::Job>> QueuedJobs();
+  // Jobs in the given state (any order); used at start-up for recovery.
+  absl::StatusOr<std::vector<tlserve::v1::Job>> JobsInState(
+      tlserve::v1::JobState state);
+  // Appends events to a job without rewriting it.
+  absl::Status AppendEvents(const std::string& job_id,
+                            std::vector<tlserve::v1::JobEvent>* events);
+  // Events with sequence > after_sequence, in order, at most limit.
+  absl::StatusOr<std::vector<tlserve::v1::JobEvent>> ListEvents(
+      const std::string& job_id, int64_t after_sequence, int limit);
+  // Mean run time (start to end) of the last `last_n` SUCCEEDED jobs, or
+  // nullopt when there are none.
+  absl::StatusOr<std::optional<double>> MeanRunSeconds(int last_n);
+
+  // --- Checkpoints of a job, oldest first.
+  absl::Status AddCheckpoint(const std::string& job_id,
+                             const tlserve::v1::CheckpointInfo& checkpoint);
+  absl::StatusOr<std::vector<tlserve::v1::CheckpointInfo>> ListCheckpoints(
+      const std::string& job_id);
+
+ private:
+  explicit Store(sqlite3* db);
+  sqlite3* db_;
+  mutable absl::Mutex mu_;
+  int schema_version_ = 0;
+};
+
+}  // namespace tlserve
+
+#endif  // TLSERVE_SERVER_STORE_H_

@@ -1,0 +1,272 @@
+#include "server/uploads.h"
+
+#include <set>
+
+#include "absl/strings/str_format.h"
+#include "common/proto_time.h"
+#include "common/status_macros.h"
+#include "common/torchscript_archive.h"
+#include "server/ids.h"
+
+namespace tlserve {
+
+using tlserve::v1::DatasetPartRole;
+using tlserve::v1::DatasetPartRole_Name;
+
+namespace {
+
+constexpr size_t kMaxNameBytes = 256;
+constexpr int kMaxClasses = 100000;
+
+absl::Status CheckName(const std::string& name, const char* field) {
+  if (name.empty() || name.size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s must have 1 to %d bytes, got %d", field, kMaxNameBytes, name.size()));
+  }
+  return absl::OkStatus();
+}
+
+bool RoleFitsFormat(tlserve::v1::DatasetFormat format, DatasetPartRole role) {
+  if (format == tlserve::v1::IDX) {
+    return role == tlserve::v1::TRAIN_IMAGES || role == tlserve::v1::TRAIN_LABELS ||
+           role == tlserve::v1::TEST_IMAGES || role == tlserve::v1::TEST_LABELS;
+  }
+  return role == tlserve::v1::TRAIN_ARCHIVE || role == tlserve::v1::TEST_ARCHIVE;
+}
+
+}  // namespace
+
+absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec) {
+  if (spec.channels() != 1 && spec.channels() != 3) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_spec.channels must be 1 or 3, got %d", spec.channels()));
+  }
+  if (spec.height() < 8 || spec.height() > 2048 || spec.width() < 8 ||
+      spec.width() > 2048) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_spec height and width must be in [8, 2048], got %dx%d",
+        spec.height(), spec.width()));
+  }
+  if (spec.mean_size() != spec.channels() || spec.std_size() != spec.channels()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_spec.mean and input_spec.std need %d values each (one per "
+        "channel), got %d and %d",
+        spec.channels(), spec.mean_size(), spec.std_size()));
+  }
+  for (float s : spec.std()) {
+    if (!(s > 0)) {
+      return absl::InvalidArgumentError("input_spec.std values must be > 0");
+    }
+  }
+  return absl::OkStatus();
+}
+
+DatasetUpload::DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits)
+    : store_(store), blobs_(blobs), limits_(limits) {}
+
+absl::Status DatasetUpload::OnHeader(const tlserve::v1::DatasetUploadHeader& h) {
+  RETURN_IF_ERROR(CheckName(h.name(), "header.name"));
+  if (h.format() != tlserve::v1::IDX &&
+      h.format() != tlserve::v1::IMAGE_FOLDER_TAR) {
+    return absl::InvalidArgumentError(
+        "header.format must be IDX or IMAGE_FOLDER_TAR");
+  }
+  if (h.parts_size() == 0 || h.parts_size() > 4) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "header.parts must list 1 to 4 files, got %d", h.parts_size()));
+  }
+  std::set<int> roles;
+  for (int i = 0; i < h.parts_size(); ++i) {
+    const auto& part = h.parts(i);
+    if (!RoleFitsFormat(h.format(), part.role())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "header.parts[%d]: role %s does not belong to format %s", i,
+          DatasetPartRole_Name(part.role()),
+          tlserve::v1::DatasetFormat_Name(h.format())));
+    }
+    if (!roles.insert(part.role()).second) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "header.parts[%d]: role %s is given twice", i,
+          DatasetPartRole_Name(part.role())));
+    }
+    if (part.size_bytes() < 0 || part.size_bytes() > limits_.max_part_bytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "header.parts[%d].size_bytes must be in [0, %d]", i,
+          limits_.max_part_bytes));
+    }
+    if (!part.sha256().empty() && !IsSha256Hex(part.sha256())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "header.parts[%d].sha256 must be 64 lowercase hex digits", i));
+    }
+  }
+  if (h.class_names_size() > kMaxClasses) {
+    return absl::InvalidArgumentError("header.class_names has too many entries");
+  }
+  for (const std::string& name : h.class_names()) {
+    RETURN_IF_ERROR(CheckName(name, "header.class_names[]"));
+  }
+  if (!h.request_id().empty()) {
+    ASSIGN_OR_RETURN(existing_id_, store_->LookupRequest("dataset", h.request_id()));
+  }
+  header_ = h;
+  have_header_ = true;
+  if (existing_id_.has_value()) return absl::OkStatus();  // chunks are dropped
+  for (int i = 0; i < h.parts_size(); ++i) {
+    ASSIGN_OR_RETURN(auto writer, blobs_->NewWriter(limits_.max_part_bytes));
+    writers_.push_back(std::move(writer));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DatasetUpload::OnMessage(
+    const tlserve::v1::UploadDatasetRequest& request) {
+  if (request.has_header()) {
+    if (have_header_) {
+      return absl::InvalidArgumentError("the header was sent twice");
+    }
+    return OnHeader(request.header());
+  }
+  if (!have_header_) {
+    return absl::InvalidArgumentError(
+        "the first message of UploadDataset must be the header");
+  }
+  if (existing_id_.has_value()) return absl::OkStatus();
+  const auto& chunk = request.chunk();
+  if (chunk.part_index() < 0 || chunk.part_index() >= header_.parts_size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk.part_index %d is outside [0, %d)", chunk.part_index(),
+        header_.parts_size()));
+  }
+  return writers_[chunk.part_index()]->Append(chunk.data());
+}
+
+absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
+  if (!have_header_) {
+    return absl::InvalidArgumentError("the upload stream was empty");
+  }
+  if (existing_id_.has_value()) return store_->GetDataset(*existing_id_);
+
+  tlserve::v1::Dataset dataset;
+  DatasetFiles files;
+  files.format = header_.format();
+  files.class_names = {header_.class_names().begin(), header_.class_names().end()};
+  for (int i = 0; i < header_.parts_size(); ++i) {
+    const auto& declared = header_.parts(i);
+    BlobStore::Writer& writer = *writers_[i];
+    const std::string role = DatasetPartRole_Name(declared.role());
+    if (declared.size_bytes() != 0 && writer.size() != declared.size_bytes()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: received %d bytes but the header said %d; the upload was cut "
+          "short, send it again",
+          role, writer.size(), declared.size_bytes()));
+    }
+    if (writer.size() == 0) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s is empty", role));
+    }
+    auto sha = writer.Commit(declared.sha256());
+    if (!sha.ok()) {
+      return absl::Status(sha.status().code(),
+                          absl::StrFormat("%s: %s", role, sha.status().message()));
+    }
+    auto* part = dataset.add_parts();
+    part->set_role(declared.role());
+    part->set_size_bytes(writer.size());
+    part->set_sha256(*sha);
+    ASSIGN_OR_RETURN(files.paths[declared.role()], blobs_->PathOf(*sha));
+  }
+
+  ASSIGN_OR_RETURN(DecodedDataset decoded, LoadDataset(files, limits_.dataset));
+
+  dataset.set_id(NewId("ds"));
+  dataset.set_name(header_.name());
+  dataset.set_format(header_.format());
+  *dataset.mutable_class_names() = {decoded.class_names.begin(),
+                                    decoded.class_names.end()};
+  const size_t k = decoded.class_names.size();
+  std::vector<int64_t> train_counts(k, 0), test_counts(k, 0);
+  for (int32_t label : decoded.train.labels) ++train_counts[label];
+  for (int32_t label : decoded.test.labels) ++test_counts[label];
+  *dataset.mutable_train_class_counts() = {train_counts.begin(), train_counts.end()};
+  *dataset.mutable_test_class_counts() = {test_counts.begin(), test_counts.end()};
+  dataset.set_train_count(static_cast<int64_t>(decoded.train.labels.size()));
+  dataset.set_test_count(static_cast<int64_t>(decoded.test.labels.size()));
+  // Geometry is recorded when every image shares it.
+  const Image& first = decoded.train.images.front();
+  bool same = true;
+  for (const auto* split : {&decoded.train, &decoded.test}) {
+    for (const Image& image : split->images) {
+      same &= image.height == first.height && image.width == first.width &&
+              image.channels == first.channels;
+    }
+  }
+  if (same) {
+    dataset.set_channels(first.channels);
+    dataset.set_height(first.height);
+    dataset.set_width(first.width);
+  }
+  *dataset.mutable_create_time() = ToProtoTime(absl::Now());
+  RETURN_IF_ERROR(store_->PutDataset(dataset, header_.request_id()));
+  return dataset;
+}
+
+BackboneUpload::BackboneUpload(Store* store, BlobStore* blobs, UploadLimits limits)
+    : store_(store), blobs_(blobs), limits_(limits) {}
+
+absl::Status BackboneUpload::OnMessage(
+    const tlserve::v1::UploadBackboneRequest& request) {
+  if (request.has_header()) {
+    if (have_header_) return absl::InvalidArgumentError("the header was sent twice");
+    const auto& h = request.header();
+    RETURN_IF_ERROR(CheckName(h.name(), "header.name"));
+    RETURN_IF_ERROR(ValidateInputSpec(h.input_spec()));
+    if (h.size_bytes() < 0 || h.size_bytes() > limits_.max_backbone_bytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "header.size_bytes must be in [0, %d]", limits_.max_backbone_bytes));
+    }
+    if (!h.sha256().empty() && !IsSha256Hex(h.sha256())) {
+      return absl::InvalidArgumentError(
+          "header.sha256 must be 64 lowercase hex digits");
+    }
+    if (!h.request_id().empty()) {
+      ASSIGN_OR_RETURN(existing_id_,
+                       store_->LookupRequest("backbone", h.request_id()));
+    }
+    header_ = h;
+    have_header_ = true;
+    if (!existing_id_.has_value()) {
+      ASSIGN_OR_RETURN(writer_, blobs_->NewWriter(limits_.max_backbone_bytes));
+    }
+    return absl::OkStatus();
+  }
+  if (!have_header_) {
+    return absl::InvalidArgumentError(
+        "the first message of UploadBackbone must be the header");
+  }
+  if (existing_id_.has_value()) return absl::OkStatus();
+  return writer_->Append(request.chunk());
+}
+
+absl::StatusOr<tlserve::v1::Backbone> BackboneUpload::Finish() {
+  if (!have_header_) return absl::InvalidArgumentError("the upload stream was empty");
+  if (existing_id_.has_value()) return store_->GetBackbone(*existing_id_);
+  if (header_.size_bytes() != 0 && writer_->size() != header_.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "received %d bytes but the header said %d; send the file again",
+        writer_->size(), header_.size_bytes()));
+  }
+  const int64_t size = writer_->size();
+  ASSIGN_OR_RETURN(std::string sha, writer_->Commit(header_.sha256()));
+  ASSIGN_OR_RETURN(std::string path, blobs_->PathOf(sha));
+  RETURN_IF_ERROR(CheckTorchScriptArchive(path));
+  tlserve::v1::Backbone backbone;
+  backbone.set_id(NewId("bb"));
+  backbone.set_name(header_.name());
+  backbone.set_sha256(sha);
+  backbone.set_size_bytes(size);
+  *backbone.mutable_input_spec() = header_.input_spec();
+  *backbone.mutable_create_time() = ToProtoTime(absl::Now());
+  RETURN_IF_ERROR(store_->PutBackbone(backbone, header_.request_id()));
+  return backbone;
+}
+
+}  // namespace tlserve

@@ -1,0 +1,427 @@
+// The whole loop through real processes on loopback: upload, fine-tune,
+// watch, cancel, worker and server crashes, inference, export, bad input.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "tests/integration/cluster.h"
+#include "tests/integration/fixtures.h"
+
+namespace tlserve::testing {
+namespace {
+
+using tlserve::v1::Job;
+using tlserve::v1::JobEvent;
+using tlserve::v1::JobSpec;
+
+#define ASSERT_OK(expr)                                  \
+  do {                                                   \
+    auto _s = (expr);                                    \
+    ASSERT_TRUE(_s.ok()) << #expr << ": " << _s;         \
+  } while (0)
+
+bool HaveFashionMnist() {
+  return access((std::string(kFashionMnistDir) + "/train-labels-idx1-ubyte.gz").c_str(),
+                R_OK) == 0;
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    ASSERT_OK(cluster_.StartServer());
+  }
+
+  v1::Dataset Upload(const std::vector<int>& classes, int train, int test) {
+    const std::string dir = cluster_.dir() + "/data" + std::to_string(++uploads_);
+    EXPECT_TRUE(MakeDirs(dir).ok());
+    auto parts = WriteFashionMnistSubset(dir, classes, train, test);
+    EXPECT_TRUE(parts.ok()) << parts.status();
+    auto dataset = cluster_.client().UploadDatasetFiles(
+        "fmnist", v1::IDX, *parts, FashionMnistClassNames(), "");
+    EXPECT_TRUE(dataset.ok()) << dataset.status();
+    return *dataset;
+  }
+
+  v1::Backbone UploadResNet18(int size) {
+    auto path = ExportResNet18(cluster_.dir(), size);
+    EXPECT_TRUE(path.ok()) << path.status();
+    v1::InputSpec spec;
+    spec.set_channels(3);
+    spec.set_height(size);
+    spec.set_width(size);
+    for (float m : {0.485f, 0.456f, 0.406f}) spec.add_mean(m);
+    for (float s : {0.229f, 0.224f, 0.225f}) spec.add_std(s);
+    auto backbone = cluster_.client().UploadBackbone("resnet18", *path, spec, "");
+    EXPECT_TRUE(backbone.ok()) << backbone.status();
+    return *backbone;
+  }
+
+  JobSpec FineTune(const v1::Dataset& dataset, const std::string& backbone,
+                   std::vector<int> classes, int epochs) {
+    JobSpec spec;
+    spec.set_kind(v1::FINE_TUNE);
+    spec.mutable_data()->set_dataset_id(dataset.id());
+    for (int c : classes) spec.mutable_data()->add_class_subset(c);
+    spec.mutable_data()->set_validation_fraction(0.2f);
+    spec.set_backbone_id(backbone);
+    spec.set_epochs(epochs);
+    spec.set_batch_size(16);
+    spec.set_seed(7);
+    spec.mutable_optimizer()->set_learning_rate(3e-3f);
+    return spec;
+  }
+
+  // Collects every event of a job until it ends.
+  std::vector<JobEvent> WatchAll(const std::string& id,
+                                 absl::Duration timeout = absl::Minutes(4)) {
+    std::vector<JobEvent> events;
+    auto job = cluster_.client().WatchJob(
+        id, 0, [&](const JobEvent& e) { events.push_back(e); return true; },
+        absl::Now() + timeout);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return events;
+  }
+
+  Job WaitDone(const std::string& id, absl::Duration timeout = absl::Minutes(4)) {
+    auto job = cluster_.client().WaitForJob(id, timeout);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : Job();
+  }
+
+  // Waits (bounded) for the first event satisfying `pred`.
+  bool WaitForEvent(const std::string& id,
+                    const std::function<bool(const JobEvent&)>& pred) {
+    bool seen = false;
+    (void)cluster_.client().WatchJob(
+        id, 0, [&](const JobEvent& e) { seen = pred(e); return !seen; },
+        absl::Now() + absl::Minutes(3));
+    return seen;
+  }
+
+  Cluster cluster_;
+  int uploads_ = 0;
+};
+
+std::vector<int> EpochsOf(const Job& job) {
+  std::vector<int> epochs;
+  for (const auto& m : job.metrics()) epochs.push_back(m.epoch());
+  return epochs;
+}
+
+TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  v1::Dataset dataset = Upload({0, 1, 7}, 40, 20);
+  EXPECT_EQ(dataset.train_count(), 120);
+  EXPECT_EQ(dataset.test_count(), 60);
+  EXPECT_EQ(dataset.train_class_counts(7), 40);
+  v1::Backbone backbone = UploadResNet18(32);
+
+  JobSpec spec = FineTune(dataset, backbone.id(), {0, 1, 7}, 2);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
+  spec.mutable_freeze()->set_n_blocks(1);
+  auto created = cluster_.client().CreateJob(spec, "");
+  ASSERT_OK(created.status());
+  std::vector<JobEvent> events = WatchAll(created->id());
+  Job job = WaitDone(created->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+
+  // Every kind of event arrived, in sequence order, ending with the result.
+  std::set<int> kinds;
+  for (size_t i = 0; i < events.size(); ++i) {
+    kinds.insert(events[i].kind_case());
+    if (i > 0) EXPECT_GT(events[i].sequence(), events[i - 1].sequence());
+  }
+  EXPECT_TRUE(kinds.count(JobEvent::kProgress));
+  EXPECT_TRUE(kinds.count(JobEvent::kEpochMetrics));
+  EXPECT_TRUE(kinds.count(JobEvent::kCheckpoint));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().state_change().to(), v1::SUCCEEDED);
+
+  EXPECT_EQ(EpochsOf(job), (std::vector<int>{1, 2}));
+  auto checkpoints = cluster_.client().ListCheckpoints(job.id());
+  ASSERT_OK(checkpoints.status());
+  EXPECT_EQ(checkpoints->checkpoints_size(), 2);
+  EXPECT_EQ(job.result().test_count(), 60);
+  EXPECT_GT(job.result().test_accuracy(), 0.0f);
+
+  // The backbone learned its blocks from the worker.
+  ASSERT_FALSE(job.result().model_id().empty());
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  EXPECT_EQ(model->class_names_size(), 3);
+  EXPECT_EQ(model->class_names(2), "Sneaker");
+
+  // Predict on a raw tensor, then the exported file in Python must agree.
+  v1::PredictRequest request;
+  request.set_model_id(model->id());
+  request.set_top_k(2);
+  std::vector<float> pixels(2 * 3 * 32 * 32);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<float>((i * 37) % 101) / 100.0f;
+  auto* tensor = request.mutable_tensor();
+  for (int d : {2, 3, 32, 32}) tensor->add_shape(d);
+  tensor->set_dtype("FP32");
+  tensor->set_contents(std::string(reinterpret_cast<const char*>(pixels.data()),
+                                   pixels.size() * sizeof(float)));
+  auto predicted = cluster_.client().Predict(request, absl::Seconds(60));
+  ASSERT_OK(predicted.status());
+  ASSERT_EQ(predicted->predictions_size(), 2);
+  EXPECT_EQ(predicted->predictions(0).top_size(), 2);
+  float sum = 0;
+  for (float p : predicted->predictions(0).probabilities()) sum += p;
+  EXPECT_NEAR(sum, 1.0f, 1e-4);
+
+  const std::string exported = cluster_.dir() + "/model.pt";
+  ASSERT_OK(cluster_.client().ExportModel(model->id(), exported).status());
+  ASSERT_OK(WriteFileAtomic(cluster_.dir() + "/input.f32", tensor->contents()));
+  const std::string script = absl::StrCat(
+      "import torch,numpy\n"
+      "m=torch.jit.load('", exported, "')\n"
+      "x=torch.from_numpy(numpy.fromfile('", cluster_.dir(),
+      "/input.f32',dtype=numpy.float32).reshape(2,3,32,32))\n"
+      "p=torch.softmax(m(x),dim=1)\n"
+      "print(' '.join('%.6f'%v for v in p.flatten().tolist()))\n");
+  ASSERT_OK(WriteFileAtomic(cluster_.dir() + "/check.py", script));
+  const std::string out = cluster_.dir() + "/python.out";
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + cluster_.dir() + "/check.py > " + out +
+                         " 2>&1").c_str()),
+            0)
+      << *ReadFile(out);
+  std::vector<std::string> values =
+      absl::StrSplit(absl::StripAsciiWhitespace(*ReadFile(out)), ' ');
+  ASSERT_EQ(values.size(), 6u) << *ReadFile(out);
+  for (int row = 0; row < 2; ++row) {
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_NEAR(std::stof(values[row * 3 + c]),
+                  predicted->predictions(row).probabilities(c), 1e-4);
+    }
+  }
+
+  // An unknown model is NOT_FOUND, not a hang.
+  request.set_model_id("model-missing");
+  EXPECT_EQ(cluster_.client().Predict(request, absl::Seconds(10)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(EndToEndTest, PretrainedSourceBackboneIsFineTunedOnNewClasses) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  v1::Dataset dataset = Upload({3, 7, 8, 9}, 60, 30);
+  JobSpec pretrain;
+  pretrain.set_kind(v1::PRETRAIN);
+  pretrain.mutable_data()->set_dataset_id(dataset.id());
+  pretrain.mutable_data()->add_class_subset(8);
+  pretrain.mutable_data()->add_class_subset(9);
+  pretrain.mutable_pretrain()->set_backbone_name("source");
+  pretrain.set_epochs(2);
+  pretrain.set_batch_size(16);
+  auto source = cluster_.client().CreateJob(pretrain, "");
+  ASSERT_OK(source.status());
+  Job source_job = WaitDone(source->id());
+  ASSERT_EQ(source_job.state(), v1::SUCCEEDED) << source_job.error();
+  auto backbone = cluster_.client().GetBackbone(source_job.result().backbone_id());
+  ASSERT_OK(backbone.status());
+  EXPECT_EQ(backbone->source_job_id(), source_job.id());
+  EXPECT_GT(backbone->feature_dim(), 0);
+  EXPECT_GE(backbone->blocks_size(), 2);
+
+  JobSpec tune = FineTune(dataset, backbone->id(), {3, 7}, 3);
+  tune.mutable_freeze()->set_mode(v1::FreezePolicy::FROZEN);
+  auto tuned = cluster_.client().CreateJob(tune, "");
+  ASSERT_OK(tuned.status());
+  Job job = WaitDone(tuned->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.result().test_count(), 60);
+}
+
+TEST_F(EndToEndTest, CancelStopsARunningJobAndFreesTheWorker) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 500, 10);
+  v1::Backbone backbone = UploadResNet18(32);
+  JobSpec long_spec = FineTune(dataset, backbone.id(), {0, 1}, 200);
+  long_spec.mutable_freeze()->set_mode(v1::FreezePolicy::FULL);
+  auto long_job = cluster_.client().CreateJob(long_spec, "");
+  ASSERT_OK(long_job.status());
+  ASSERT_TRUE(WaitForEvent(long_job->id(),
+                           [](const JobEvent& e) { return e.has_progress(); }));
+  auto cancelled = cluster_.client().CancelJob(long_job->id());
+  ASSERT_OK(cancelled.status());
+  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_EQ(cluster_.client().CancelJob(long_job->id()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // The same single worker takes the next job once it has stopped.
+  JobSpec short_spec = FineTune(dataset, backbone.id(), {0, 1}, 1);
+  short_spec.mutable_data()->set_samples_per_class(20);
+  auto next = cluster_.client().CreateJob(short_spec, "");
+  ASSERT_OK(next.status());
+  Job done = WaitDone(next->id(), absl::Minutes(2));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error();
+  Job stopped = *cluster_.client().GetJob(long_job->id());
+  EXPECT_EQ(stopped.state(), v1::CANCELLED);
+  EXPECT_LT(stopped.metrics_size(), 200);
+}
+
+TEST_F(EndToEndTest, KilledWorkerJobResumesOnAnotherWorkerFromItsCheckpoint) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 150, 20);
+  v1::Backbone backbone = UploadResNet18(32);
+  JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 4);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
+  spec.mutable_freeze()->set_n_blocks(2);
+  auto created = cluster_.client().CreateJob(spec, "");
+  ASSERT_OK(created.status());
+  int checkpoint_epoch = 0;
+  ASSERT_TRUE(WaitForEvent(created->id(), [&](const JobEvent& e) {
+    if (e.has_checkpoint()) checkpoint_epoch = e.checkpoint().epoch();
+    return e.has_checkpoint();
+  }));
+  cluster_.KillWorker("w1", SIGKILL);
+  ASSERT_OK(cluster_.StartWorker("w2", 1));
+
+  std::vector<JobEvent> events = WatchAll(created->id());
+  Job job = WaitDone(created->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  EXPECT_GE(job.attempt(), 2);
+  EXPECT_EQ(job.worker_id(), "w2");
+  // No epoch ran twice into the record: each epoch once, in order.
+  EXPECT_EQ(EpochsOf(job), (std::vector<int>{1, 2, 3, 4}));
+  bool requeued = false, resumed_reason = false, resumed_log = false;
+  for (const JobEvent& e : events) {
+    if (e.has_state_change() && e.state_change().to() == v1::QUEUED &&
+        absl::StrContains(e.state_change().reason(), "worker w1 lost")) {
+      requeued = true;
+    }
+    if (e.has_state_change() && e.state_change().to() == v1::RUNNING &&
+        e.state_change().attempt() >= 2 &&
+        absl::StrContains(e.state_change().reason(), "resuming from checkpoint of epoch")) {
+      resumed_reason = true;
+    }
+    if (e.has_message() && absl::StrContains(e.message(), "resumes from checkpoint of epoch")) {
+      resumed_log = true;
+    }
+  }
+  EXPECT_TRUE(requeued);
+  EXPECT_TRUE(resumed_reason);
+  EXPECT_TRUE(resumed_log);
+  EXPECT_GE(checkpoint_epoch, 1);
+}
+
+TEST_F(EndToEndTest, KilledServerRestartsWithEveryAcknowledgedJob) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 150, 20);
+  v1::Backbone backbone = UploadResNet18(32);
+  JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 3);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::FULL);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto job = cluster_.client().CreateJob(spec, "");
+    ASSERT_OK(job.status());
+    ids.push_back(job->id());
+  }
+  ASSERT_TRUE(WaitForEvent(ids[0], [](const JobEvent& e) { return e.has_checkpoint(); }));
+  cluster_.KillServer(SIGKILL);
+  ASSERT_OK(cluster_.StartServer());  // same port, same data dir
+
+  for (const std::string& id : ids) {
+    Job job = WaitDone(id);
+    EXPECT_EQ(job.state(), v1::SUCCEEDED) << id << ": " << job.error();
+    EXPECT_EQ(EpochsOf(job), (std::vector<int>{1, 2, 3})) << id;
+  }
+  Job first = *cluster_.client().GetJob(ids[0]);
+  EXPECT_GE(first.attempt(), 2);
+  bool restart_recorded = false;
+  (void)cluster_.client().WatchJob(ids[0], 0, [&](const JobEvent& e) {
+    restart_recorded |= e.has_state_change() &&
+                        absl::StrContains(e.state_change().reason(), "server restarted");
+    return true;
+  });
+  EXPECT_TRUE(restart_recorded);
+  auto all = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_OK(all.status());
+  EXPECT_EQ(all->size(), 3u);
+}
+
+TEST_F(EndToEndTest, BadUploadsAreRefusedClearlyAndNothingIsLost) {
+  const std::string dir = cluster_.dir();
+  auto good = WriteFashionMnistSubset(dir, {0, 1}, 10, 5);
+  ASSERT_OK(good.status());
+  auto uploaded = cluster_.client().UploadDatasetFiles("good", v1::IDX, *good,
+                                                       FashionMnistClassNames(), "");
+  ASSERT_OK(uploaded.status());
+  const auto& images = (*good)[0].second;
+  const auto& labels = (*good)[1].second;
+
+  auto expect_invalid = [&](const std::string& what, v1::DatasetFormat format,
+                            const DatasetParts& parts, const std::string& needle,
+                            std::vector<std::string> names = FashionMnistClassNames()) {
+    auto r = cluster_.client().UploadDatasetFiles(what, format, parts, names, "");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument)
+        << what << ": " << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), needle))
+        << what << ": message '" << r.status().message() << "' lacks '" << needle << "'";
+  };
+
+  std::string image_bytes = *ReadFile(images);
+  ASSERT_OK(WriteFileAtomic(dir + "/truncated.idx", image_bytes.substr(0, image_bytes.size() - 100)));
+  expect_invalid("truncated IDX", v1::IDX,
+                 {{v1::TRAIN_IMAGES, dir + "/truncated.idx"}, {v1::TRAIN_LABELS, labels}},
+                 "TRAIN_IMAGES");
+  std::string wrong_magic = image_bytes;
+  wrong_magic[2] = 0x0d;
+  ASSERT_OK(WriteFileAtomic(dir + "/magic.idx", wrong_magic));
+  expect_invalid("wrong magic", v1::IDX,
+                 {{v1::TRAIN_IMAGES, dir + "/magic.idx"}, {v1::TRAIN_LABELS, labels}},
+                 "TRAIN_IMAGES");
+  expect_invalid("label out of range", v1::IDX,
+                 {{v1::TRAIN_IMAGES, images}, {v1::TRAIN_LABELS, labels}}, "outside",
+                 {"only-one"});
+
+  std::string corrupt = TinyPng(3);
+  for (size_t i = corrupt.size() / 2; i < corrupt.size() - 12; ++i) corrupt[i] ^= 0x5a;
+  ASSERT_OK(WriteTar(dir + "/corrupt.tar", {{"cat/a.png", TinyPng(1)},
+                                            {"dog/b.png", TinyPng(2)},
+                                            {"dog/broken.png", corrupt}}));
+  expect_invalid("corrupt PNG", v1::IMAGE_FOLDER_TAR,
+                 {{v1::TRAIN_ARCHIVE, dir + "/corrupt.tar"}}, "broken.png");
+  ASSERT_OK(WriteTar(dir + "/escape.tar", {{"cat/a.png", TinyPng(1)},
+                                           {"../dog/b.png", TinyPng(2)}}));
+  expect_invalid("escaping entry", v1::IMAGE_FOLDER_TAR,
+                 {{v1::TRAIN_ARCHIVE, dir + "/escape.tar"}}, "../dog/b.png");
+
+  ASSERT_OK(WriteFileAtomic(dir + "/not_torchscript.pt", "this is not a zip file"));
+  v1::InputSpec spec;
+  spec.set_channels(1);
+  spec.set_height(28);
+  spec.set_width(28);
+  spec.add_mean(0.5f);
+  spec.add_std(0.25f);
+  auto bad_backbone = cluster_.client().UploadBackbone("bad", dir + "/not_torchscript.pt", spec, "");
+  EXPECT_EQ(bad_backbone.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad_backbone.status().message(), "TorchScript"));
+
+  // A good archive still works, the server is healthy, and only the good
+  // uploads are stored.
+  ASSERT_OK(WriteTar(dir + "/good.tar", {{"cat/a.png", TinyPng(1)},
+                                         {"dog/b.png", TinyPng(2)}}));
+  auto archive = cluster_.client().UploadDatasetFiles(
+      "pets", v1::IMAGE_FOLDER_TAR, {{v1::TRAIN_ARCHIVE, dir + "/good.tar"}}, {}, "");
+  ASSERT_OK(archive.status());
+  EXPECT_EQ(archive->class_names_size(), 2);
+  ASSERT_OK(cluster_.client().CheckHealth());
+  auto datasets = cluster_.client().ListDatasets();
+  ASSERT_OK(datasets.status());
+  EXPECT_EQ(datasets->size(), 2u);
+  EXPECT_EQ(cluster_.client().ListBackbones()->size(), 0u);
+}
+
+}  // namespace
+}  // namespace tlserve::testing

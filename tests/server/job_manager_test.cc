@@ -1,0 +1,300 @@
+#include "server/job_manager.h"
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "common/proto_time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/blob_store.h"
+#include "server/event_hub.h"
+#include "server/store.h"
+
+namespace tlserve {
+namespace {
+
+using tlserve::v1::Job;
+using tlserve::v1::JobEvent;
+using tlserve::v1::JobSpec;
+
+class FakeDispatcher : public JobDispatcher {
+ public:
+  void JobQueued() override { ++queued; }
+  void CancelAttempt(const std::string& worker_id, const std::string& job_id,
+                     int attempt) override {
+    cancels.push_back(worker_id + "/" + job_id + "/" + std::to_string(attempt));
+  }
+  int ConnectedWorkers() override { return workers; }
+  int queued = 0;
+  int workers = 0;
+  std::vector<std::string> cancels;
+};
+
+std::string MakeTempDir() {
+  std::string tmpl = testing::TempDir() + "/jm_XXXXXX";
+  char* dir = mkdtemp(tmpl.data());
+  EXPECT_NE(dir, nullptr);
+  return tmpl;
+}
+
+class JobManagerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir();
+    store_ = *Store::Open(dir_ + "/tlserve.db");
+    blobs_ = *BlobStore::Open(dir_ + "/blobs");
+    tlserve::v1::Dataset dataset;
+    dataset.set_id("ds-1");
+    dataset.set_name("three classes");
+    dataset.set_format(tlserve::v1::IDX);
+    for (const char* name : {"a", "b", "c"}) dataset.add_class_names(name);
+    for (int count : {10, 10, 0}) dataset.add_train_class_counts(count);
+    dataset.set_train_count(20);
+    dataset.set_channels(1);
+    ASSERT_TRUE(store_->PutDataset(dataset).ok());
+    tlserve::v1::Backbone backbone;
+    backbone.set_id("bb-1");
+    backbone.set_sha256(std::string(64, 'a'));
+    backbone.mutable_input_spec()->set_channels(1);
+    for (const char* block : {"stem", "layer1", "layer2"}) backbone.add_blocks(block);
+    ASSERT_TRUE(store_->PutBackbone(backbone).ok());
+    MakeManager();
+  }
+  void TearDown() override {
+    manager_.reset();
+    store_.reset();
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+  void MakeManager() {
+    JobManager::Options options;
+    options.now = [this] { return now_; };
+    manager_ = std::make_unique<JobManager>(options, store_.get(), blobs_.get(), &hub_);
+    manager_->set_dispatcher(&dispatcher_);
+  }
+  JobSpec Spec(int priority = 0) {
+    JobSpec spec;
+    spec.set_kind(tlserve::v1::FINE_TUNE);
+    spec.mutable_data()->set_dataset_id("ds-1");
+    spec.mutable_data()->add_class_subset(0);
+    spec.mutable_data()->add_class_subset(1);
+    spec.set_backbone_id("bb-1");
+    spec.set_priority(priority);
+    return spec;
+  }
+  std::vector<JobEvent> Events(const std::string& id) {
+    return *store_->ListEvents(id, 0, 1000);
+  }
+  tlserve::v1::AssignJob Claim(const std::string& worker) {
+    auto claimed = manager_->ClaimNextJob(worker, "cpu");
+    EXPECT_TRUE(claimed.ok()) << claimed.status();
+    EXPECT_TRUE(claimed->has_value());
+    return **claimed;
+  }
+
+  std::string dir_;
+  absl::Time now_ = absl::FromUnixSeconds(1'800'000'000);
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<BlobStore> blobs_;
+  EventHub hub_;
+  FakeDispatcher dispatcher_;
+  std::unique_ptr<JobManager> manager_;
+};
+
+TEST_F(JobManagerTest, CreateFillsDefaultsAndRecordsValidatingThenQueued) {
+  auto job = manager_->CreateJob(Spec(), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), tlserve::v1::QUEUED);
+  EXPECT_EQ(job->spec().epochs(), 10);
+  EXPECT_EQ(job->spec().optimizer().kind(), tlserve::v1::OptimizerSpec::ADAMW);
+  EXPECT_EQ(job->spec().freeze().mode(), tlserve::v1::FreezePolicy::FROZEN);
+  EXPECT_EQ(dispatcher_.queued, 1);
+  auto events = Events(job->id());
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].state_change().to(), tlserve::v1::VALIDATING);
+  EXPECT_EQ(events[1].state_change().to(), tlserve::v1::QUEUED);
+  EXPECT_LT(events[0].sequence(), events[1].sequence());
+}
+
+TEST_F(JobManagerTest, RejectsBadSpecsNamingTheField) {
+  JobSpec bad_lr = Spec();
+  bad_lr.mutable_optimizer()->set_learning_rate(-1);
+  auto r = manager_->CreateJob(bad_lr, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "learning_rate"));
+
+  JobSpec empty_class = Spec();
+  empty_class.mutable_data()->add_class_subset(2);  // no training images
+  r = manager_->CreateJob(empty_class, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "no training images"));
+
+  JobSpec unknown_backbone = Spec();
+  unknown_backbone.set_backbone_id("bb-missing");
+  r = manager_->CreateJob(unknown_backbone, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "spec.backbone_id"));
+
+  JobSpec too_many_blocks = Spec();
+  too_many_blocks.mutable_freeze()->set_mode(tlserve::v1::FreezePolicy::LAST_N_BLOCKS);
+  too_many_blocks.mutable_freeze()->set_n_blocks(4);
+  r = manager_->CreateJob(too_many_blocks, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "n_blocks"));
+
+  auto page = store_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 100, "");
+  EXPECT_TRUE(page->items.empty()) << "refused jobs must not be stored";
+}
+
+TEST_F(JobManagerTest, RequestIdMakesCreateIdempotent) {
+  auto first = manager_->CreateJob(Spec(), "req-1");
+  auto second = manager_->CreateJob(Spec(), "req-1");
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(first->id(), second->id());
+  EXPECT_EQ(store_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 100, "")->items.size(), 1u);
+}
+
+TEST_F(JobManagerTest, QueueRunsHigherPriorityFirstThenFifo) {
+  std::string low1 = manager_->CreateJob(Spec(0), "")->id();
+  std::string high = manager_->CreateJob(Spec(5), "")->id();
+  std::string low2 = manager_->CreateJob(Spec(0), "")->id();
+  EXPECT_EQ(manager_->GetJob(high)->queue_position(), 0);
+  EXPECT_EQ(manager_->GetJob(low1)->queue_position(), 1);
+  EXPECT_EQ(manager_->GetJob(low2)->queue_position(), 2);
+  EXPECT_EQ(Claim("w1").job_id(), high);
+  EXPECT_EQ(Claim("w2").job_id(), low1);
+  EXPECT_EQ(Claim("w3").job_id(), low2);
+}
+
+TEST_F(JobManagerTest, EstimatesStartOnlyWithWorkers) {
+  std::string a = manager_->CreateJob(Spec(), "")->id();
+  std::string b = manager_->CreateJob(Spec(), "")->id();
+  EXPECT_FALSE(manager_->GetJob(b)->has_estimated_start_time());
+  dispatcher_.workers = 1;
+  auto ja = *manager_->GetJob(a);
+  auto jb = *manager_->GetJob(b);
+  ASSERT_TRUE(ja.has_estimated_start_time());
+  ASSERT_TRUE(jb.has_estimated_start_time());
+  EXPECT_EQ(FromProtoTime(ja.estimated_start_time()), now_);
+  // One worker, default estimate of 2 minutes per job.
+  EXPECT_EQ(FromProtoTime(jb.estimated_start_time()), now_ + absl::Minutes(2));
+  dispatcher_.workers = 2;
+  EXPECT_EQ(FromProtoTime(manager_->GetJob(b)->estimated_start_time()), now_);
+}
+
+TEST_F(JobManagerTest, FencesUpdatesFromAStaleAttempt) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  EXPECT_EQ(Claim("w1").attempt(), 1);
+  manager_->OnWorkerLost("w1", "test");
+  EXPECT_EQ(manager_->GetJob(id)->state(), tlserve::v1::QUEUED);
+  EXPECT_EQ(Claim("w2").attempt(), 2);
+
+  tlserve::v1::JobProgressUpdate stale;
+  stale.set_job_id(id);
+  stale.set_attempt(1);
+  stale.mutable_progress()->set_epoch(3);
+  EXPECT_EQ(manager_->OnProgress("w1", stale).code(), absl::StatusCode::kAborted);
+  tlserve::v1::JobProgressUpdate wrong_worker = stale;
+  wrong_worker.set_attempt(2);
+  EXPECT_EQ(manager_->OnProgress("w1", wrong_worker).code(), absl::StatusCode::kAborted);
+  tlserve::v1::JobProgressUpdate current = wrong_worker;
+  EXPECT_TRUE(manager_->OnProgress("w2", current).ok());
+  EXPECT_EQ(manager_->GetJob(id)->progress().epoch(), 3);
+}
+
+TEST_F(JobManagerTest, FailsForGoodAfterMaxAttempts) {
+  JobSpec spec = Spec();
+  spec.set_max_attempts(2);
+  std::string id = manager_->CreateJob(spec, "")->id();
+  Claim("w1");
+  manager_->OnWorkerLost("w1", "crash one");
+  Claim("w2");
+  manager_->OnWorkerLost("w2", "crash two");
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.state(), tlserve::v1::FAILED);
+  EXPECT_TRUE(absl::StrContains(job.error(), "crash two")) << job.error();
+  EXPECT_TRUE(absl::StrContains(job.error(), "2 of 2")) << job.error();
+}
+
+TEST_F(JobManagerTest, NextAttemptResumesFromLatestCheckpoint) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  tlserve::v1::JobEpochDone done;
+  done.set_job_id(id);
+  done.set_attempt(1);
+  done.mutable_metrics()->set_epoch(1);
+  done.mutable_checkpoint()->set_epoch(1);
+  done.mutable_checkpoint()->set_sha256(std::string(64, 'f'));
+  // The checkpoint must be stored first.
+  EXPECT_EQ(manager_->OnEpochDone("w1", done).code(),
+            absl::StatusCode::kFailedPrecondition);
+  std::string sha = *blobs_->Put("checkpoint bytes");
+  done.mutable_checkpoint()->set_sha256(sha);
+  ASSERT_TRUE(manager_->OnEpochDone("w1", done).ok());
+  manager_->OnWorkerLost("w1", "killed");
+  tlserve::v1::AssignJob next = Claim("w2");
+  EXPECT_EQ(next.attempt(), 2);
+  ASSERT_TRUE(next.has_resume_from());
+  EXPECT_EQ(next.resume_from().epoch(), 1);
+  EXPECT_EQ(next.resume_from().sha256(), sha);
+  auto events = Events(id);
+  EXPECT_TRUE(absl::StrContains(events.back().state_change().reason(),
+                                "resuming from checkpoint of epoch 1"));
+  EXPECT_EQ(store_->ListCheckpoints(id)->size(), 1u);
+}
+
+TEST_F(JobManagerTest, CancelOfRunningJobTellsTheWorkerAndFencesIt) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  auto cancelled = manager_->CancelJob(id);
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state(), tlserve::v1::CANCELLED);
+  EXPECT_THAT(dispatcher_.cancels, testing::ElementsAre("w1/" + id + "/1"));
+  tlserve::v1::JobFinished finished;
+  finished.set_job_id(id);
+  finished.set_attempt(1);
+  finished.set_cancelled(true);
+  EXPECT_EQ(manager_->OnFinished("w1", finished).code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(manager_->CancelJob(id).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(JobManagerTest, RestartSendsRunningJobsBackToTheQueue) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  MakeManager();  // a new server process on the same store
+  ASSERT_TRUE(manager_->RecoverAfterRestart().ok());
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.state(), tlserve::v1::QUEUED);
+  EXPECT_TRUE(absl::StrContains(Events(id).back().state_change().reason(),
+                                "server restarted"));
+  EXPECT_THAT(manager_->StaleJobsOf("w1", {id}), testing::ElementsAre(id));
+}
+
+TEST_F(JobManagerTest, SuccessRegistersTheModel) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  tlserve::v1::JobFinished finished;
+  finished.set_job_id(id);
+  finished.set_attempt(1);
+  finished.set_succeeded(true);
+  finished.set_artifact_sha256(*blobs_->Put("model bytes"));
+  finished.set_artifact_size_bytes(11);
+  finished.add_class_names("a");
+  finished.add_class_names("b");
+  finished.mutable_result()->set_test_accuracy(0.75f);
+  ASSERT_TRUE(manager_->OnFinished("w1", finished).ok());
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.state(), tlserve::v1::SUCCEEDED);
+  EXPECT_FLOAT_EQ(job.result().test_accuracy(), 0.75f);
+  auto model = store_->GetModel(job.result().model_id());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->job_id(), id);
+  EXPECT_EQ(model->class_names_size(), 2);
+}
+
+}  // namespace
+}  // namespace tlserve

@@ -1,0 +1,69 @@
+#ifndef TLSERVE_WORKER_TRAINER_H_
+#define TLSERVE_WORKER_TRAINER_H_
+
+// Runs one training job (FINE_TUNE or PRETRAIN) with LibTorch. Plain C++
+// API: no torch types cross this header, so the connection code that calls
+// it compiles without torch headers.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/dataset_loader.h"
+#include "tlserve/v1/common.pb.h"
+#include "tlserve/v1/job.pb.h"
+
+namespace tlserve::worker {
+
+struct TrainerCallbacks {
+  // After every batch (the caller throttles what it sends on).
+  std::function<void(const tlserve::v1::Progress&)> on_progress;
+  // After every epoch, once the checkpoint file is written. An error stops
+  // the job with that error (e.g. the checkpoint could not be stored).
+  std::function<absl::Status(const tlserve::v1::EpochMetrics&,
+                             const std::string& checkpoint_path)>
+      on_epoch_end;
+  // Human-readable notes for the job's events.
+  std::function<void(const std::string&)> on_log;
+  // Polled once per batch: true stops the job (cancelled) within a batch.
+  std::function<bool()> should_stop;
+};
+
+struct TrainJobInput {
+  tlserve::v1::JobSpec spec;
+  // Scratch folder for checkpoint and export files (exists, writable).
+  std::string work_dir;
+  // FINE_TUNE: the TorchScript backbone file and its input spec.
+  std::string backbone_path;
+  tlserve::v1::InputSpec backbone_input_spec;
+  // A checkpoint from an earlier attempt, or "": start from epoch 0.
+  std::string resume_checkpoint_path;
+  // Epoch stored in that checkpoint (the first epoch to run is this + 1).
+  int resume_epoch = 0;
+  int num_threads = 0;  // 0: leave LibTorch's setting
+};
+
+struct TrainJobOutput {
+  bool cancelled = false;
+  // Test metrics on the dataset's test split (or the validation split when
+  // there is none), feature_dim and blocks of the backbone.
+  tlserve::v1::JobResult result;
+  // FINE_TUNE: the exported classifier (one TorchScript file, [N,C,H,W]
+  // floats in [0,1] -> logits). PRETRAIN: the backbone file ([N,C,H,W] ->
+  // [N,D]).
+  std::string artifact_path;
+  tlserve::v1::InputSpec input_spec;
+  std::vector<std::string> class_names;
+};
+
+// Never throws: LibTorch errors become statuses (OOM: RESOURCE_EXHAUSTED,
+// bad spec or data: INVALID_ARGUMENT, others: INTERNAL).
+absl::StatusOr<TrainJobOutput> RunTrainingJob(const TrainJobInput& input,
+                                              const DecodedDataset& data,
+                                              const TrainerCallbacks& callbacks);
+
+}  // namespace tlserve::worker
+
+#endif  // TLSERVE_WORKER_TRAINER_H_
