@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -137,8 +138,8 @@ class AtomicFileWriter {
     committed_ = true;
     // Make the rename itself durable.
     size_t slash = path_.find_last_of('/');
-    std::string dir =
-        slash == std::string::npos ? std::string(".") : path_.substr(0, slash + 1);
+    std::string dir = slash == std::string::npos ? std::string(".")
+                                                 : path_.substr(0, slash + 1);
     int dir_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd >= 0) {
       fsync(dir_fd);
@@ -191,14 +192,14 @@ Client::Client(Options options, std::shared_ptr<grpc::Channel> channel)
 
 // Unary calls share one shape: a context with the unary deadline, the call,
 // one status conversion.
-#define TLSERVE_UNARY_(stub, method, request, Response)               \
-  do {                                                               \
-    grpc::ClientContext ctx;                                         \
-    SetDeadline(&ctx, absl::Now() + options_.timeout);               \
-    Response response;                                               \
-    grpc::Status status = stub->method(&ctx, request, &response);    \
-    if (!status.ok()) return FromGrpcStatus(status);                 \
-    return response;                                                 \
+#define TLSERVE_UNARY_(stub, method, request, Response)           \
+  do {                                                            \
+    grpc::ClientContext ctx;                                      \
+    SetDeadline(&ctx, absl::Now() + options_.timeout);            \
+    Response response;                                            \
+    grpc::Status status = stub->method(&ctx, request, &response); \
+    if (!status.ok()) return FromGrpcStatus(status);              \
+    return response;                                              \
   } while (0)
 
 absl::StatusOr<v1::Dataset> Client::UploadDatasetFiles(
@@ -398,15 +399,19 @@ absl::StatusOr<std::string> Client::ExportModel(const std::string& id,
         absl::StrCat("export of model '", id, "' sent no data"));
   }
   if (received != expected_bytes) {
-    return absl::DataLossError(absl::StrCat(
-        "export of model '", id, "': got ", received, " bytes, the server "
-        "announced ", expected_bytes, "; retry the export"));
+    return absl::DataLossError(
+        absl::StrCat("export of model '", id, "': got ", received,
+                     " bytes, the server "
+                     "announced ",
+                     expected_bytes, "; retry the export"));
   }
   std::string actual = hasher.FinalHex();
   if (!expected_sha256.empty() && actual != expected_sha256) {
-    return absl::DataLossError(absl::StrCat(
-        "export of model '", id, "': sha256 ", actual, " does not match the "
-        "server's ", expected_sha256, "; retry the export"));
+    return absl::DataLossError(
+        absl::StrCat("export of model '", id, "': sha256 ", actual,
+                     " does not match the "
+                     "server's ",
+                     expected_sha256, "; retry the export"));
   }
   RETURN_IF_ERROR(file.Commit());
   return actual;
@@ -455,8 +460,7 @@ absl::StatusOr<v1::ListCheckpointsResponse> Client::ListCheckpoints(
     const std::string& job_id) {
   v1::ListCheckpointsRequest request;
   request.set_job_id(job_id);
-  TLSERVE_UNARY_(jobs_, ListCheckpoints, request,
-                 v1::ListCheckpointsResponse);
+  TLSERVE_UNARY_(jobs_, ListCheckpoints, request, v1::ListCheckpointsResponse);
 }
 
 absl::StatusOr<v1::Job> Client::WatchJob(
@@ -505,14 +509,14 @@ absl::StatusOr<v1::Job> Client::WatchJob(
       backoff = options_.watch_backoff;
     }
     if (++failures > options_.watch_max_retries) {
-      return absl::UnavailableError(absl::StrCat(
-          "watching job '", id, "': gave up after ", failures - 1,
-          " reconnects: ", status.error_message()));
+      return absl::UnavailableError(
+          absl::StrCat("watching job '", id, "': gave up after ", failures - 1,
+                       " reconnects: ", status.error_message()));
     }
     if (absl::Now() + backoff >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "watching job '", id, "': deadline passed while reconnecting: ",
-          status.error_message()));
+          "watching job '", id,
+          "': deadline passed while reconnecting: ", status.error_message()));
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(10));
@@ -549,10 +553,10 @@ absl::Status Client::CheckHealth() {
   grpc::Status status = health_->Check(&ctx, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
-    return absl::UnavailableError(absl::StrCat(
-        "server at ", options_.target, " is ",
-        grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-            response.status())));
+    return absl::UnavailableError(
+        absl::StrCat("server at ", options_.target, " is ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                         response.status())));
   }
   return absl::OkStatus();
 }

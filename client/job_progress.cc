@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 
 namespace tlserve::cli {
 
@@ -23,7 +24,8 @@ std::string JobStateName(v1::JobState state) {
 }
 
 std::string FormatProgressLine(const v1::Progress& p, int bar_width) {
-  std::string line = absl::StrFormat("epoch %d/%d", p.epoch(), p.total_epochs());
+  std::string line =
+      absl::StrFormat("epoch %d/%d", p.epoch(), p.total_epochs());
   if (bar_width > 0) {
     // Overall fraction: finished epochs plus the share of this one, so the
     // bar moves steadily across the whole job instead of refilling.
@@ -40,9 +42,9 @@ std::string FormatProgressLine(const v1::Progress& p, int bar_width) {
     absl::StrAppend(&line, " [", std::string(filled, '#'),
                     std::string(bar_width - filled, '.'), "]");
   }
-  absl::StrAppend(&line, absl::StrFormat(" batch %d/%d loss %.4f acc %.3f",
-                                         p.batch(), p.batches_per_epoch(),
-                                         p.loss(), p.accuracy()));
+  absl::StrAppend(
+      &line, absl::StrFormat(" batch %d/%d loss %.4f acc %.3f", p.batch(),
+                             p.batches_per_epoch(), p.loss(), p.accuracy()));
   if (p.eta_seconds() > 0) {
     absl::StrAppend(&line, " ETA ", FormatSeconds(p.eta_seconds()));
   }
@@ -103,8 +105,12 @@ bool JobProgressPrinter::OnEvent(const v1::JobEvent& event) {
     case v1::JobEvent::kStateChange: {
       ClearBar();
       const v1::StateChange& c = event.state_change();
-      out_ << "state " << JobStateName(c.from()) << " -> "
-           << JobStateName(c.to());
+      out_ << "state ";
+      // A new job's first change comes from no state at all.
+      if (c.from() != v1::JOB_STATE_UNSPECIFIED) {
+        out_ << JobStateName(c.from()) << " -> ";
+      }
+      out_ << JobStateName(c.to());
       if (c.attempt() > 0) out_ << " (attempt " << c.attempt() << ")";
       if (!c.reason().empty()) out_ << ": " << c.reason();
       out_ << "\n";

@@ -135,16 +135,15 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv,
       name.resize(eq);
       has_value = true;
     }
-    auto def = std::find_if(defs.begin(), defs.end(), [&](const FlagDef& d) {
-      return d.name == name;
-    });
+    auto def = std::find_if(defs.begin(), defs.end(),
+                            [&](const FlagDef& d) { return d.name == name; });
     if (def == defs.end()) {
       std::vector<std::string> known;
       for (const FlagDef& d : defs) known.push_back("--" + d.name);
       std::sort(known.begin(), known.end());
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag --", name, known.empty() ? "" : " (known: ",
-                       absl::StrJoin(known, " "), known.empty() ? "" : ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown flag --", name, known.empty() ? "" : " (known: ",
+          absl::StrJoin(known, " "), known.empty() ? "" : ")"));
     }
     if (def->takes_value && !has_value) {
       if (i + 1 >= argv.size()) return FlagError(name, "needs a value");
@@ -201,9 +200,9 @@ absl::Status GetInt32Into(const Args& args, std::string_view name, int64_t min,
   if (!args.Has(name)) return absl::OkStatus();
   ASSIGN_OR_RETURN(int64_t v, ParseIntFlag(name, args.Get(name)));
   if (v < min || v > std::numeric_limits<int32_t>::max()) {
-    return FlagError(name, absl::StrCat(v, " is out of range [", min, ", ",
-                                        std::numeric_limits<int32_t>::max(),
-                                        "]"));
+    return FlagError(name,
+                     absl::StrCat(v, " is out of range [", min, ", ",
+                                  std::numeric_limits<int32_t>::max(), "]"));
   }
   *field = static_cast<int32_t>(v);
   return absl::OkStatus();
@@ -225,39 +224,56 @@ absl::Status GetFloatInto(const Args& args, std::string_view name, double min,
 }  // namespace
 
 absl::StatusOr<v1::JobState> ParseJobState(std::string_view text) {
-  return ParseChoice<v1::JobState>(
-      "state", text,
-      {{"validating", v1::VALIDATING},
-       {"queued", v1::QUEUED},
-       {"running", v1::RUNNING},
-       {"succeeded", v1::SUCCEEDED},
-       {"failed", v1::FAILED},
-       {"cancelled", v1::CANCELLED}});
+  return ParseChoice<v1::JobState>("state", text,
+                                   {{"validating", v1::VALIDATING},
+                                    {"queued", v1::QUEUED},
+                                    {"running", v1::RUNNING},
+                                    {"succeeded", v1::SUCCEEDED},
+                                    {"failed", v1::FAILED},
+                                    {"cancelled", v1::CANCELLED}});
 }
 
 const std::vector<FlagDef>& JobCreateFlags() {
-  static const auto* flags = new std::vector<FlagDef>{
-      {"spec-json"},     {"kind"},         {"name"},
-      {"dataset"},       {"classes"},      {"samples-per-class"},
-      {"val-fraction"},  {"max-test-samples"},
-      {"backbone"},      {"init"},         {"freeze"},
-      {"blocks"},        {"backbone-lr-scale"},
-      {"optimizer"},     {"lr"},           {"momentum"},
-      {"weight-decay"},  {"schedule"},     {"warmup-epochs"},
-      {"epochs"},        {"batch-size"},   {"seed"},
-      {"priority"},      {"device"},       {"max-attempts"},
-      {"hidden"},        {"dropout"},      {"backbone-name"},
-      {"base-width"},    {"request-id"},   {"watch", false}};
+  static const auto* flags = new std::vector<FlagDef>{{"spec-json"},
+                                                      {"kind"},
+                                                      {"name"},
+                                                      {"dataset"},
+                                                      {"classes"},
+                                                      {"samples-per-class"},
+                                                      {"val-fraction"},
+                                                      {"max-test-samples"},
+                                                      {"backbone"},
+                                                      {"init"},
+                                                      {"freeze"},
+                                                      {"blocks"},
+                                                      {"backbone-lr-scale"},
+                                                      {"optimizer"},
+                                                      {"lr"},
+                                                      {"momentum"},
+                                                      {"weight-decay"},
+                                                      {"schedule"},
+                                                      {"warmup-epochs"},
+                                                      {"epochs"},
+                                                      {"batch-size"},
+                                                      {"seed"},
+                                                      {"priority"},
+                                                      {"device"},
+                                                      {"max-attempts"},
+                                                      {"hidden"},
+                                                      {"dropout"},
+                                                      {"backbone-name"},
+                                                      {"base-width"},
+                                                      {"request-id"},
+                                                      {"watch", false}};
   return *flags;
 }
 
 absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   if (args.Has("kind")) {
     ASSIGN_OR_RETURN(v1::JobKind kind,
-                     ParseChoice<v1::JobKind>(
-                         "kind", args.Get("kind"),
-                         {{"fine_tune", v1::FINE_TUNE},
-                          {"pretrain", v1::PRETRAIN}}));
+                     ParseChoice<v1::JobKind>("kind", args.Get("kind"),
+                                              {{"fine_tune", v1::FINE_TUNE},
+                                               {"pretrain", v1::PRETRAIN}}));
     spec->set_kind(kind);
   }
   if (args.Has("name")) spec->set_display_name(args.Get("name"));
@@ -269,8 +285,8 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
     data->clear_class_subset();
     for (int64_t c : classes) {
       if (c < 0 || c > std::numeric_limits<int32_t>::max()) {
-        return FlagError("classes", absl::StrCat("label ", c,
-                                                 " is negative or too big"));
+        return FlagError("classes",
+                         absl::StrCat("label ", c, " is negative or too big"));
       }
       data->add_class_subset(static_cast<int32_t>(c));
     }
@@ -289,11 +305,10 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
 
   if (args.Has("backbone")) spec->set_backbone_id(args.Get("backbone"));
   if (args.Has("init")) {
-    ASSIGN_OR_RETURN(v1::BackboneInit init,
-                     ParseChoice<v1::BackboneInit>(
-                         "init", args.Get("init"),
-                         {{"pretrained", v1::PRETRAINED},
-                          {"random", v1::RANDOM}}));
+    ASSIGN_OR_RETURN(v1::BackboneInit init, ParseChoice<v1::BackboneInit>(
+                                                "init", args.Get("init"),
+                                                {{"pretrained", v1::PRETRAINED},
+                                                 {"random", v1::RANDOM}}));
     spec->set_backbone_init(init);
   }
 
@@ -311,8 +326,7 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   RETURN_IF_ERROR(GetInt32Into(args, "blocks", 1, &i32));
   freeze->set_n_blocks(i32);
   // Catch the two easy mistakes here rather than after a round trip.
-  if (args.Has("blocks") &&
-      freeze->mode() != v1::FreezePolicy::LAST_N_BLOCKS) {
+  if (args.Has("blocks") && freeze->mode() != v1::FreezePolicy::LAST_N_BLOCKS) {
     return FlagError("blocks", "only applies with --freeze last_n_blocks");
   }
   if (freeze->mode() == v1::FreezePolicy::LAST_N_BLOCKS &&
@@ -367,14 +381,14 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
     spec->set_seed(static_cast<uint64_t>(seed));
   }
   i32 = spec->priority();
-  RETURN_IF_ERROR(
-      GetInt32Into(args, "priority", std::numeric_limits<int32_t>::min(), &i32));
+  RETURN_IF_ERROR(GetInt32Into(args, "priority",
+                               std::numeric_limits<int32_t>::min(), &i32));
   spec->set_priority(i32);
   if (args.Has("device")) {
     std::string device = args.Get("device");
     if (device != "cpu" && device != "cuda") {
-      return FlagError("device", absl::StrCat("'", device,
-                                              "' is not one of cpu, cuda"));
+      return FlagError("device",
+                       absl::StrCat("'", device, "' is not one of cpu, cuda"));
     }
     spec->set_device(device);
   }
@@ -415,8 +429,8 @@ absl::StatusOr<v1::JobSpec> JobSpecFromArgs(const Args& args) {
     auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
     if (!status.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--spec-json ", path, ": not a JobSpec: ",
-                       std::string(status.message())));
+          absl::StrCat("--spec-json ", path,
+                       ": not a JobSpec: ", std::string(status.message())));
     }
   }
   RETURN_IF_ERROR(ApplyJobSpecFlags(args, &spec));
@@ -432,8 +446,8 @@ absl::StatusOr<v1::InputSpec> InputSpecFromArgs(const Args& args) {
     auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
     if (!status.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--spec-json ", path, ": not an InputSpec: ",
-                       std::string(status.message())));
+          absl::StrCat("--spec-json ", path,
+                       ": not an InputSpec: ", std::string(status.message())));
     }
   }
   int32_t v = spec.channels();
@@ -670,9 +684,9 @@ absl::StatusOr<int> DatasetList(Context& ctx, const Args& args) {
   v1::ListDatasetsResponse response;
   if (args.Has("page-size") || args.Has("page-token")) {
     ASSIGN_OR_RETURN(int64_t size, args.GetInt("page-size", 0));
-    ASSIGN_OR_RETURN(response, client->ListDatasetsPage(
-                                   static_cast<int32_t>(size),
-                                   args.Get("page-token")));
+    ASSIGN_OR_RETURN(response,
+                     client->ListDatasetsPage(static_cast<int32_t>(size),
+                                              args.Get("page-token")));
   } else {
     ASSIGN_OR_RETURN(std::vector<v1::Dataset> all, client->ListDatasets());
     for (auto& d : all) *response.add_datasets() = std::move(d);
@@ -761,13 +775,13 @@ absl::StatusOr<int> BackboneList(Context& ctx, const Args& args) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Backbone& b : response.backbones()) {
     const v1::InputSpec& s = b.input_spec();
-    rows.push_back({b.id(), b.name(),
-                    absl::StrFormat("%dx%dx%d", s.channels(), s.height(),
-                                    s.width()),
-                    b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "-",
-                    absl::StrCat(b.blocks_size()), Bytes(b.size_bytes()),
-                    b.source_job_id().empty() ? "-" : b.source_job_id(),
-                    TimeText(b.create_time())});
+    rows.push_back(
+        {b.id(), b.name(),
+         absl::StrFormat("%dx%dx%d", s.channels(), s.height(), s.width()),
+         b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "-",
+         absl::StrCat(b.blocks_size()), Bytes(b.size_bytes()),
+         b.source_job_id().empty() ? "-" : b.source_job_id(),
+         TimeText(b.create_time())});
   }
   *ctx.out << FormatTable({"ID", "NAME", "INPUT", "FEATURES", "BLOCKS", "SIZE",
                            "SOURCE_JOB", "CREATED"},
@@ -809,8 +823,7 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
   o << "\n";
   if (s.kind() == v1::FINE_TUNE) {
     o << "backbone:   " << s.backbone_id() << " ("
-      << absl::AsciiStrToLower(v1::BackboneInit_Name(s.backbone_init()))
-      << ", "
+      << absl::AsciiStrToLower(v1::BackboneInit_Name(s.backbone_init())) << ", "
       << absl::AsciiStrToLower(v1::FreezePolicy::Mode_Name(s.freeze().mode()));
     if (s.freeze().mode() == v1::FreezePolicy::LAST_N_BLOCKS) {
       o << " n=" << s.freeze().n_blocks();
@@ -822,8 +835,7 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
   o << "training:   " << s.epochs() << " epochs, batch " << s.batch_size()
     << ", "
     << absl::AsciiStrToLower(v1::OptimizerSpec::Kind_Name(s.optimizer().kind()))
-    << " lr " << s.optimizer().learning_rate() << ", seed " << s.seed()
-    << "\n"
+    << " lr " << s.optimizer().learning_rate() << ", seed " << s.seed() << "\n"
     << "created:    " << TimeText(job.create_time()) << "\n"
     << "started:    " << TimeText(job.start_time()) << "\n"
     << "ended:      " << TimeText(job.end_time()) << "\n";
@@ -836,10 +848,12 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
   }
   if (job.state() == v1::SUCCEEDED) {
     const v1::JobResult& r = job.result();
-    o << absl::StrFormat("result:     test accuracy %.4f, loss %.4f on %d images\n",
-                         r.test_accuracy(), r.test_loss(), r.test_count());
+    o << absl::StrFormat(
+        "result:     test accuracy %.4f, loss %.4f on %d images\n",
+        r.test_accuracy(), r.test_loss(), r.test_count());
     if (!r.model_id().empty()) o << "model:      " << r.model_id() << "\n";
-    if (!r.backbone_id().empty()) o << "backbone:   " << r.backbone_id() << "\n";
+    if (!r.backbone_id().empty())
+      o << "backbone:   " << r.backbone_id() << "\n";
   }
   if (job.metrics_size() > 0) {
     std::vector<std::vector<std::string>> rows;
@@ -852,8 +866,8 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
                       absl::StrFormat("%.1f", m.seconds())});
     }
     o << "\n"
-      << FormatTable({"EPOCH", "TRAIN_LOSS", "TRAIN_ACC", "VAL_LOSS",
-                      "VAL_ACC", "SECONDS"},
+      << FormatTable({"EPOCH", "TRAIN_LOSS", "TRAIN_ACC", "VAL_LOSS", "VAL_ACC",
+                      "SECONDS"},
                      rows);
   }
 }
@@ -863,8 +877,8 @@ absl::StatusOr<int> WatchAndReport(Context& ctx, const std::string& id,
                                    int64_t after) {
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   JobProgressPrinter printer(*ctx.out, ctx.options->out_is_tty && !ctx.json);
-  absl::StatusOr<v1::Job> job = client->WatchJob(
-      id, after, [&](const v1::JobEvent& event) {
+  absl::StatusOr<v1::Job> job =
+      client->WatchJob(id, after, [&](const v1::JobEvent& event) {
         if (ctx.json) {
           // One JSON document per line, for tools that follow the stream.
           google::protobuf::util::JsonPrintOptions options;
@@ -1189,8 +1203,8 @@ absl::StatusOr<int> DemoCommand(Context& ctx, const Args& args) {
 }
 
 const std::vector<FlagDef>& GlobalFlags() {
-  static const auto* flags = new std::vector<FlagDef>{
-      {"server"}, {"json", false}, {"timeout"}};
+  static const auto* flags =
+      new std::vector<FlagDef>{{"server"}, {"json", false}, {"timeout"}};
   return *flags;
 }
 
@@ -1198,25 +1212,44 @@ std::vector<FlagDef> WithCreateFlags() { return JobCreateFlags(); }
 
 const std::vector<Command>& Commands() {
   static const auto* commands = new std::vector<Command>{
-      {"dataset", "upload",
+      {"dataset",
+       "upload",
        "dataset upload --name N (--idx-train-images F --idx-train-labels F "
        "[--idx-test-images F --idx-test-labels F] [--class-names a,b,...] | "
        "--archive F [--test-archive F]) [--request-id K]",
        0,
-       {{"name"}, {"idx-train-images"}, {"idx-train-labels"},
-        {"idx-test-images"}, {"idx-test-labels"}, {"class-names"},
-        {"archive"}, {"test-archive"}, {"request-id"}},
+       {{"name"},
+        {"idx-train-images"},
+        {"idx-train-labels"},
+        {"idx-test-images"},
+        {"idx-test-labels"},
+        {"class-names"},
+        {"archive"},
+        {"test-archive"},
+        {"request-id"}},
        DatasetUpload},
-      {"dataset", "list", "dataset list [--page-size N --page-token T]", 0,
-       {{"page-size"}, {"page-token"}}, DatasetList},
+      {"dataset",
+       "list",
+       "dataset list [--page-size N --page-token T]",
+       0,
+       {{"page-size"}, {"page-token"}},
+       DatasetList},
       {"dataset", "get", "dataset get ID", 1, {}, DatasetGet},
       {"dataset", "delete", "dataset delete ID", 1, {}, DatasetDelete},
-      {"backbone", "upload",
+      {"backbone",
+       "upload",
        "backbone upload --name N --file F (--spec-json F | --channels C "
        "--height H --width W --mean a,b,c --std a,b,c) [--request-id K]",
        0,
-       {{"name"}, {"file"}, {"spec-json"}, {"channels"}, {"height"},
-        {"width"}, {"mean"}, {"std"}, {"request-id"}},
+       {{"name"},
+        {"file"},
+        {"spec-json"},
+        {"channels"},
+        {"height"},
+        {"width"},
+        {"mean"},
+        {"std"},
+        {"request-id"}},
        BackboneUpload},
       {"backbone", "list", "backbone list", 0, {}, BackboneList},
       {"backbone", "get", "backbone get ID", 1, {}, BackboneGet},
@@ -1233,31 +1266,51 @@ const std::vector<Command>& Commands() {
        "[--name N] [--request-id K] [--watch]",
        0, WithCreateFlags(), JobCreate},
       {"job", "get", "job get ID", 1, {}, JobGet},
-      {"job", "list",
+      {"job",
+       "list",
        "job list [--state queued|running|...] [--page-size N --page-token T]",
-       0, {{"state"}, {"page-size"}, {"page-token"}}, JobList},
+       0,
+       {{"state"}, {"page-size"}, {"page-token"}},
+       JobList},
       {"job", "watch", "job watch ID [--after SEQ]", 1, {{"after"}}, JobWatch},
       {"job", "cancel", "job cancel ID", 1, {}, JobCancel},
       {"job", "checkpoints", "job checkpoints ID", 1, {}, JobCheckpoints},
       {"model", "list", "model list", 0, {}, ModelList},
       {"model", "get", "model get ID", 1, {}, ModelGet},
-      {"model", "export", "model export ID --out FILE", 1, {{"out"}},
+      {"model",
+       "export",
+       "model export ID --out FILE",
+       1,
+       {{"out"}},
        ModelExport},
-      {"predict", "",
+      {"predict",
+       "",
        "predict --model ID (--image F [--image F ...] | --random-tensor "
        "[--seed N]) [--top-k K] [--deadline-ms MS]",
        0,
-       {{"model"}, {"image", true, true}, {"random-tensor", false}, {"top-k"},
-        {"seed"}, {"deadline-ms"}},
+       {{"model"},
+        {"image", true, true},
+        {"random-tensor", false},
+        {"top-k"},
+        {"seed"},
+        {"deadline-ms"}},
        PredictCommand},
       {"health", "", "health [--wait SECONDS]", 0, {{"wait"}}, HealthCommand},
-      {"demo", "",
+      {"demo",
+       "",
        "demo [--shots 10] [--seeds 1,2,3] [--pretrain-samples 1000] "
        "[--pretrain-epochs 3] [--epochs 30] [--summary var/demo_summary.json] "
        "[--data-dir DIR] [--device cpu|cuda] [--wait-healthy SECONDS]",
        0,
-       {{"shots"}, {"seeds"}, {"pretrain-samples"}, {"pretrain-epochs"},
-        {"epochs"}, {"summary"}, {"data-dir"}, {"device"}, {"wait-healthy"}},
+       {{"shots"},
+        {"seeds"},
+        {"pretrain-samples"},
+        {"pretrain-epochs"},
+        {"epochs"},
+        {"summary"},
+        {"data-dir"},
+        {"device"},
+        {"wait-healthy"}},
        DemoCommand},
   };
   return *commands;
@@ -1317,8 +1370,7 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
                     : absl::StrCat("unknown command '", group, "'")));
   }
   if (!command->verb.empty()) ++i;
-  rest.insert(rest.end(), argv.begin() + static_cast<ptrdiff_t>(i),
-              argv.end());
+  rest.insert(rest.end(), argv.begin() + static_cast<ptrdiff_t>(i), argv.end());
   std::vector<FlagDef> defs = command->flags;
   defs.insert(defs.end(), GlobalFlags().begin(), GlobalFlags().end());
   defs.push_back({"help", false});
@@ -1335,9 +1387,9 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
   if (args->positional().size() != command->positional &&
       command->run != PredictCommand) {
     err << "usage: tlctl " << command->usage << "\n";
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "expected ", command->positional, " argument(s), got ",
-        args->positional().size())));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("expected ", command->positional, " argument(s), got ",
+                     args->positional().size())));
   }
 
   Context ctx;

@@ -45,8 +45,7 @@ class Args {
   std::vector<std::string> GetAll(std::string_view name) const;
   // A switch: absent is false; "--x", "--x=true", "--x=1" are true.
   absl::StatusOr<bool> GetBool(std::string_view name) const;
-  absl::StatusOr<int64_t> GetInt(std::string_view name,
-                                 int64_t fallback) const;
+  absl::StatusOr<int64_t> GetInt(std::string_view name, int64_t fallback) const;
   absl::StatusOr<double> GetDouble(std::string_view name,
                                    double fallback) const;
   // Comma-separated lists; an absent flag is an empty list.

@@ -1,1 +1,21 @@
-int main() { return 1; }  // replaced as the binary lands
+// tlctl: the command-line client of tlserve. See client/tlctl_commands.h.
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "client/tlctl_commands.h"
+
+int main(int argc, char** argv) {
+  tlserve::cli::RunOptions options;
+  if (const char* server = std::getenv("TLSERVE_SERVER");
+      server != nullptr && *server != '\0') {
+    options.default_server = server;
+  }
+  options.out_is_tty = isatty(STDOUT_FILENO) == 1;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  return tlserve::cli::RunTlctl(args, options, std::cout, std::cerr);
+}

@@ -11,12 +11,15 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -26,7 +29,7 @@ namespace {
 
 // errno as a status: ENOSPC and EDQUOT are RESOURCE_EXHAUSTED (free space,
 // then retry), a missing file NOT_FOUND, the rest INTERNAL.
-absl::Status ErrnoStatus(int err, std::string_view what) {
+absl::Status ErrnoStatus(int err, absl::string_view what) {
   std::string message = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
     case ENOSPC:
@@ -39,6 +42,11 @@ absl::Status ErrnoStatus(int err, std::string_view what) {
   }
 }
 
+// Debian's Abseil has its own string_view (not std's): convert at the edge.
+absl::string_view AsAbsl(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
+
 std::string BlobDir(const std::string& root) { return root + "/sha256"; }
 std::string TempDir(const std::string& root) { return root + "/tmp"; }
 
@@ -46,7 +54,7 @@ absl::Status CheckName(std::string_view sha256) {
   if (!IsSha256Hex(sha256)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "blob name '%s' is not a sha256 (64 lowercase hex digits)",
-        absl::CHexEscape(sha256.substr(0, 100))));
+        absl::CHexEscape(AsAbsl(sha256.substr(0, 100)))));
   }
   return absl::OkStatus();
 }
@@ -120,11 +128,13 @@ absl::StatusOr<std::string> BlobStore::Writer::Commit(
   std::string hex = hasher_.FinalHex();
   // Clients may send the digest in upper case; the content decides.
   if (!expected_sha256.empty() &&
-      absl::AsciiStrToLower(expected_sha256) != hex) {
-    // The destructor removes the temp file: nothing is stored.
-    return absl::InvalidArgumentError(
-        absl::StrFormat("sha256 mismatch: expected %s, got %s",
-                        absl::CHexEscape(expected_sha256.substr(0, 100)), hex));
+      absl::AsciiStrToLower(AsAbsl(expected_sha256)) != hex) {
+    // Nothing is stored, not even until the writer is destroyed.
+    ::unlink(temp_path_.c_str());
+    temp_path_.clear();
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "sha256 mismatch: expected %s, got %s",
+        absl::CHexEscape(AsAbsl(expected_sha256.substr(0, 100))), hex));
   }
   const std::string dir = BlobDir(store_->root());
   const std::string final_path = absl::StrCat(dir, "/", hex);
@@ -132,8 +142,8 @@ absl::StatusOr<std::string> BlobStore::Writer::Commit(
     // Same content already stored: keep the existing file, drop ours.
     ::unlink(temp_path_.c_str());
   } else if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("rename '", temp_path_, "' to '",
-                                           final_path, "'"));
+    return ErrnoStatus(
+        errno, absl::StrCat("rename '", temp_path_, "' to '", final_path, "'"));
   }
   committed_ = true;
   // The rename itself must survive a crash before the caller acknowledges.
@@ -153,17 +163,20 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(std::string root) {
   // Temp files are uploads that never committed (the process died): no one
   // can resume them, so they only take space.
   std::error_code ec;
+  std::vector<std::filesystem::path> stale;
   for (std::filesystem::directory_iterator it(TempDir(root), ec), end;
        !ec && it != end; it.increment(ec)) {
-    std::error_code remove_ec;
-    std::filesystem::remove_all(it->path(), remove_ec);
-    if (remove_ec) {
-      return ErrnoStatus(remove_ec.value(),
-                         absl::StrCat("remove stale '", it->path().string(), "'"));
-    }
+    stale.push_back(it->path());
   }
   if (ec) {
     return ErrnoStatus(ec.value(), absl::StrCat("list '", TempDir(root), "'"));
+  }
+  for (const auto& path : stale) {
+    std::filesystem::remove_all(path, ec);
+    if (ec) {
+      return ErrnoStatus(ec.value(),
+                         absl::StrCat("remove stale '", path.string(), "'"));
+    }
   }
   return std::unique_ptr<BlobStore>(new BlobStore(std::move(root)));
 }
@@ -173,10 +186,11 @@ absl::StatusOr<std::unique_ptr<BlobStore::Writer>> BlobStore::NewWriter(
   std::string path = TempDir(root_) + "/upload-XXXXXX";
   int fd = ::mkostemp(path.data(), O_CLOEXEC);
   if (fd < 0) {
-    return ErrnoStatus(errno, absl::StrCat("create a temp file in '",
-                                           TempDir(root_), "'"));
+    return ErrnoStatus(
+        errno, absl::StrCat("create a temp file in '", TempDir(root_), "'"));
   }
-  return std::unique_ptr<Writer>(new Writer(this, std::move(path), fd, max_bytes));
+  return std::unique_ptr<Writer>(
+      new Writer(this, std::move(path), fd, max_bytes));
 }
 
 absl::StatusOr<std::string> BlobStore::Put(std::string_view data) {
@@ -187,16 +201,17 @@ absl::StatusOr<std::string> BlobStore::Put(std::string_view data) {
 
 bool BlobStore::Has(std::string_view sha256) const {
   return IsSha256Hex(sha256) &&
-         IsRegularFile(absl::StrCat(BlobDir(root_), "/", sha256));
+         IsRegularFile(absl::StrCat(BlobDir(root_), "/", AsAbsl(sha256)));
 }
 
 absl::StatusOr<std::string> BlobStore::PathOf(std::string_view sha256) const {
   // The name becomes part of a path: only a well-formed digest may, so
   // "../x" can never leave the store.
   RETURN_IF_ERROR(CheckName(sha256));
-  std::string path = absl::StrCat(BlobDir(root_), "/", sha256);
+  std::string path = absl::StrCat(BlobDir(root_), "/", AsAbsl(sha256));
   if (!IsRegularFile(path)) {
-    return absl::NotFoundError(absl::StrCat("blob '", sha256, "' not found"));
+    return absl::NotFoundError(
+        absl::StrCat("blob '", AsAbsl(sha256), "' not found"));
   }
   return path;
 }
@@ -213,7 +228,7 @@ absl::Status BlobStore::Verify(std::string_view sha256) const {
     return absl::DataLossError(absl::StrFormat(
         "blob '%s' is corrupt: its content hashes to %s; remove it and "
         "upload it again",
-        sha256, actual));
+        AsAbsl(sha256), actual));
   }
   return absl::OkStatus();
 }
@@ -222,7 +237,8 @@ absl::Status BlobStore::Remove(std::string_view sha256) {
   ASSIGN_OR_RETURN(std::string path, PathOf(sha256));
   if (::unlink(path.c_str()) != 0) {
     if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat("blob '", sha256, "' not found"));
+      return absl::NotFoundError(
+          absl::StrCat("blob '", AsAbsl(sha256), "' not found"));
     }
     return ErrnoStatus(errno, absl::StrCat("remove '", path, "'"));
   }

@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <limits>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -17,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
@@ -111,8 +111,8 @@ constexpr int kBusyTimeoutMs = 5000;
 
 // One status per SQLite failure, so callers can tell "retry" (UNAVAILABLE)
 // and "disk full" (RESOURCE_EXHAUSTED) from bugs and corruption (INTERNAL).
-absl::Status SqliteStatus(int rc, std::string_view what,
-                          std::string_view detail) {
+absl::Status SqliteStatus(int rc, absl::string_view what,
+                          absl::string_view detail) {
   std::string message =
       absl::StrFormat("sqlite: %s: %s (code %d)", what, detail, rc);
   switch (rc & 0xff) {
@@ -126,7 +126,7 @@ absl::Status SqliteStatus(int rc, std::string_view what,
   }
 }
 
-absl::Status SqliteError(sqlite3* db, int rc, std::string_view what) {
+absl::Status SqliteError(sqlite3* db, int rc, absl::string_view what) {
   return SqliteStatus(rc, what,
                       db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 }
@@ -134,7 +134,7 @@ absl::Status SqliteError(sqlite3* db, int rc, std::string_view what) {
 // Owns one prepared statement; finalizes it on destruction.
 class Statement {
  public:
-  static absl::StatusOr<Statement> Prepare(sqlite3* db, std::string_view sql) {
+  static absl::StatusOr<Statement> Prepare(sqlite3* db, absl::string_view sql) {
     sqlite3_stmt* stmt = nullptr;
     int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()),
                                 &stmt, nullptr);
@@ -164,17 +164,17 @@ class Statement {
   absl::Status Bind(int index, int64_t value) {
     return Check(sqlite3_bind_int64(stmt_, index, value), "bind");
   }
-  absl::Status Bind(int index, std::string_view text) {
-    return Check(sqlite3_bind_text(stmt_, index, text.data(),
-                                   static_cast<int>(text.size()),
-                                   SQLITE_TRANSIENT),
-                 "bind");
+  absl::Status Bind(int index, absl::string_view text) {
+    return Check(
+        sqlite3_bind_text(stmt_, index, text.data(),
+                          static_cast<int>(text.size()), SQLITE_TRANSIENT),
+        "bind");
   }
-  absl::Status BindBlob(int index, std::string_view bytes) {
-    return Check(sqlite3_bind_blob(stmt_, index, bytes.data(),
-                                   static_cast<int>(bytes.size()),
-                                   SQLITE_TRANSIENT),
-                 "bind");
+  absl::Status BindBlob(int index, absl::string_view bytes) {
+    return Check(
+        sqlite3_bind_blob(stmt_, index, bytes.data(),
+                          static_cast<int>(bytes.size()), SQLITE_TRANSIENT),
+        "bind");
   }
   absl::Status BindNull(int index) {
     return Check(sqlite3_bind_null(stmt_, index), "bind");
@@ -185,7 +185,8 @@ class Statement {
     int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    return SqliteError(db_, rc, absl::StrCat("step '", sqlite3_sql(stmt_), "'"));
+    return SqliteError(db_, rc,
+                       absl::StrCat("step '", sqlite3_sql(stmt_), "'"));
   }
   // Steps to the end (a statement that returns no rows, or the rest of
   // one), then resets it, keeping the bindings, for the next run.
@@ -203,22 +204,25 @@ class Statement {
   bool IsNull(int column) {
     return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
   }
-  std::string_view Text(int column) {
+  absl::string_view Text(int column) {
     const auto* p =
         reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
-    return p == nullptr ? std::string_view()
-                        : std::string_view(p, sqlite3_column_bytes(stmt_, column));
+    return p == nullptr
+               ? absl::string_view()
+               : absl::string_view(p, sqlite3_column_bytes(stmt_, column));
   }
-  std::string_view Blob(int column) {
+  absl::string_view Blob(int column) {
     // An empty blob comes back as NULL: an empty proto, which is valid.
-    const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt_, column));
-    return p == nullptr ? std::string_view()
-                        : std::string_view(p, sqlite3_column_bytes(stmt_, column));
+    const auto* p =
+        static_cast<const char*>(sqlite3_column_blob(stmt_, column));
+    return p == nullptr
+               ? absl::string_view()
+               : absl::string_view(p, sqlite3_column_bytes(stmt_, column));
   }
 
  private:
   Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
-  absl::Status Check(int rc, std::string_view what) {
+  absl::Status Check(int rc, absl::string_view what) {
     return rc == SQLITE_OK ? absl::OkStatus() : SqliteError(db_, rc, what);
   }
 
@@ -234,7 +238,7 @@ absl::Status Exec(sqlite3* db, const char* sql) {
   std::string detail = error != nullptr ? error : sqlite3_errstr(rc);
   sqlite3_free(error);
   // Migrations are long: name only their first line.
-  std::string_view what = absl::StripLeadingAsciiWhitespace(sql);
+  absl::string_view what = absl::StripLeadingAsciiWhitespace(sql);
   what = what.substr(0, what.find('\n'));
   return SqliteStatus(rc, absl::StrCat("'", what, "'"), detail);
 }
@@ -242,7 +246,8 @@ absl::Status Exec(sqlite3* db, const char* sql) {
 // Runs body inside BEGIN IMMEDIATE ... COMMIT. IMMEDIATE takes the write
 // lock up front, so a transaction never fails half-way on a lock upgrade.
 // Any error rolls everything back.
-absl::Status InTransaction(sqlite3* db, absl::FunctionRef<absl::Status()> body) {
+absl::Status InTransaction(sqlite3* db,
+                           absl::FunctionRef<absl::Status()> body) {
   RETURN_IF_ERROR(Exec(db, "BEGIN IMMEDIATE"));
   absl::Status status = body();
   if (status.ok()) status = Exec(db, "COMMIT");
@@ -254,14 +259,15 @@ absl::Status InTransaction(sqlite3* db, absl::FunctionRef<absl::Status()> body) 
   return status;
 }
 
-absl::StatusOr<int64_t> NextCounter(sqlite3* db, std::string_view name) {
+absl::StatusOr<int64_t> NextCounter(sqlite3* db, absl::string_view name) {
   ASSIGN_OR_RETURN(Statement stmt,
                    Statement::Prepare(db,
                                       "UPDATE counters SET value = value + 1 "
                                       "WHERE name = ?1 RETURNING value"));
   RETURN_IF_ERROR(stmt.Bind(1, name));
   ASSIGN_OR_RETURN(bool row, stmt.Step());
-  if (!row) return absl::InternalError(absl::StrCat("counter '", name, "' missing"));
+  if (!row)
+    return absl::InternalError(absl::StrCat("counter '", name, "' missing"));
   int64_t value = stmt.Int64(0);
   RETURN_IF_ERROR(stmt.Run());
   return value;
@@ -293,7 +299,7 @@ absl::StatusOr<int64_t> DecodePageToken(const std::string& token) {
 }
 
 template <typename T>
-absl::StatusOr<T> ParseProto(std::string_view bytes, std::string_view what) {
+absl::StatusOr<T> ParseProto(absl::string_view bytes, absl::string_view what) {
   T message;
   if (!message.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     return absl::DataLossError(absl::StrCat(
@@ -302,11 +308,34 @@ absl::StatusOr<T> ParseProto(std::string_view bytes, std::string_view what) {
   return message;
 }
 
-std::string Quoted(std::string_view kind, std::string_view id) {
+std::string Quoted(absl::string_view kind, absl::string_view id) {
   return absl::StrCat(kind, " '", id, "'");
 }
 
-absl::Status RecordRequest(sqlite3* db, std::string_view scope,
+// Reads the rows (id, create_seq, proto) of a query that asked for
+// limit + 1 rows: the extra row only tells that another page exists, so the
+// last page never hands out a token that leads to an empty page.
+template <typename T>
+absl::StatusOr<Store::Page<T>> ReadPage(Statement& stmt, int limit,
+                                        absl::string_view kind) {
+  Store::Page<T> page;
+  int64_t last_seq = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    if (static_cast<int>(page.items.size()) == limit) {
+      page.next_page_token = EncodePageToken(last_seq);
+      break;
+    }
+    ASSIGN_OR_RETURN(T item,
+                     ParseProto<T>(stmt.Blob(2), Quoted(kind, stmt.Text(0))));
+    page.items.push_back(std::move(item));
+    last_seq = stmt.Int64(1);
+  }
+  return page;
+}
+
+absl::Status RecordRequest(sqlite3* db, absl::string_view scope,
                            const std::string& request_id,
                            const std::string& resource_id) {
   if (request_id.empty()) return absl::OkStatus();
@@ -377,8 +406,8 @@ absl::StatusOr<T> GetResource(sqlite3* db, const ResourceTable& t,
                               const std::string& id) {
   ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(db, absl::StrCat("SELECT proto FROM ", t.table,
-                                          " WHERE id = ?1")));
+      Statement::Prepare(
+          db, absl::StrCat("SELECT proto FROM ", t.table, " WHERE id = ?1")));
   RETURN_IF_ERROR(stmt.Bind(1, id));
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) {
@@ -399,29 +428,13 @@ absl::StatusOr<Store::Page<T>> ListResources(sqlite3* db,
   }
   ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(db, absl::StrCat("SELECT id, create_seq, proto FROM ",
-                                          t.table,
-                                          " WHERE create_seq > ?1 "
-                                          "ORDER BY create_seq ASC LIMIT ?2")));
+      Statement::Prepare(
+          db, absl::StrCat("SELECT id, create_seq, proto FROM ", t.table,
+                           " WHERE create_seq > ?1 "
+                           "ORDER BY create_seq ASC LIMIT ?2")));
   RETURN_IF_ERROR(stmt.Bind(1, after));
-  // One more than asked tells whether another page exists, so the last page
-  // never hands out a token that leads to an empty page.
   RETURN_IF_ERROR(stmt.Bind(2, int64_t{limit} + 1));
-  Store::Page<T> page;
-  int64_t last_seq = 0;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, stmt.Step());
-    if (!row) break;
-    if (static_cast<int>(page.items.size()) == limit) {
-      page.next_page_token = EncodePageToken(last_seq);
-      break;
-    }
-    ASSIGN_OR_RETURN(T item,
-                     ParseProto<T>(stmt.Blob(2), Quoted(t.kind, stmt.Text(0))));
-    page.items.push_back(std::move(item));
-    last_seq = stmt.Int64(1);
-  }
-  return page;
+  return ReadPage<T>(stmt, limit, t.kind);
 }
 
 absl::StatusOr<bool> JobExists(sqlite3* db, const std::string& id) {
@@ -480,8 +493,8 @@ absl::StatusOr<std::vector<Job>> CollectJobs(Statement& stmt) {
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
-    ASSIGN_OR_RETURN(Job job, ParseProto<Job>(stmt.Blob(1),
-                                              Quoted("job", stmt.Text(0))));
+    ASSIGN_OR_RETURN(
+        Job job, ParseProto<Job>(stmt.Blob(1), Quoted("job", stmt.Text(0))));
     jobs.push_back(std::move(job));
   }
   return jobs;
@@ -519,9 +532,9 @@ absl::Status ApplyMigrations(sqlite3* db, int* version) {
       return record.Run();
     });
     if (!status.ok()) {
-      return absl::Status(status.code(),
-                          absl::StrFormat("schema migration %d: %s", next,
-                                          status.message()));
+      return absl::Status(
+          status.code(),
+          absl::StrFormat("schema migration %d: %s", next, status.message()));
     }
     *version = next;
   }
@@ -616,18 +629,21 @@ absl::StatusOr<Store::Page<Dataset>> Store::ListDatasets(
 absl::Status Store::DeleteDataset(const std::string& id) {
   absl::MutexLock lock(&mu_);
   return InTransaction(db_, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(Statement del,
-                     Statement::Prepare(db_, "DELETE FROM datasets WHERE id = ?1"));
+    ASSIGN_OR_RETURN(
+        Statement del,
+        Statement::Prepare(db_, "DELETE FROM datasets WHERE id = ?1"));
     RETURN_IF_ERROR(del.Bind(1, id));
     RETURN_IF_ERROR(del.Run());
     if (sqlite3_changes(db_) == 0) {
-      return absl::NotFoundError(absl::StrCat(Quoted("dataset", id), " not found"));
+      return absl::NotFoundError(
+          absl::StrCat(Quoted("dataset", id), " not found"));
     }
     // A retried upload must create the dataset again, not name a deleted one.
-    ASSIGN_OR_RETURN(Statement forget,
-                     Statement::Prepare(db_,
-                                        "DELETE FROM request_ids WHERE "
-                                        "scope = 'dataset' AND resource_id = ?1"));
+    ASSIGN_OR_RETURN(
+        Statement forget,
+        Statement::Prepare(db_,
+                           "DELETE FROM request_ids WHERE "
+                           "scope = 'dataset' AND resource_id = ?1"));
     RETURN_IF_ERROR(forget.Bind(1, id));
     return forget.Run();
   });
@@ -736,16 +752,18 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
 
 absl::StatusOr<Job> Store::GetJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Statement stmt,
-                   Statement::Prepare(db_, "SELECT proto FROM jobs WHERE id = ?1"));
+  ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_, "SELECT proto FROM jobs WHERE id = ?1"));
   RETURN_IF_ERROR(stmt.Bind(1, id));
   ASSIGN_OR_RETURN(bool row, stmt.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat(Quoted("job", id), " not found"));
+  if (!row)
+    return absl::NotFoundError(absl::StrCat(Quoted("job", id), " not found"));
   return ParseProto<Job>(stmt.Blob(0), Quoted("job", id));
 }
 
-absl::StatusOr<Store::Page<Job>> Store::ListJobs(JobState state, int page_size,
-                                                 const std::string& page_token) {
+absl::StatusOr<Store::Page<Job>> Store::ListJobs(
+    JobState state, int page_size, const std::string& page_token) {
   absl::MutexLock lock(&mu_);
   const int limit = ClampPageSize(page_size);
   int64_t before = std::numeric_limits<int64_t>::max();
@@ -761,39 +779,27 @@ absl::StatusOr<Store::Page<Job>> Store::ListJobs(JobState state, int page_size,
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{state}));
   RETURN_IF_ERROR(stmt.Bind(2, before));
   RETURN_IF_ERROR(stmt.Bind(3, int64_t{limit} + 1));
-  Page<Job> page;
-  int64_t last_seq = 0;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, stmt.Step());
-    if (!row) break;
-    if (static_cast<int>(page.items.size()) == limit) {
-      page.next_page_token = EncodePageToken(last_seq);
-      break;
-    }
-    ASSIGN_OR_RETURN(Job job,
-                     ParseProto<Job>(stmt.Blob(2), Quoted("job", stmt.Text(0))));
-    page.items.push_back(std::move(job));
-    last_seq = stmt.Int64(1);
-  }
-  return page;
+  return ReadPage<Job>(stmt, limit, "job");
 }
 
 absl::StatusOr<std::vector<Job>> Store::QueuedJobs() {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Statement stmt,
-                   Statement::Prepare(db_,
-                                      "SELECT id, proto FROM jobs WHERE state = ?1 "
-                                      "ORDER BY priority DESC, queue_seq ASC"));
+  ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_,
+                         "SELECT id, proto FROM jobs WHERE state = ?1 "
+                         "ORDER BY priority DESC, queue_seq ASC"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{tlserve::v1::QUEUED}));
   return CollectJobs(stmt);
 }
 
 absl::StatusOr<std::vector<Job>> Store::JobsInState(JobState state) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Statement stmt,
-                   Statement::Prepare(db_,
-                                      "SELECT id, proto FROM jobs WHERE state = ?1 "
-                                      "ORDER BY create_seq ASC"));
+  ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_,
+                         "SELECT id, proto FROM jobs WHERE state = ?1 "
+                         "ORDER BY create_seq ASC"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{state}));
   return CollectJobs(stmt);
 }
@@ -806,7 +812,8 @@ absl::Status Store::AppendEvents(const std::string& job_id,
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(bool exists, JobExists(db_, job_id));
     if (!exists) {
-      return absl::NotFoundError(absl::StrCat(Quoted("job", job_id), " not found"));
+      return absl::NotFoundError(
+          absl::StrCat(Quoted("job", job_id), " not found"));
     }
     ASSIGN_OR_RETURN(sequences, InsertEvents(db_, job_id, *events));
     return absl::OkStatus();
@@ -846,19 +853,20 @@ absl::StatusOr<std::optional<double>> Store::MeanRunSeconds(int last_n) {
         absl::StrCat("MeanRunSeconds needs last_n > 0, got ", last_n));
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Statement stmt,
-                   Statement::Prepare(db_,
-                                      "SELECT id, proto FROM jobs "
-                                      "WHERE state = ?1 AND end_time_us IS NOT NULL "
-                                      "ORDER BY end_time_us DESC, create_seq DESC"));
+  ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_,
+                         "SELECT id, proto FROM jobs "
+                         "WHERE state = ?1 AND end_time_us IS NOT NULL "
+                         "ORDER BY end_time_us DESC, create_seq DESC"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{tlserve::v1::SUCCEEDED}));
   double total = 0;
   int count = 0;
   while (count < last_n) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
-    ASSIGN_OR_RETURN(Job job,
-                     ParseProto<Job>(stmt.Blob(1), Quoted("job", stmt.Text(0))));
+    ASSIGN_OR_RETURN(
+        Job job, ParseProto<Job>(stmt.Blob(1), Quoted("job", stmt.Text(0))));
     if (!job.has_start_time()) continue;  // never ran: nothing to measure
     total += static_cast<double>(TimestampMicros(job.end_time()) -
                                  TimestampMicros(job.start_time())) /
@@ -877,7 +885,8 @@ absl::Status Store::AddCheckpoint(const std::string& job_id,
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(bool exists, JobExists(db_, job_id));
     if (!exists) {
-      return absl::NotFoundError(absl::StrCat(Quoted("job", job_id), " not found"));
+      return absl::NotFoundError(
+          absl::StrCat(Quoted("job", job_id), " not found"));
     }
     ASSIGN_OR_RETURN(Statement stmt,
                      Statement::Prepare(db_,
@@ -906,9 +915,9 @@ absl::StatusOr<std::vector<CheckpointInfo>> Store::ListCheckpoints(
     if (!row) break;
     ASSIGN_OR_RETURN(
         CheckpointInfo checkpoint,
-        ParseProto<CheckpointInfo>(stmt.Blob(1),
-                                   absl::StrCat("checkpoint ", stmt.Int64(0),
-                                                " of ", Quoted("job", job_id))));
+        ParseProto<CheckpointInfo>(
+            stmt.Blob(1), absl::StrCat("checkpoint ", stmt.Int64(0), " of ",
+                                       Quoted("job", job_id))));
     checkpoints.push_back(std::move(checkpoint));
   }
   return checkpoints;

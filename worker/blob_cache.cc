@@ -15,6 +15,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/grpc_status.h"
 #include "common/sha256.h"
 #include "common/file_util.h"
@@ -29,14 +30,14 @@ using ::tlserve::v1::BlobRef;
 using ::tlserve::v1::FetchBlobRequest;
 using ::tlserve::v1::PutBlobResponse;
 
-constexpr std::string_view kTempPrefix = ".tmp-";
+constexpr absl::string_view kTempPrefix = ".tmp-";
 
-absl::Status Annotate(const absl::Status& status, std::string_view prefix) {
+absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
   if (status.ok()) return status;
   return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
-absl::Status ErrnoStatus(int err, std::string_view what) {
+absl::Status ErrnoStatus(int err, absl::string_view what) {
   absl::StatusCode code = err == ENOENT ? absl::StatusCode::kNotFound
                                         : absl::StatusCode::kInternal;
   return absl::Status(code, absl::StrCat(what, ": ", std::strerror(err)));

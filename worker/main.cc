@@ -1,1 +1,89 @@
-int main() { return 1; }  // replaced as the binary lands
+// tlworker: dials tlserve and runs the jobs and inference calls it pushes.
+// Flags -> WorkerAgent::Options -> Run until SIGINT/SIGTERM.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "worker/connection.h"
+
+namespace {
+
+std::string DefaultServer() {
+  const char* env = std::getenv("TLSERVE_SERVER");
+  return env != nullptr && env[0] != '\0' ? env : "127.0.0.1:50051";
+}
+
+std::string DefaultWorkerId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(host[0] != '\0' ? host : "worker", "-", getpid());
+}
+
+}  // namespace
+
+ABSL_FLAG(std::string, server, DefaultServer(),
+          "tlserve address host:port (default: $TLSERVE_SERVER or "
+          "127.0.0.1:50051)");
+ABSL_FLAG(std::string, worker_id, "",
+          "name of this worker (default: <hostname>-<pid>)");
+ABSL_FLAG(std::string, cache_dir, "",
+          "blob cache and job scratch folder (default: "
+          "./var/worker-cache/<worker_id>)");
+ABSL_FLAG(int, threads, static_cast<int>(std::thread::hardware_concurrency()),
+          "LibTorch threads for training (0: LibTorch's default)");
+ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken by one thread with sigwait; block them before any
+  // other thread starts so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  tlserve::worker::WorkerAgent::Options options;
+  options.server_address = absl::GetFlag(FLAGS_server);
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  if (options.worker_id.empty()) options.worker_id = DefaultWorkerId();
+  options.cache_dir = absl::GetFlag(FLAGS_cache_dir);
+  if (options.cache_dir.empty()) {
+    options.cache_dir = absl::StrCat("./var/worker-cache/", options.worker_id);
+  }
+  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.device = absl::GetFlag(FLAGS_device);
+  const std::string worker_id = options.worker_id;
+  options.on_connection_change = [worker_id](bool connected,
+                                             const std::string& detail) {
+    std::fprintf(stderr, "tlworker %s: %s%s\n", worker_id.c_str(),
+                 connected ? "" : "disconnected: ", detail.c_str());
+  };
+
+  auto agent = tlserve::worker::WorkerAgent::Create(options);
+  if (!agent.ok()) {
+    std::fprintf(stderr, "tlworker: %s\n", agent.status().ToString().c_str());
+    return 1;
+  }
+  tlserve::worker::WorkerAgent* raw = agent->get();
+  // Run() returns only after Stop(), which only this thread calls, so the
+  // join below never waits for a signal that already came.
+  std::thread waiter([raw, signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "tlworker: signal %d, shutting down\n", sig);
+    raw->Stop();
+  });
+  raw->Run();
+  waiter.join();
+  agent->reset();
+  return 0;
+}

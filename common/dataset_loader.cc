@@ -1,0 +1,523 @@
+// IDX and image-folder tar datasets -> decoded images and labels.
+
+#include "common/dataset_loader.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+
+namespace tlserve {
+namespace {
+
+using ::tlserve::v1::DatasetPartRole;
+
+// Keeps the code, puts the part's role in front of the message.
+absl::Status WithRole(const absl::Status& status, DatasetPartRole role) {
+  if (status.ok()) return status;
+  return absl::Status(
+      status.code(), absl::StrCat(tlserve::v1::DatasetPartRole_Name(role), ": ",
+                                  status.message()));
+}
+
+// ---- IDX
+// ---------------------------------------------------------------------
+
+absl::StatusOr<std::vector<uint8_t>> Gunzip(std::string_view bytes,
+                                            int64_t max_bytes) {
+  z_stream zs;
+  std::memset(&zs, 0, sizeof(zs));
+  // 16 + MAX_WBITS: gzip wrapper only.
+  if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
+    return absl::ResourceExhaustedError("IDX: zlib init failed");
+  }
+  absl::Cleanup end = [&zs] { inflateEnd(&zs); };
+  std::vector<uint8_t> out;
+  // The gzip trailer's ISIZE (size mod 2^32) is a good first guess; +1 so
+  // an exact guess does not force a regrow just to see the stream end.
+  int64_t guess = int64_t{1} << 16;
+  if (bytes.size() >= 18) {
+    const auto* t =
+        reinterpret_cast<const uint8_t*>(bytes.data() + bytes.size() - 4);
+    guess = std::max<int64_t>(guess,
+                              ((uint32_t{t[3]} << 24) | (uint32_t{t[2]} << 16) |
+                               (uint32_t{t[1]} << 8) | t[0]) +
+                                  int64_t{1});
+  }
+  out.resize(std::min<int64_t>(max_bytes, guess));
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
+  size_t in_left = bytes.size();
+  size_t produced = 0;
+  int ret = Z_OK;
+  while (ret != Z_STREAM_END) {
+    if (produced == out.size()) {
+      if (static_cast<int64_t>(out.size()) >= max_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "IDX: more than ", max_bytes, " bytes after gunzip (the limit)"));
+      }
+      out.resize(std::min<int64_t>(max_bytes, out.size() * 2));
+    }
+    // zlib counts in uInt; feed it at most 1 GiB at a time.
+    constexpr size_t kChunk = 1u << 30;
+    uInt in_now = static_cast<uInt>(std::min(in_left, kChunk));
+    uInt out_now = static_cast<uInt>(std::min(out.size() - produced, kChunk));
+    zs.avail_in = in_now;
+    zs.next_out = out.data() + produced;
+    zs.avail_out = out_now;
+    ret = inflate(&zs, Z_NO_FLUSH);
+    in_left -= in_now - zs.avail_in;
+    produced += out_now - zs.avail_out;
+    if (ret == Z_STREAM_END) break;
+    if (ret == Z_BUF_ERROR && in_left == 0 && zs.avail_out > 0) {
+      return absl::InvalidArgumentError(
+          "IDX: gzip data is truncated (the upload may be incomplete)");
+    }
+    if (ret != Z_OK && ret != Z_BUF_ERROR) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "IDX: corrupt gzip data: ", zs.msg ? zs.msg : "inflate failed"));
+    }
+  }
+  out.resize(produced);
+  return out;
+}
+
+// The data after the header, with dims checked against its size.
+absl::StatusOr<IdxArray> ParseRawIdx(std::vector<uint8_t> bytes) {
+  if (bytes.size() < 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IDX: file has ", bytes.size(), " bytes, too short for a header"));
+  }
+  if (bytes[0] != 0 || bytes[1] != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "IDX: bad magic %02x %02x %02x %02x (want 00 00 08 <ndims>); is this "
+        "an IDX file?",
+        bytes[0], bytes[1], bytes[2], bytes[3]));
+  }
+  if (bytes[2] != 0x08) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "IDX: element type 0x%02x is not supported; only unsigned bytes "
+        "(0x08)",
+        bytes[2]));
+  }
+  const int ndims = bytes[3];
+  if (ndims == 0) return absl::InvalidArgumentError("IDX: header has 0 dims");
+  const size_t header = 4 + 4 * static_cast<size_t>(ndims);
+  if (bytes.size() < header) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("IDX: file has ", bytes.size(), " bytes, too short for a ",
+                     ndims, "-dim header (", header, " bytes)"));
+  }
+  IdxArray array;
+  uint64_t need = 1;
+  bool overflow = false;
+  for (int i = 0; i < ndims; ++i) {
+    const uint8_t* p = bytes.data() + 4 + 4 * i;
+    uint32_t d = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
+                 (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+    if (d > 0x7fffffffu) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IDX: dim ", i, " is ", d, ", too large"));
+    }
+    array.dims.push_back(static_cast<int32_t>(d));
+    if (d != 0 && need > (uint64_t{1} << 62) / d) overflow = true;
+    need *= d;
+  }
+  const uint64_t have = bytes.size() - header;
+  if (overflow || have != need) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IDX: file has ", have, " bytes of data but header dims ",
+        absl::StrJoin(array.dims, "x"), " need ",
+        overflow ? std::string("more than 2^62") : absl::StrCat(need)));
+  }
+  bytes.erase(bytes.begin(), bytes.begin() + header);
+  array.data = std::move(bytes);
+  return array;
+}
+
+// ---- IDX datasets
+// ------------------------------------------------------------
+
+absl::StatusOr<IdxArray> LoadIdxPart(const DatasetFiles& files,
+                                     DatasetPartRole role,
+                                     const DatasetLimits& limits) {
+  absl::StatusOr<std::string> bytes = ReadFile(files.paths.at(role));
+  if (!bytes.ok()) return WithRole(bytes.status(), role);
+  absl::StatusOr<IdxArray> array = ParseIdx(*bytes, limits);
+  if (!array.ok()) return WithRole(array.status(), role);
+  return array;
+}
+
+// Reads one split; labels are checked against the class count later.
+absl::Status LoadIdxSplit(const DatasetFiles& files,
+                          DatasetPartRole images_role,
+                          DatasetPartRole labels_role,
+                          const DatasetLimits& limits, int64_t* images_so_far,
+                          LabelledImages* out) {
+  const std::string images_name =
+      tlserve::v1::DatasetPartRole_Name(images_role);
+  ASSIGN_OR_RETURN(IdxArray images, LoadIdxPart(files, images_role, limits));
+  if (images.dims.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        images_name, ": want 3 dims [N, height, width], got ",
+        images.dims.size(), " (", absl::StrJoin(images.dims, "x"), ")"));
+  }
+  const int64_t n = images.dims[0];
+  const int h = images.dims[1];
+  const int w = images.dims[2];
+  if (h <= 0 || w <= 0 || h > limits.image.max_side ||
+      w > limits.image.max_side || int64_t{h} * w > limits.image.max_pixels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(images_name, ": image size ", h, "x", w,
+                     " is empty or over the image limits"));
+  }
+  *images_so_far += n;
+  if (*images_so_far > limits.max_images) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(images_name, ": dataset has more than ", limits.max_images,
+                     " images (the limit)"));
+  }
+  ASSIGN_OR_RETURN(IdxArray labels, LoadIdxPart(files, labels_role, limits));
+  const std::string labels_name =
+      tlserve::v1::DatasetPartRole_Name(labels_role);
+  if (labels.dims.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(labels_name, ": want 1 dim [N], got ", labels.dims.size(),
+                     " (", absl::StrJoin(labels.dims, "x"), ")"));
+  }
+  if (labels.dims[0] != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(labels_name, ": ", labels.dims[0], " labels but ",
+                     images_name, " has ", n, " images"));
+  }
+  const size_t image_bytes = static_cast<size_t>(h) * w;
+  out->images.resize(n);
+  out->labels.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    Image& image = out->images[i];
+    image.height = h;
+    image.width = w;
+    image.channels = 1;
+    const uint8_t* src = images.data.data() + i * image_bytes;
+    image.pixels.assign(src, src + image_bytes);
+    out->labels[i] = labels.data[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLabels(const LabelledImages& split, DatasetPartRole role,
+                         size_t num_classes) {
+  for (size_t i = 0; i < split.labels.size(); ++i) {
+    if (split.labels[i] < 0 ||
+        static_cast<size_t>(split.labels[i]) >= num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          tlserve::v1::DatasetPartRole_Name(role), ": label ", split.labels[i],
+          " at record ", i, " is outside [0, ", num_classes, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DecodedDataset> LoadIdxDataset(const DatasetFiles& files,
+                                              const DatasetLimits& limits) {
+  for (DatasetPartRole role : {v1::TRAIN_IMAGES, v1::TRAIN_LABELS}) {
+    if (!files.paths.count(role)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IDX datasets need ", v1::DatasetPartRole_Name(role),
+                       " (and TRAIN_IMAGES, TRAIN_LABELS); it is missing"));
+    }
+  }
+  const bool has_test_images = files.paths.count(v1::TEST_IMAGES) > 0;
+  const bool has_test_labels = files.paths.count(v1::TEST_LABELS) > 0;
+  if (has_test_images != has_test_labels) {
+    return absl::InvalidArgumentError(
+        "IDX datasets need both TEST_IMAGES and TEST_LABELS, or neither");
+  }
+  DecodedDataset dataset;
+  int64_t total = 0;
+  RETURN_IF_ERROR(LoadIdxSplit(files, v1::TRAIN_IMAGES, v1::TRAIN_LABELS,
+                               limits, &total, &dataset.train));
+  if (dataset.train.images.empty()) {
+    return absl::InvalidArgumentError("TRAIN_IMAGES: the file holds no images");
+  }
+  if (has_test_images) {
+    RETURN_IF_ERROR(LoadIdxSplit(files, v1::TEST_IMAGES, v1::TEST_LABELS,
+                                 limits, &total, &dataset.test));
+  }
+  if (!files.class_names.empty()) {
+    dataset.class_names = files.class_names;
+  } else {
+    int32_t max_label = 0;
+    for (const LabelledImages* split : {&dataset.train, &dataset.test}) {
+      for (int32_t label : split->labels)
+        max_label = std::max(max_label, label);
+    }
+    for (int32_t k = 0; k <= max_label; ++k) {
+      dataset.class_names.push_back(absl::StrCat(k));
+    }
+  }
+  RETURN_IF_ERROR(
+      CheckLabels(dataset.train, v1::TRAIN_LABELS, dataset.class_names.size()));
+  RETURN_IF_ERROR(
+      CheckLabels(dataset.test, v1::TEST_LABELS, dataset.class_names.size()));
+  return dataset;
+}
+
+// ---- image-folder tar datasets
+// -----------------------------------------------
+
+// Images of one archive, labelled by folder name until classes are known.
+struct FolderImages {
+  std::vector<Image> images;
+  std::vector<std::string> folders;   // same length as images
+  std::set<std::string> all_folders;  // including empty ones
+};
+
+bool IsImageExtension(std::string_view name) {
+  size_t dot = name.rfind('.');
+  if (dot == std::string_view::npos) return false;
+  std::string ext = absl::AsciiStrToLower(
+      absl::string_view(name.data() + dot + 1, name.size() - dot - 1));
+  return ext == "png" || ext == "jpg" || ext == "jpeg";
+}
+
+absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
+                         const DatasetLimits& limits, int64_t* images_so_far,
+                         FolderImages* out) {
+  const std::string role_name = tlserve::v1::DatasetPartRole_Name(role);
+  struct archive* a = archive_read_new();
+  if (a == nullptr) return absl::ResourceExhaustedError("libarchive init");
+  absl::Cleanup free_archive = [a] { archive_read_free(a); };
+  archive_read_support_filter_gzip(a);
+  archive_read_support_format_tar(a);
+  archive_read_support_format_gnutar(a);
+  if (archive_read_open_filename(a, path.c_str(), 1 << 16) != ARCHIVE_OK) {
+    int err = archive_errno(a);
+    std::string msg = absl::StrCat(
+        role_name, ": cannot open ", path, ": ",
+        archive_error_string(a) ? archive_error_string(a) : std::strerror(err));
+    if (err == ENOENT) return absl::NotFoundError(msg);
+    return absl::InvalidArgumentError(msg);
+  }
+  int64_t entries = 0;
+  std::string data;
+  while (true) {
+    struct archive_entry* entry = nullptr;
+    int r = archive_read_next_header(a, &entry);
+    if (r == ARCHIVE_EOF) break;
+    if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          role_name, ": not a readable tar archive: ",
+          archive_error_string(a) ? archive_error_string(a) : "unknown error"));
+    }
+    if (++entries > limits.max_archive_entries) {
+      return absl::InvalidArgumentError(absl::StrCat(role_name, ": more than ",
+                                                     limits.max_archive_entries,
+                                                     " entries (the limit)"));
+    }
+    const char* raw_name = archive_entry_pathname(entry);
+    if (raw_name == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(role_name, ": entry ", entries, " has no path"));
+    }
+    const std::string name = raw_name;
+    // `why` starts with its separator: " escapes ..." or ": corrupt PNG".
+    auto refuse = [&](std::string_view why) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(role_name, ": entry '", name, "'",
+                       absl::string_view(why.data(), why.size())));
+    };
+    if (name.empty() || name[0] == '/' ||
+        name.find('\\') != std::string::npos) {
+      return refuse(" escapes the archive (absolute path or backslash)");
+    }
+    // "./cls/a.png" (tar -C dir .) and trailing slashes of folders are
+    // harmless; every other component must be a plain name.
+    std::vector<std::string> parts;
+    bool hidden = false;
+    for (absl::string_view part : absl::StrSplit(name, '/')) {
+      if (part.empty() || part == ".") continue;
+      if (part == "..") return refuse(" escapes the archive");
+      if (part[0] == '.') hidden = true;
+      parts.emplace_back(part);
+    }
+    const mode_t type = archive_entry_filetype(entry);
+    if (archive_entry_hardlink(entry) != nullptr) {
+      return refuse(" is a hard link; links are not allowed");
+    }
+    if (type == AE_IFLNK || archive_entry_symlink(entry) != nullptr) {
+      return refuse(" is a symbolic link; links are not allowed");
+    }
+    // Hidden files (.DS_Store, ._x.png) are editor/OS litter, not data.
+    if (hidden) continue;
+    if (type == AE_IFDIR) {
+      if (parts.size() == 1) out->all_folders.insert(parts[0]);
+      if (parts.size() > 1) {
+        return refuse(" is a nested folder; want class_name/file.png");
+      }
+      continue;
+    }
+    if (type != AE_IFREG) return refuse(" is not a regular file");
+    if (parts.size() != 2) {
+      return refuse(" is not at class_name/file.(png|jpg|jpeg)");
+    }
+    if (!IsImageExtension(parts[1])) {
+      return refuse(" is not an image; want .png, .jpg or .jpeg files");
+    }
+    if (archive_entry_size_is_set(entry) &&
+        archive_entry_size(entry) > limits.max_entry_bytes) {
+      return refuse(absl::StrCat(" has ", archive_entry_size(entry),
+                                 " bytes, more than the limit of ",
+                                 limits.max_entry_bytes));
+    }
+    if (++*images_so_far > limits.max_images) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(role_name, ": dataset has more than ", limits.max_images,
+                       " images (the limit)"));
+    }
+    // Read entry by entry, so memory holds one encoded image at a time.
+    data.clear();
+    char buf[1 << 16];
+    while (true) {
+      la_ssize_t n = archive_read_data(a, buf, sizeof(buf));
+      if (n == 0) break;
+      if (n < 0) {
+        return refuse(
+            absl::StrCat(" cannot be read: ", archive_error_string(a)
+                                                  ? archive_error_string(a)
+                                                  : "unknown error"));
+      }
+      data.append(buf, static_cast<size_t>(n));
+      if (static_cast<int64_t>(data.size()) > limits.max_entry_bytes) {
+        return refuse(absl::StrCat(" has more than the limit of ",
+                                   limits.max_entry_bytes, " bytes"));
+      }
+    }
+    absl::StatusOr<Image> image = DecodeImage(data, limits.image);
+    if (!image.ok())
+      return refuse(absl::StrCat(": ", image.status().message()));
+    out->images.push_back(*std::move(image));
+    out->folders.push_back(parts[0]);
+    out->all_folders.insert(parts[0]);
+  }
+  if (out->images.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(role_name,
+                     ": the archive holds no images; want "
+                     "class_name/file.png entries"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DecodedDataset> LoadTarDataset(const DatasetFiles& files,
+                                              const DatasetLimits& limits) {
+  auto train_it = files.paths.find(v1::TRAIN_ARCHIVE);
+  if (train_it == files.paths.end()) {
+    return absl::InvalidArgumentError(
+        "IMAGE_FOLDER_TAR datasets need TRAIN_ARCHIVE; it is missing");
+  }
+  int64_t total = 0;
+  FolderImages train;
+  RETURN_IF_ERROR(
+      ReadArchive(train_it->second, v1::TRAIN_ARCHIVE, limits, &total, &train));
+  DecodedDataset dataset;
+  dataset.class_names.assign(train.all_folders.begin(),
+                             train.all_folders.end());
+  std::map<std::string, int32_t> label_of;
+  for (size_t k = 0; k < dataset.class_names.size(); ++k) {
+    label_of[dataset.class_names[k]] = static_cast<int32_t>(k);
+  }
+  std::vector<int64_t> counts(dataset.class_names.size());
+  for (const std::string& folder : train.folders) ++counts[label_of[folder]];
+  for (size_t k = 0; k < counts.size(); ++k) {
+    if (counts[k] == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TRAIN_ARCHIVE: class folder '", dataset.class_names[k],
+                       "' has no images"));
+    }
+  }
+  dataset.train.images = std::move(train.images);
+  for (const std::string& folder : train.folders) {
+    dataset.train.labels.push_back(label_of[folder]);
+  }
+  auto test_it = files.paths.find(v1::TEST_ARCHIVE);
+  if (test_it != files.paths.end()) {
+    FolderImages test;
+    RETURN_IF_ERROR(
+        ReadArchive(test_it->second, v1::TEST_ARCHIVE, limits, &total, &test));
+    for (const std::string& folder : test.all_folders) {
+      if (!label_of.count(folder)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("TEST_ARCHIVE: class folder '", folder,
+                         "' is not a class of TRAIN_ARCHIVE (classes: ",
+                         absl::StrJoin(dataset.class_names, ", "), ")"));
+      }
+    }
+    dataset.test.images = std::move(test.images);
+    for (const std::string& folder : test.folders) {
+      dataset.test.labels.push_back(label_of[folder]);
+    }
+  }
+  return dataset;
+}
+
+}  // namespace
+
+absl::StatusOr<IdxArray> ParseIdx(std::string_view bytes,
+                                  const DatasetLimits& limits) {
+  if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x1f &&
+      static_cast<uint8_t>(bytes[1]) == 0x8b) {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> raw,
+                     Gunzip(bytes, limits.max_idx_bytes));
+    return ParseRawIdx(std::move(raw));
+  }
+  if (static_cast<int64_t>(bytes.size()) > limits.max_idx_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("IDX: file has ",
+                                                   bytes.size(),
+                                                   " bytes, more than the "
+                                                   "limit of ",
+                                                   limits.max_idx_bytes));
+  }
+  return ParseRawIdx(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+}
+
+absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
+                                           const DatasetLimits& limits) {
+  for (const auto& [role, path] : files.paths) {
+    const bool idx_role = role == v1::TRAIN_IMAGES ||
+                          role == v1::TRAIN_LABELS || role == v1::TEST_IMAGES ||
+                          role == v1::TEST_LABELS;
+    const bool tar_role = role == v1::TRAIN_ARCHIVE || role == v1::TEST_ARCHIVE;
+    if ((files.format == v1::IDX && !idx_role) ||
+        (files.format == v1::IMAGE_FOLDER_TAR && !tar_role)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "part role ", v1::DatasetPartRole_Name(role), " does not belong to ",
+          v1::DatasetFormat_Name(files.format), " datasets"));
+    }
+  }
+  switch (files.format) {
+    case v1::IDX:
+      return LoadIdxDataset(files, limits);
+    case v1::IMAGE_FOLDER_TAR:
+      return LoadTarDataset(files, limits);
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unsupported dataset format ", v1::DatasetFormat_Name(files.format)));
+  }
+}
+
+}  // namespace tlserve

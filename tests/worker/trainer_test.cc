@@ -1,0 +1,426 @@
+#include "worker/trainer.h"
+
+#include <torch/script.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/worker/test_util.h"
+
+namespace tlserve::worker {
+namespace {
+
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using tlserve::v1::FreezePolicy;
+using tlserve::v1::JobSpec;
+
+struct Recorder {
+  std::vector<std::string> logs;
+  std::vector<tlserve::v1::EpochMetrics> epochs;
+  std::vector<std::string> checkpoints;
+  int progress_calls = 0;
+  // Copies of each checkpoint (the trainer removes older ones).
+  std::string keep_dir;
+
+  TrainerCallbacks Callbacks() {
+    TrainerCallbacks callbacks;
+    callbacks.on_log = [this](const std::string& line) {
+      logs.push_back(line);
+    };
+    callbacks.on_progress = [this](const tlserve::v1::Progress&) {
+      ++progress_calls;
+    };
+    callbacks.on_epoch_end = [this](const tlserve::v1::EpochMetrics& m,
+                                    const std::string& path) {
+      epochs.push_back(m);
+      std::string kept = path;
+      if (!keep_dir.empty()) {
+        kept = absl::StrCat(keep_dir, "/epoch_", m.epoch(), ".pt");
+        std::filesystem::copy_file(path, kept);
+      }
+      checkpoints.push_back(kept);
+      return absl::OkStatus();
+    };
+    return callbacks;
+  }
+  bool Logged(const std::string& text) const {
+    for (const auto& line : logs) {
+      if (line.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+};
+
+JobSpec FineTuneSpec(FreezePolicy::Mode mode, int epochs, int batch_size) {
+  JobSpec spec;
+  spec.set_kind(tlserve::v1::FINE_TUNE);
+  spec.mutable_freeze()->set_mode(mode);
+  spec.set_epochs(epochs);
+  spec.set_batch_size(batch_size);
+  spec.set_seed(42);
+  return spec;
+}
+
+std::map<std::string, at::Tensor> StateMap(const torch::jit::Module& module) {
+  std::map<std::string, at::Tensor> state;
+  for (auto& [name, tensor] : testing::NamedState(module)) state[name] = tensor;
+  return state;
+}
+
+bool StartsWith(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
+
+TEST(TrainerTest, FrozenBackboneStaysBitIdenticalAndHeadLearns) {
+  const std::string dir = testing::MakeTempDir("frozen");
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FROZEN, 6, 16);
+  input.spec.mutable_optimizer()->set_learning_rate(0.05f);
+  input.spec.mutable_data()->set_validation_fraction(0.2f);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+  DecodedDataset data = testing::SyntheticDataset(3, 30, 10, 12, 1, 5);
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->cancelled);
+  EXPECT_TRUE(recorder.Logged("feature cache: ")) << "no feature cache used";
+  ASSERT_EQ(recorder.epochs.size(), 6u);
+  EXPECT_LT(recorder.epochs.back().train_loss(),
+            recorder.epochs.front().train_loss());
+  EXPECT_EQ(recorder.epochs.back().per_class_val_accuracy_size(), 3);
+  // A random backbone ends in global average pooling, which blurs where
+  // the bar is; well above chance (1/3) is what the head can do.
+  EXPECT_GT(out->result.test_accuracy(), 0.6f);
+  EXPECT_EQ(out->result.test_count(), 30);
+  EXPECT_EQ(out->result.feature_dim(), 32);
+  EXPECT_THAT(out->result.blocks(),
+              ElementsAre("stem", "layer1", "layer2", "layer3"));
+  EXPECT_THAT(out->class_names, ElementsAre("class_0", "class_1", "class_2"));
+
+  torch::jit::Module original = torch::jit::load(input.backbone_path);
+  torch::jit::Module exported = torch::jit::load(out->artifact_path);
+  auto trained = StateMap(exported.attr("backbone").toModule());
+  for (const auto& [name, tensor] : StateMap(original)) {
+    ASSERT_TRUE(trained.count(name)) << name;
+    EXPECT_TRUE(torch::equal(tensor, trained[name])) << name << " changed";
+  }
+}
+
+TEST(TrainerTest, LastBlockOfResnet18TrainsOnlyLayer4) {
+  if (!testing::PythonTorchAvailable()) {
+    GTEST_SKIP() << "/usr/bin/python3 with torch is not available";
+  }
+  absl::StatusOr<std::string> backbone =
+      testing::TorchvisionBackbone("resnet18", 32);
+  ASSERT_TRUE(backbone.ok()) << backbone.status();
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::LAST_N_BLOCKS, 1, 12);
+  input.spec.mutable_freeze()->set_n_blocks(1);
+  input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::SGD);
+  input.work_dir = testing::MakeTempDir("last_n");
+  input.backbone_path = *backbone;
+  input.backbone_input_spec = testing::ImageNetSpec(32);
+  input.num_threads = 2;
+  DecodedDataset data = testing::SyntheticDataset(3, 12, 2, 32, 3, 6);
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->result.feature_dim(), 512);
+  EXPECT_EQ(out->result.blocks_size(), 6);
+
+  auto original = StateMap(torch::jit::load(*backbone));
+  auto trained = StateMap(
+      torch::jit::load(out->artifact_path).attr("backbone").toModule());
+  int changed = 0;
+  for (const auto& [name, tensor] : original) {
+    ASSERT_TRUE(trained.count(name)) << name;
+    const bool equal = torch::equal(tensor, trained[name]);
+    if (StartsWith(name, "layer4.")) {
+      // Weights and BatchNorm statistics of the trained block move
+      // (num_batches_tracked too); nothing in it can stay put by chance.
+      EXPECT_FALSE(equal) << name << " did not train";
+      changed += !equal;
+    } else {
+      EXPECT_TRUE(equal) << name << " changed but is frozen";
+    }
+  }
+  EXPECT_GT(changed, 0);
+  EXPECT_TRUE(recorder.Logged("blocks: layer4"));
+}
+
+TEST(TrainerTest, ResumedRunMatchesUninterruptedRun) {
+  const std::string dir = testing::MakeTempDir("resume");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.mutable_head()->add_hidden_sizes(16);
+  input.spec.mutable_head()->set_dropout(0.3f);  // uses the torch RNG
+  input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::SGD);
+  input.spec.mutable_schedule()->set_kind(tlserve::v1::ScheduleSpec::COSINE);
+  input.spec.mutable_schedule()->set_warmup_epochs(1);
+  input.spec.mutable_data()->set_validation_fraction(0.25f);
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+
+  input.work_dir = testing::MakeTempDir("full_run");
+  Recorder full;
+  full.keep_dir = dir;
+  absl::StatusOr<TrainJobOutput> a =
+      RunTrainingJob(input, data, full.Callbacks());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(full.checkpoints.size(), 3u);
+  // Older checkpoints are removed once the next one is handed over.
+  EXPECT_FALSE(
+      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_1.pt"));
+  EXPECT_TRUE(
+      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_3.pt"));
+
+  input.work_dir = testing::MakeTempDir("resumed_run");
+  input.resume_checkpoint_path = full.checkpoints[0];
+  input.resume_epoch = 1;
+  Recorder resumed;
+  absl::StatusOr<TrainJobOutput> b =
+      RunTrainingJob(input, data, resumed.Callbacks());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(resumed.Logged("resumed from checkpoint of epoch 1"));
+  ASSERT_EQ(resumed.epochs.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    const auto& x = full.epochs[i + 1];
+    const auto& y = resumed.epochs[i];
+    EXPECT_EQ(x.epoch(), y.epoch());
+    EXPECT_EQ(x.train_loss(), y.train_loss()) << "epoch " << x.epoch();
+    EXPECT_EQ(x.val_loss(), y.val_loss()) << "epoch " << x.epoch();
+    EXPECT_EQ(x.val_accuracy(), y.val_accuracy());
+  }
+  EXPECT_EQ(a->result.test_loss(), b->result.test_loss());
+  EXPECT_EQ(a->result.test_accuracy(), b->result.test_accuracy());
+
+  auto sa = StateMap(torch::jit::load(a->artifact_path));
+  auto sb = StateMap(torch::jit::load(b->artifact_path));
+  ASSERT_EQ(sa.size(), sb.size());
+  for (const auto& [name, tensor] : sa) {
+    EXPECT_TRUE(torch::equal(tensor, sb[name])) << name << " differs";
+  }
+  // FULL really trained the whole backbone.
+  auto original = StateMap(torch::jit::load(input.backbone_path));
+  for (const auto& [name, tensor] : original) {
+    if (name.find("weight") != std::string::npos) {
+      EXPECT_FALSE(torch::equal(tensor, sa["backbone." + name])) << name;
+    }
+  }
+}
+
+TEST(TrainerTest, CancelStopsWithinOneBatch) {
+  const std::string dir = testing::MakeTempDir("cancel");
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 5, 4);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  DecodedDataset data = testing::SyntheticDataset(2, 20, 2, 12, 1, 5);
+  Recorder recorder;
+  TrainerCallbacks callbacks = recorder.Callbacks();
+  std::atomic<bool> stop{false};
+  int progress_at_stop = -1;
+  callbacks.on_progress = [&](const tlserve::v1::Progress& p) {
+    ++recorder.progress_calls;
+    EXPECT_EQ(p.batches_per_epoch(), 10);
+    if (p.batch() == 3) {
+      stop = true;
+      progress_at_stop = recorder.progress_calls;
+    }
+  };
+  callbacks.should_stop = [&] { return stop.load(); };
+  absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, callbacks);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->cancelled);
+  EXPECT_EQ(recorder.progress_calls, progress_at_stop);
+  EXPECT_TRUE(recorder.epochs.empty());
+  EXPECT_TRUE(out->artifact_path.empty());
+}
+
+TEST(TrainerTest, PretrainMakesABackboneThatFineTunes) {
+  const std::string dir = testing::MakeTempDir("pretrain");
+  TrainJobInput input;
+  input.spec.set_kind(tlserve::v1::PRETRAIN);
+  input.spec.mutable_pretrain()->set_base_width(8);
+  input.spec.set_epochs(1);
+  input.spec.set_batch_size(16);
+  input.work_dir = dir;
+  input.num_threads = 2;
+  DecodedDataset data = testing::SyntheticDataset(4, 8, 2, 28, 1, 5);
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->input_spec.channels(), 1);
+  EXPECT_EQ(out->input_spec.height(), 28);
+  EXPECT_EQ(out->input_spec.width(), 28);
+  ASSERT_EQ(out->input_spec.mean_size(), 1);
+  EXPECT_GT(out->input_spec.mean(0), 0.1f);
+  EXPECT_GT(out->input_spec.std(0), 0.05f);
+  EXPECT_EQ(out->result.feature_dim(), 32);
+  EXPECT_THAT(out->result.blocks(),
+              ElementsAre("stem", "layer1", "layer2", "layer3"));
+
+  torch::jit::Module backbone = torch::jit::load(out->artifact_path);
+  backbone.eval();
+  at::Tensor features =
+      backbone.forward({torch::rand({5, 1, 28, 28})}).toTensor();
+  EXPECT_THAT(features.sizes().vec(), ElementsAre(5, 32));
+
+  // The backbone made here is what a later FINE_TUNE job reuses.
+  TrainJobInput fine_tune;
+  fine_tune.spec = FineTuneSpec(FreezePolicy::LAST_N_BLOCKS, 1, 16);
+  fine_tune.spec.mutable_freeze()->set_n_blocks(2);
+  fine_tune.work_dir = testing::MakeTempDir("pretrain_then_fine_tune");
+  fine_tune.backbone_path = out->artifact_path;
+  fine_tune.backbone_input_spec = out->input_spec;
+  fine_tune.num_threads = 2;
+  absl::StatusOr<TrainJobOutput> tuned =
+      RunTrainingJob(fine_tune, data, recorder.Callbacks());
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  torch::jit::Module model = torch::jit::load(tuned->artifact_path);
+  model.eval();
+  EXPECT_THAT(
+      model.forward({torch::rand({2, 1, 28, 28})}).toTensor().sizes().vec(),
+      ElementsAre(2, 4));
+}
+
+TEST(TrainerTest, FineTuneOnFashionMnistSliceBeatsChance) {
+  absl::StatusOr<DecodedDataset> full = testing::LoadFashionMnist();
+  if (absl::IsNotFound(full.status())) {
+    GTEST_SKIP() << "Fashion-MNIST is not installed: " << full.status();
+  }
+  ASSERT_TRUE(full.ok()) << full.status();
+  DecodedDataset data;
+  data.class_names = full->class_names;
+  for (size_t i = 0; i < 800; ++i) {
+    data.train.images.push_back(full->train.images[i]);
+    data.train.labels.push_back(full->train.labels[i]);
+  }
+  for (size_t i = 0; i < 500; ++i) {
+    data.test.images.push_back(full->test.images[i]);
+    data.test.labels.push_back(full->test.labels[i]);
+  }
+  const std::string dir = testing::MakeTempDir("fmnist");
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 32);
+  input.spec.mutable_optimizer()->set_learning_rate(3e-3f);
+  input.spec.mutable_data()->set_validation_fraction(0.1f);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  tlserve::v1::InputSpec spec = testing::SimpleSpec(1, 28);
+  spec.set_mean(0, 0.286f);
+  spec.set_std(0, 0.353f);
+  input.backbone_input_spec = spec;
+  input.num_threads = 2;
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->result.test_count(), 500);
+  EXPECT_GT(out->result.test_accuracy(), 0.5f) << "chance is 0.1";
+  std::cout << "Fashion-MNIST slice: test accuracy "
+            << out->result.test_accuracy() << "\n";
+  EXPECT_EQ(out->class_names.size(), 10u);
+}
+
+TEST(TrainerTest, BadSpecsAndFilesAreInvalidArgument) {
+  const std::string dir = testing::MakeTempDir("bad");
+  DecodedDataset data = testing::SyntheticDataset(2, 4, 0, 12, 1, 5);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::LAST_N_BLOCKS, 1, 4);
+  input.spec.mutable_freeze()->set_n_blocks(9);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  TrainerCallbacks none;
+  absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, none);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("n_blocks 9"));
+
+  input.spec.mutable_freeze()->set_n_blocks(1);
+  input.spec.mutable_data()->add_class_subset(5);
+  out = RunTrainingJob(input, data, none);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("class_subset label 5"));
+  input.spec.mutable_data()->clear_class_subset();
+
+  // A backbone that expects 3 channels cannot take the 1-channel spec.
+  TrainJobInput mismatch = input;
+  mismatch.backbone_path = testing::SaveCompactBackbone(dir, 3, 8, 4);
+  out = RunTrainingJob(mismatch, data, none);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+
+  TrainJobInput garbage = input;
+  garbage.backbone_path = dir + "/garbage.pt";
+  std::ofstream(garbage.backbone_path) << "not a torchscript file";
+  out = RunTrainingJob(garbage, data, none);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("loading backbone"));
+
+  TrainJobInput no_kind = input;
+  no_kind.spec.set_kind(tlserve::v1::JOB_KIND_UNSPECIFIED);
+  EXPECT_EQ(RunTrainingJob(no_kind, data, none).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  TrainerCallbacks failing;
+  failing.on_epoch_end = [](const tlserve::v1::EpochMetrics&,
+                            const std::string&) {
+    return absl::UnavailableError("checkpoint store is down");
+  };
+  out = RunTrainingJob(input, data, failing);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// Not run by default: the epoch time the report quotes. Run with
+//   worker_test --gtest_also_run_disabled_tests --gtest_filter='*Timing*'
+TEST(TrainerTest, DISABLED_TimingFashionMnistEpoch) {
+  absl::StatusOr<DecodedDataset> data = testing::LoadFashionMnist();
+  if (!data.ok()) GTEST_SKIP() << data.status();
+  TrainJobInput input;
+  input.spec.set_kind(tlserve::v1::PRETRAIN);
+  input.spec.mutable_pretrain()->set_base_width(16);
+  input.spec.set_epochs(1);
+  input.spec.set_batch_size(64);
+  input.spec.set_seed(1);
+  input.spec.mutable_data()->set_validation_fraction(0.1f);
+  input.work_dir = testing::MakeTempDir("timing");
+  input.num_threads = 2;
+  Recorder recorder;
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, *data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  for (const auto& m : recorder.epochs) {
+    std::cout << "epoch " << m.epoch() << ": " << m.seconds() << " s, "
+              << m.samples_per_second() << " samples/s, val acc "
+              << m.val_accuracy() << "\n";
+  }
+  std::cout << "test accuracy " << out->result.test_accuracy() << ", total "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                             start)
+                   .count()
+            << " s\n";
+}
+
+}  // namespace
+}  // namespace tlserve::worker

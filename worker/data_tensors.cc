@@ -1,0 +1,295 @@
+#include "worker/data_tensors.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/torch_status.h"
+
+namespace tlserve::worker {
+namespace {
+
+absl::Status CheckImage(const Image& image) {
+  if (image.channels != 1 && image.channels != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image has ", image.channels, " channels; need 1 or 3"));
+  }
+  if (image.height < 1 || image.width < 1 ||
+      image.pixels.size() != static_cast<size_t>(image.height) *
+                                 static_cast<size_t>(image.width) *
+                                 static_cast<size_t>(image.channels)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image of ", image.height, "x", image.width, "x",
+                     image.channels, " holds ", image.pixels.size(), " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+// Writes `image` as [C, H, W] uint8 into out (spec-sized, contiguous).
+// Same-size images (every IDX dataset) take a plain loop; others go
+// through torch's bilinear resize in float.
+void ConvertInto(const Image& image, const tlserve::v1::InputSpec& spec,
+                 uint8_t* out) {
+  const int c_out = spec.channels();
+  const int h = spec.height();
+  const int w = spec.width();
+  const int c_in = image.channels;
+  const size_t plane = static_cast<size_t>(h) * w;
+  if (image.height == h && image.width == w) {
+    const uint8_t* src = image.pixels.data();
+    for (size_t i = 0; i < plane; ++i) {
+      const uint8_t* px = src + i * c_in;
+      if (c_in == c_out) {
+        for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[c];
+      } else if (c_in == 1) {
+        for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[0];
+      } else {
+        const float mean = (static_cast<float>(px[0]) + px[1] + px[2]) / 3.0f;
+        out[i] = static_cast<uint8_t>(std::nearbyint(mean));
+      }
+    }
+    return;
+  }
+  // from_blob does not copy; the const_cast is safe because the tensor is
+  // only read.
+  at::Tensor t = at::from_blob(const_cast<uint8_t*>(image.pixels.data()),
+                               {image.height, image.width, c_in}, at::kByte)
+                     .permute({2, 0, 1})
+                     .to(at::kFloat)
+                     .unsqueeze(0);
+  t = at::upsample_bilinear2d(t, {h, w}, /*align_corners=*/false);
+  if (c_in == 1 && c_out == 3) {
+    t = t.expand({1, 3, h, w});
+  } else if (c_in == 3 && c_out == 1) {
+    t = t.mean(1, /*keepdim=*/true);
+  }
+  at::Tensor bytes = t.round().clamp(0, 255).to(at::kByte).contiguous();
+  std::memcpy(out, bytes.data_ptr<uint8_t>(), plane * c_out);
+}
+
+absl::StatusOr<SplitTensors> MakeSplit(const LabelledImages& source,
+                                       const std::vector<size_t>& indices,
+                                       const std::vector<int>& label_map,
+                                       const tlserve::v1::InputSpec& spec,
+                                       const char* split_name) {
+  const int64_t n = static_cast<int64_t>(indices.size());
+  SplitTensors split;
+  split.images =
+      at::empty({n, spec.channels(), spec.height(), spec.width()}, at::kByte);
+  split.labels = at::empty({n}, at::kLong);
+  uint8_t* images = split.images.data_ptr<uint8_t>();
+  int64_t* labels = split.labels.data_ptr<int64_t>();
+  const size_t stride =
+      static_cast<size_t>(spec.channels()) * spec.height() * spec.width();
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t index = indices[i];
+    const Image& image = source.images[index];
+    absl::Status status = CheckImage(image);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(split_name, " image ", index, ": ", status.message()));
+    }
+    ConvertInto(image, spec, images + i * stride);
+    labels[i] = label_map[source.labels[index]];
+  }
+  return split;
+}
+
+absl::Status CheckLabels(const LabelledImages& split, size_t num_classes,
+                         const char* split_name) {
+  if (split.images.size() != split.labels.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(split_name, ": ", split.images.size(), " images but ",
+                     split.labels.size(), " labels"));
+  }
+  for (size_t i = 0; i < split.labels.size(); ++i) {
+    const int32_t label = split.labels[i];
+    if (label < 0 || static_cast<size_t>(label) >= num_classes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(split_name, ": label ", label, " at record ", i,
+                       " is outside [0, ", num_classes, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> ImageToTensor(const Image& image,
+                                         const tlserve::v1::InputSpec& spec) {
+  RETURN_IF_ERROR(CheckImage(image));
+  return TorchGuardOr<at::Tensor>(
+      "converting an image", [&]() -> absl::StatusOr<at::Tensor> {
+        at::Tensor out = at::empty(
+            {spec.channels(), spec.height(), spec.width()}, at::kByte);
+        ConvertInto(image, spec, out.data_ptr<uint8_t>());
+        return out;
+      });
+}
+
+at::Tensor ToModelInput(const at::Tensor& images) {
+  return images.to(at::kFloat).div_(255.0);
+}
+
+absl::StatusOr<TrainingData> PrepareTrainingData(
+    const DecodedDataset& data, const tlserve::v1::DataSpec& spec,
+    const tlserve::v1::InputSpec& input_spec, uint64_t seed) {
+  const size_t num_classes = data.class_names.size();
+  if (num_classes == 0) {
+    return absl::InvalidArgumentError("dataset has no class names");
+  }
+  RETURN_IF_ERROR(CheckLabels(data.train, num_classes, "train split"));
+  RETURN_IF_ERROR(CheckLabels(data.test, num_classes, "test split"));
+  if (!(spec.validation_fraction() >= 0 && spec.validation_fraction() < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("data: validation_fraction ",
+                                                   spec.validation_fraction(),
+                                                   " is outside [0, 1)"));
+  }
+  if (spec.samples_per_class() < 0 || spec.max_test_samples() < 0) {
+    return absl::InvalidArgumentError(
+        "data: samples_per_class and max_test_samples must not be negative");
+  }
+
+  // label_map: dataset label -> model class, -1 when not in the subset.
+  TrainingData out;
+  std::vector<int> label_map(num_classes, -1);
+  if (spec.class_subset().empty()) {
+    std::iota(label_map.begin(), label_map.end(), 0);
+    out.class_names = data.class_names;
+  } else {
+    for (int i = 0; i < spec.class_subset_size(); ++i) {
+      const int32_t label = spec.class_subset(i);
+      if (label < 0 || static_cast<size_t>(label) >= num_classes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("data: class_subset label ", label, " is outside [0, ",
+                         num_classes, ")"));
+      }
+      if (label_map[label] != -1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("data: class_subset names label ", label, " twice"));
+      }
+      label_map[label] = i;
+      out.class_names.push_back(data.class_names[label]);
+    }
+  }
+  const size_t k = out.class_names.size();
+
+  std::mt19937_64 rng(seed);
+  std::vector<size_t> candidates;
+  for (size_t i = 0; i < data.train.labels.size(); ++i) {
+    if (label_map[data.train.labels[i]] >= 0) candidates.push_back(i);
+  }
+  std::shuffle(candidates.begin(), candidates.end(), rng);
+
+  // Per class, in shuffled order; the cap and the validation share are
+  // taken per class so rare classes are not squeezed out.
+  std::vector<std::vector<size_t>> by_class(k);
+  for (size_t index : candidates) {
+    auto& bucket = by_class[label_map[data.train.labels[index]]];
+    if (spec.samples_per_class() == 0 ||
+        bucket.size() < static_cast<size_t>(spec.samples_per_class())) {
+      bucket.push_back(index);
+    }
+  }
+  std::vector<size_t> train_indices;
+  std::vector<size_t> val_indices;
+  for (const auto& bucket : by_class) {
+    size_t n_val = static_cast<size_t>(
+        std::floor(bucket.size() * spec.validation_fraction() + 0.5));
+    if (spec.validation_fraction() > 0 && bucket.size() >= 2) {
+      n_val = std::clamp<size_t>(n_val, 1, bucket.size() - 1);
+    } else if (bucket.size() < 2) {
+      n_val = 0;
+    }
+    val_indices.insert(val_indices.end(), bucket.begin(),
+                       bucket.begin() + n_val);
+    train_indices.insert(train_indices.end(), bucket.begin() + n_val,
+                         bucket.end());
+  }
+  if (train_indices.empty()) {
+    return absl::InvalidArgumentError(
+        "data: no training samples left after the class subset, samples per "
+        "class and validation split");
+  }
+  // Dataset order within each split: deterministic and independent of how
+  // the buckets were filled.
+  std::sort(train_indices.begin(), train_indices.end());
+  std::sort(val_indices.begin(), val_indices.end());
+
+  std::vector<size_t> test_indices;
+  for (size_t i = 0; i < data.test.labels.size(); ++i) {
+    if (label_map[data.test.labels[i]] >= 0) test_indices.push_back(i);
+  }
+  if (spec.max_test_samples() > 0 &&
+      test_indices.size() > static_cast<size_t>(spec.max_test_samples())) {
+    std::shuffle(test_indices.begin(), test_indices.end(), rng);
+    test_indices.resize(spec.max_test_samples());
+    std::sort(test_indices.begin(), test_indices.end());
+  }
+
+  RETURN_IF_ERROR(TorchGuard("converting the dataset to tensors", [&] {
+    ASSIGN_OR_RETURN(out.train, MakeSplit(data.train, train_indices, label_map,
+                                          input_spec, "train"));
+    ASSIGN_OR_RETURN(out.val, MakeSplit(data.train, val_indices, label_map,
+                                        input_spec, "train"));
+    if (data.test.labels.empty()) {
+      out.test = out.val;
+      out.test_is_val = true;
+    } else {
+      ASSIGN_OR_RETURN(out.test, MakeSplit(data.test, test_indices, label_map,
+                                           input_spec, "test"));
+    }
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<tlserve::v1::InputSpec> ResolveInputSpec(
+    const DecodedDataset& data, const tlserve::v1::InputSpec& requested) {
+  if (data.train.images.empty()) {
+    return absl::InvalidArgumentError("dataset has no training images");
+  }
+  tlserve::v1::InputSpec spec = requested;
+  if (spec.channels() == 0) {
+    bool any_rgb = false;
+    for (const Image& image : data.train.images) {
+      if (image.channels == 3) {
+        any_rgb = true;
+        break;
+      }
+    }
+    spec.set_channels(any_rgb ? 3 : 1);
+  }
+  if (spec.height() == 0) spec.set_height(data.train.images[0].height);
+  if (spec.width() == 0) spec.set_width(data.train.images[0].width);
+  return spec;
+}
+
+void ChannelMeanStd(const at::Tensor& images, std::vector<float>* mean,
+                    std::vector<float>* std) {
+  mean->clear();
+  std->clear();
+  const int64_t channels = images.size(1);
+  // The first 10k images estimate the statistics well enough and bound the
+  // memory; doubles keep the sums exact.
+  const int64_t n = std::min<int64_t>(images.size(0), 10000);
+  at::Tensor flat = images.slice(0, 0, n)
+                        .transpose(0, 1)
+                        .reshape({channels, -1})
+                        .to(at::kDouble)
+                        .div_(255.0);
+  at::Tensor m = flat.mean(1);
+  at::Tensor s = flat.std(1, /*unbiased=*/false);
+  for (int64_t c = 0; c < channels; ++c) {
+    mean->push_back(static_cast<float>(m[c].item<double>()));
+    std->push_back(std::max(1e-3f, static_cast<float>(s[c].item<double>())));
+  }
+}
+
+}  // namespace tlserve::worker
