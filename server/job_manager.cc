@@ -202,7 +202,11 @@ void JobManager::FillQueueEstimate(Job* job) {
 absl::StatusOr<Store::Page<Job>> JobManager::ListJobs(JobState state,
                                                       int page_size,
                                                       const std::string& token) {
-  return store_->ListJobs(state, page_size, token);
+  ASSIGN_OR_RETURN(auto page, store_->ListJobs(state, page_size, token));
+  for (Job& job : page.items) {
+    if (job.state() == tlserve::v1::QUEUED) FillQueueEstimate(&job);
+  }
+  return page;
 }
 
 absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {

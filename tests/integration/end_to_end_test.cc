@@ -139,7 +139,9 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
   std::set<int> kinds;
   for (size_t i = 0; i < events.size(); ++i) {
     kinds.insert(events[i].kind_case());
-    if (i > 0) EXPECT_GT(events[i].sequence(), events[i - 1].sequence());
+    if (i > 0) {
+      EXPECT_GT(events[i].sequence(), events[i - 1].sequence());
+    }
   }
   EXPECT_TRUE(kinds.count(JobEvent::kProgress));
   EXPECT_TRUE(kinds.count(JobEvent::kEpochMetrics));
