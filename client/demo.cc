@@ -146,7 +146,7 @@ absl::StatusOr<TestImage> LoadTestImage(const std::string& data_dir) {
 const std::vector<std::string>& FashionMnistClassNames() {
   static const auto* names = new std::vector<std::string>{
       "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-      "Shirt",       "Sneaker", "Sandal",   "Bag",   "Ankle boot"};
+      "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   return *names;
 }
 

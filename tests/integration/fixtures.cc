@@ -18,7 +18,7 @@ namespace tlserve::testing {
 
 std::vector<std::string> FashionMnistClassNames() {
   return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-          "Shirt",       "Sneaker", "Sandal",   "Bag",   "Ankle boot"};
+          "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 }
 
 absl::Status WriteIdx(const std::string& path, const std::vector<int>& dims,
