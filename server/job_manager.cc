@@ -392,6 +392,16 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     *model.mutable_create_time() = ToProtoTime(options_.now());
     RETURN_IF_ERROR(store_->PutModel(model));
     result->set_model_id(model.id());
+    // The server cannot open TorchScript; the first worker to load an
+    // uploaded backbone tells it the blocks and feature size, so that
+    // `backbone get` can show them for later jobs.
+    auto backbone = store_->GetBackbone(job->spec().backbone_id());
+    if (backbone.ok() && backbone->blocks_size() == 0 &&
+        finished.result().blocks_size() > 0) {
+      backbone->set_feature_dim(finished.result().feature_dim());
+      *backbone->mutable_blocks() = finished.result().blocks();
+      RETURN_IF_ERROR(store_->PutBackbone(*backbone));
+    }
   }
   return absl::OkStatus();
 }

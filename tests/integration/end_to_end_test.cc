@@ -162,6 +162,10 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
   ASSERT_OK(model.status());
   EXPECT_EQ(model->class_names_size(), 3);
   EXPECT_EQ(model->class_names(2), "Sneaker");
+  auto learned = cluster_.client().GetBackbone(backbone.id());
+  ASSERT_OK(learned.status());
+  EXPECT_EQ(learned->feature_dim(), 512);
+  EXPECT_GE(learned->blocks_size(), 4) << "resnet18 has layer1..layer4";
 
   // Predict on a raw tensor, then the exported file in Python must agree.
   v1::PredictRequest request;
