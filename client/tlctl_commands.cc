@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/demo.h"
+#include "client/job_metrics_view.h"
 #include "client/job_progress.h"
 #include "common/file_util.h"
 #include "common/proto_time.h"
@@ -247,6 +248,18 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"freeze"},
                                                       {"blocks"},
                                                       {"backbone-lr-scale"},
+                                                      {"train-params"},
+                                                      {"freeze-params"},
+                                                      {"bn-stats"},
+                                                      {"layer-decay"},
+                                                      {"unfreeze"},
+                                                      {"label-smoothing"},
+                                                      {"grad-clip"},
+                                                      {"early-stop"},
+                                                      {"early-stop-metric"},
+                                                      {"step-epochs"},
+                                                      {"step-gamma"},
+                                                      {"feature-cache"},
                                                       {"optimizer"},
                                                       {"lr"},
                                                       {"momentum"},
@@ -336,6 +349,76 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   f = freeze->backbone_lr_scale();
   RETURN_IF_ERROR(GetFloatInto(args, "backbone-lr-scale", 0, 1e6, false, &f));
   freeze->set_backbone_lr_scale(f);
+  if (args.Has("train-params")) {
+    for (absl::string_view p : absl::StrSplit(args.Get("train-params"), ',',
+                                              absl::SkipEmpty())) {
+      freeze->add_trainable_patterns(std::string(p));
+    }
+  }
+  if (args.Has("freeze-params")) {
+    for (absl::string_view p : absl::StrSplit(args.Get("freeze-params"), ',',
+                                              absl::SkipEmpty())) {
+      freeze->add_frozen_patterns(std::string(p));
+    }
+  }
+  if (args.Has("bn-stats")) {
+    ASSIGN_OR_RETURN(
+        v1::FreezePolicy::BatchNormStats bn,
+        ParseChoice<v1::FreezePolicy::BatchNormStats>(
+            "bn-stats", args.Get("bn-stats"),
+            {{"follow", v1::FreezePolicy::FOLLOW_TRAINABLE},
+             {"frozen", v1::FreezePolicy::FROZEN_ALL},
+             {"update", v1::FreezePolicy::UPDATE_ALL}}));
+    freeze->set_batchnorm_stats(bn);
+  }
+  f = freeze->layer_decay();
+  RETURN_IF_ERROR(GetFloatInto(args, "layer-decay", 0, 100, false, &f));
+  freeze->set_layer_decay(f);
+  if (args.Has("unfreeze")) {
+    // "EPOCH:N,EPOCH:N": from EPOCH on, the last N blocks train.
+    freeze->clear_gradual_unfreeze();
+    for (absl::string_view step : absl::StrSplit(args.Get("unfreeze"), ',',
+                                                 absl::SkipEmpty())) {
+      std::pair<std::string, std::string> parts =
+          absl::StrSplit(step, absl::MaxSplits(':', 1));
+      int epoch = 0, n = 0;
+      if (!absl::SimpleAtoi(parts.first, &epoch) ||
+          !absl::SimpleAtoi(parts.second, &n) || epoch < 1 || n < 0) {
+        return FlagError("unfreeze",
+                         absl::StrCat("'", step,
+                                      "' is not EPOCH:BLOCKS (e.g. 3:1,6:2)"));
+      }
+      auto* s = freeze->add_gradual_unfreeze();
+      s->set_epoch(epoch);
+      s->set_n_blocks(n);
+    }
+  }
+  f = spec->label_smoothing();
+  RETURN_IF_ERROR(GetFloatInto(args, "label-smoothing", 0, 1, true, &f));
+  spec->set_label_smoothing(f);
+  f = spec->grad_clip_norm();
+  RETURN_IF_ERROR(GetFloatInto(args, "grad-clip", 0, 1e9, false, &f));
+  spec->set_grad_clip_norm(f);
+  i32 = spec->early_stopping().patience();
+  RETURN_IF_ERROR(GetInt32Into(args, "early-stop", 1, &i32));
+  spec->mutable_early_stopping()->set_patience(i32);
+  if (args.Has("early-stop-metric")) {
+    const std::string metric = args.Get("early-stop-metric");
+    if (metric != "val_accuracy" && metric != "val_loss") {
+      return FlagError("early-stop-metric",
+                       absl::StrCat("'", metric,
+                                    "' is not one of val_accuracy, val_loss"));
+    }
+    spec->mutable_early_stopping()->set_metric(metric);
+  }
+  if (args.Has("feature-cache")) {
+    ASSIGN_OR_RETURN(v1::FeatureCacheSpec::Mode mode,
+                     ParseChoice<v1::FeatureCacheSpec::Mode>(
+                         "feature-cache", args.Get("feature-cache"),
+                         {{"auto", v1::FeatureCacheSpec::AUTO},
+                          {"off", v1::FeatureCacheSpec::OFF}}));
+    spec->mutable_feature_cache()->set_mode(mode);
+  }
 
   v1::OptimizerSpec* opt = spec->mutable_optimizer();
   if (args.Has("optimizer")) {
@@ -362,9 +445,16 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
                      ParseChoice<v1::ScheduleSpec::Kind>(
                          "schedule", args.Get("schedule"),
                          {{"cosine", v1::ScheduleSpec::COSINE},
-                          {"constant", v1::ScheduleSpec::CONSTANT}}));
+                          {"constant", v1::ScheduleSpec::CONSTANT},
+                          {"step", v1::ScheduleSpec::STEP}}));
     schedule->set_kind(kind);
   }
+  i32 = schedule->step_epochs();
+  RETURN_IF_ERROR(GetInt32Into(args, "step-epochs", 1, &i32));
+  schedule->set_step_epochs(i32);
+  f = schedule->step_gamma();
+  RETURN_IF_ERROR(GetFloatInto(args, "step-gamma", 0, 1, false, &f));
+  schedule->set_step_gamma(f);
   i32 = schedule->warmup_epochs();
   RETURN_IF_ERROR(GetInt32Into(args, "warmup-epochs", 0, &i32));
   schedule->set_warmup_epochs(i32);
@@ -588,6 +678,18 @@ std::string KindName(v1::JobKind kind) {
 
 // --- dataset ---
 
+// What the server found at upload (duplicates, leakage, imbalance).
+void PrintDatasetWarnings(std::ostream& o, const v1::Dataset& d) {
+  if (d.duplicate_train_images() > 0 || d.test_images_in_train() > 0) {
+    o << "duplicates: " << d.duplicate_train_images()
+      << " train images repeated, " << d.test_images_in_train()
+      << " test images also in train\n";
+  }
+  for (const std::string& warning : d.warnings()) {
+    o << "warning: " << warning << "\n";
+  }
+}
+
 absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
   std::string name = args.Get("name");
   if (name.empty()) return FlagError("name", "is required");
@@ -641,6 +743,7 @@ absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
              << "'): " << dataset.train_count() << " train, "
              << dataset.test_count() << " test images, "
              << dataset.class_names_size() << " classes\n";
+    PrintDatasetWarnings(*ctx.out, dataset);
   }
   return 0;
 }
@@ -666,6 +769,8 @@ void PrintDatasetDetails(Context& ctx, const v1::Dataset& d) {
                                         : "-"});
   }
   o << "\n" << FormatTable({"LABEL", "CLASS", "TRAIN", "TEST"}, rows);
+  if (d.warnings_size() > 0) o << "\n";
+  PrintDatasetWarnings(o, d);
 }
 
 absl::StatusOr<int> DatasetGet(Context& ctx, const Args& args) {
@@ -1015,6 +1120,65 @@ absl::StatusOr<int> JobCheckpoints(Context& ctx, const Args& args) {
   return 0;
 }
 
+// The job's class names: the model's once there is one, else the dataset's
+// (narrowed to the class subset). Metrics still print without them, so a
+// failed lookup falls back to numbered classes.
+std::vector<std::string> JobClassNames(Client& client, const v1::Job& job) {
+  if (!job.result().model_id().empty()) {
+    absl::StatusOr<v1::Model> model = client.GetModel(job.result().model_id());
+    if (model.ok()) {
+      return {model->class_names().begin(), model->class_names().end()};
+    }
+  }
+  absl::StatusOr<v1::Dataset> dataset =
+      client.GetDataset(job.spec().data().dataset_id());
+  if (!dataset.ok()) return {};
+  if (job.spec().data().class_subset_size() == 0) {
+    return {dataset->class_names().begin(), dataset->class_names().end()};
+  }
+  std::vector<std::string> names;
+  for (int32_t label : job.spec().data().class_subset()) {
+    names.push_back(label >= 0 && label < dataset->class_names_size()
+                        ? dataset->class_names(label)
+                        : absl::StrCat("label ", label));
+  }
+  return names;
+}
+
+absl::StatusOr<int> JobMetrics(Context& ctx, const Args& args) {
+  for (const char* flag : {"plot-curves", "plot-confusion"}) {
+    if (args.Has(flag) && args.Get(flag).empty()) {
+      return FlagError(flag, "needs a file name (FILE.png)");
+    }
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Job job, client->GetJob(args.positional()[0]));
+  const std::vector<std::string> names = JobClassNames(*client, job);
+  std::vector<std::string> written;
+  if (args.Has("plot-curves")) {
+    ASSIGN_OR_RETURN(std::string png, LearningCurvesPng(job));
+    RETURN_IF_ERROR(WriteFileAtomic(args.Get("plot-curves"), png));
+    written.push_back(args.Get("plot-curves"));
+  }
+  if (args.Has("plot-confusion")) {
+    ASSIGN_OR_RETURN(std::string png, ConfusionPng(job, names));
+    RETURN_IF_ERROR(WriteFileAtomic(args.Get("plot-confusion"), png));
+    written.push_back(args.Get("plot-confusion"));
+  }
+  if (ctx.json) {
+    v1::Job metrics_only;
+    metrics_only.set_id(job.id());
+    metrics_only.set_state(job.state());
+    *metrics_only.mutable_metrics() = job.metrics();
+    *metrics_only.mutable_result() = job.result();
+    RETURN_IF_ERROR(PrintJson(ctx, metrics_only));
+    return 0;
+  }
+  *ctx.out << FormatJobMetrics(job, names);
+  for (const std::string& path : written) *ctx.out << "wrote " << path << "\n";
+  return 0;
+}
+
 // --- model ---
 
 void PrintModelDetails(Context& ctx, const v1::Model& m) {
@@ -1258,8 +1422,14 @@ const std::vector<Command>& Commands() {
        "[--classes 2,3,4] [--samples-per-class N] [--val-fraction F] "
        "[--max-test-samples N] [--backbone ID] [--init pretrained|random] "
        "[--freeze frozen|last_n_blocks|full] [--blocks N] "
-       "[--backbone-lr-scale F] [--optimizer sgd|adamw] [--lr F] "
-       "[--momentum F] [--weight-decay F] [--schedule cosine|constant] "
+       "[--backbone-lr-scale F] [--layer-decay F] [--unfreeze EPOCH:N,...] "
+       "[--train-params GLOB,...] [--freeze-params GLOB,...] "
+       "[--bn-stats follow|frozen|update] [--optimizer sgd|adamw] [--lr F] "
+       "[--momentum F] [--weight-decay F] "
+       "[--schedule cosine|constant|step] [--step-epochs N] [--step-gamma F] "
+       "[--label-smoothing F] [--grad-clip F] [--early-stop PATIENCE] "
+       "[--early-stop-metric val_accuracy|val_loss] "
+       "[--feature-cache auto|off] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "
@@ -1275,6 +1445,13 @@ const std::vector<Command>& Commands() {
       {"job", "watch", "job watch ID [--after SEQ]", 1, {{"after"}}, JobWatch},
       {"job", "cancel", "job cancel ID", 1, {}, JobCancel},
       {"job", "checkpoints", "job checkpoints ID", 1, {}, JobCheckpoints},
+      {"job",
+       "metrics",
+       "job metrics ID [--plot-curves FILE.png] [--plot-confusion FILE.png] "
+       "[--json]",
+       1,
+       {{"plot-curves"}, {"plot-confusion"}},
+       JobMetrics},
       {"model", "list", "model list", 0, {}, ModelList},
       {"model", "get", "model get ID", 1, {}, ModelGet},
       {"model",

@@ -284,6 +284,7 @@ absl::StatusOr<DecodedDataset> LoadIdxDataset(const DatasetFiles& files,
 struct FolderImages {
   std::vector<Image> images;
   std::vector<std::string> folders;   // same length as images
+  std::vector<std::string> entries;   // tar paths, same length as images
   std::set<std::string> all_folders;  // including empty ones
 };
 
@@ -412,6 +413,7 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
       return refuse(absl::StrCat(": ", image.status().message()));
     out->images.push_back(*std::move(image));
     out->folders.push_back(parts[0]);
+    out->entries.push_back(name);
     out->all_folders.insert(parts[0]);
   }
   if (out->images.empty()) {
@@ -461,10 +463,19 @@ absl::StatusOr<DecodedDataset> LoadTarDataset(const DatasetFiles& files,
         ReadArchive(test_it->second, v1::TEST_ARCHIVE, limits, &total, &test));
     for (const std::string& folder : test.all_folders) {
       if (!label_of.count(folder)) {
+        // Name the first entry in it, so the record can be found.
+        auto it = std::find(test.folders.begin(), test.folders.end(), folder);
+        const std::string where =
+            it == test.folders.end()
+                ? absl::StrCat("it is the folder entry '", folder, "/'")
+                : absl::StrCat("entry '",
+                               test.entries[it - test.folders.begin()],
+                               "' is in it");
         return absl::InvalidArgumentError(
             absl::StrCat("TEST_ARCHIVE: class folder '", folder,
                          "' is not a class of TRAIN_ARCHIVE (classes: ",
-                         absl::StrJoin(dataset.class_names, ", "), ")"));
+                         absl::StrJoin(dataset.class_names, ", "), "); ",
+                         where));
       }
     }
     dataset.test.images = std::move(test.images);

@@ -115,6 +115,11 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
   }
   RETURN_IF_ERROR(
       ValidateJobSpec(spec, *dataset, backbone ? &*backbone : nullptr));
+  // The job's own split (exactly the worker's): warnings become events.
+  ASSIGN_OR_RETURN(std::optional<std::string> image_index,
+                   store_->GetDatasetImageIndex(dataset->id()));
+  ASSIGN_OR_RETURN(std::vector<std::string> split_warnings,
+                   CheckJobSplit(spec, *dataset, image_index));
 
   std::string id;
   {
@@ -139,6 +144,11 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
       queued->set_reason(absl::StrFormat(
           "spec and dataset '%s' valid; %d training images in scope",
           dataset->id(), dataset->train_count()));
+      for (const std::string& warning : split_warnings) {
+        JobEvent event = NewEvent();
+        event.set_message(absl::StrFormat("warning: %s", warning));
+        events.insert(events.end() - 1, std::move(event));  // before QUEUED
+      }
       RETURN_IF_ERROR(store_->PutJob(job, &events, /*enter_queue=*/true,
                                      request_id));
       id = job.id();

@@ -1,9 +1,15 @@
 #include "server/job_spec_validator.h"
 
+#include <algorithm>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/data_split.h"
+#include "common/recipe_validation.h"
+#include "common/status_macros.h"
 
 namespace tlserve {
 
@@ -19,9 +25,24 @@ constexpr int kMaxBatch = 4096;
 constexpr int kMaxAttempts = 10;
 constexpr int kMaxHeadLayers = 8;
 constexpr int kMaxHeadWidth = 16384;
+// Record pairs shown in a split warning.
+constexpr size_t kMaxShownPairs = 5;
 
 absl::Status Invalid(std::string message) {
   return absl::InvalidArgumentError(std::move(message));
+}
+
+// "validation record 12 = train record 5, ..." for the first few pairs.
+std::string ShowPairs(const std::vector<RecordPair>& pairs,
+                      const char* query_name, const char* within_name) {
+  std::vector<std::string> shown;
+  for (size_t i = 0; i < std::min(pairs.size(), kMaxShownPairs); ++i) {
+    shown.push_back(absl::StrFormat("%s record %d = %s record %d", query_name,
+                                    pairs[i].second, within_name,
+                                    pairs[i].first));
+  }
+  return absl::StrCat(absl::StrJoin(shown, ", "),
+                      pairs.size() > kMaxShownPairs ? ", ..." : "");
 }
 
 }  // namespace
@@ -105,6 +126,9 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
     return Invalid(absl::StrFormat(
         "spec.schedule.warmup_epochs must be in [0, epochs), got %d",
         spec.schedule().warmup_epochs()));
+  }
+  if (absl::Status recipe = ValidateRecipe(spec, spec.epochs()); !recipe.ok()) {
+    return Invalid(absl::StrCat("spec.", recipe.message()));
   }
   const auto& head = spec.head();
   if (head.hidden_sizes_size() > kMaxHeadLayers) {
@@ -206,6 +230,95 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> CheckJobSplit(
+    const JobSpec& spec, const tlserve::v1::Dataset& dataset,
+    const DatasetImageIndex& index) {
+  const std::vector<std::string> class_names(dataset.class_names().begin(),
+                                             dataset.class_names().end());
+  const auto& data = spec.data();
+  absl::StatusOr<SplitIndices> split =
+      SplitDataset(index.train_labels, index.test_labels, class_names.size(),
+                   data, spec.seed());
+  if (!split.ok()) {
+    // The worker would fail the same way: refuse now. Its messages start
+    // with "data: ..." for the spec's fields.
+    const absl::string_view message = split.status().message();
+    return Invalid(absl::StartsWith(message, "data:")
+                       ? absl::StrCat("spec.", message)
+                       : absl::StrFormat("spec.data: dataset '%s': %s",
+                                         dataset.id(), message));
+  }
+  std::vector<std::string> warnings;
+  const std::string scope = absl::StrFormat(
+      "samples_per_class %d, validation_fraction %g, seed %d",
+      data.samples_per_class(), data.validation_fraction(), spec.seed());
+
+  std::vector<int64_t> train_per_class(split->classes.size(), 0);
+  for (size_t record : split->train) {
+    ++train_per_class[split->label_map[index.train_labels[record]]];
+  }
+  for (size_t k = 0; k < split->classes.size(); ++k) {
+    const std::string name = ClassLabel(class_names, split->classes[k]);
+    if (train_per_class[k] == 0) {
+      return Invalid(absl::StrFormat(
+          "spec.data.class_subset: class %s has no training samples after "
+          "the split (%s)",
+          name, scope));
+    }
+    if (train_per_class[k] < 2) {
+      warnings.push_back(absl::StrFormat(
+          "class %s has only %d training sample after the split (%s); the "
+          "model will hardly learn it: raise samples_per_class or add images",
+          name, train_per_class[k], scope));
+    }
+  }
+
+  const std::vector<RecordPair> val_in_train = FindSharedImages(
+      index.train_hashes, split->train, index.train_hashes, split->val);
+  if (!val_in_train.empty()) {
+    warnings.push_back(absl::StrFormat(
+        "train/validation overlap: %d of %d validation images are identical "
+        "to training images (%s; records of the dataset's training split); "
+        "validation metrics will be optimistic",
+        val_in_train.size(), split->val.size(),
+        ShowPairs(val_in_train, "validation", "train")));
+  }
+  const std::vector<RecordPair> test_in_train = FindSharedImages(
+      index.train_hashes, split->train, index.test_hashes, split->test);
+  if (!test_in_train.empty()) {
+    warnings.push_back(absl::StrFormat(
+        "test/train overlap: %d of the job's %d test images are identical to "
+        "its training images (%s); test metrics will be optimistic",
+        test_in_train.size(), split->test.size(),
+        ShowPairs(test_in_train, "test", "train")));
+  }
+  return warnings;
+}
+
+absl::StatusOr<std::vector<std::string>> CheckJobSplit(
+    const JobSpec& spec, const tlserve::v1::Dataset& dataset,
+    const std::optional<std::string>& image_index) {
+  if (!image_index.has_value()) return std::vector<std::string>();
+  absl::StatusOr<DatasetImageIndex> index =
+      DecodeDatasetImageIndex(*image_index);
+  if (index.ok() &&
+      (static_cast<int64_t>(index->train_labels.size()) !=
+           dataset.train_count() ||
+       static_cast<int64_t>(index->test_labels.size()) != dataset.test_count())) {
+    index = absl::DataLossError(absl::StrFormat(
+        "it holds %d + %d records, the dataset %d + %d",
+        index->train_labels.size(), index->test_labels.size(),
+        dataset.train_count(), dataset.test_count()));
+  }
+  if (!index.ok()) {
+    // Advisory checks: a damaged index must not stop training.
+    return std::vector<std::string>{absl::StrCat(
+        "split checks skipped: the stored image index of dataset '",
+        dataset.id(), "' is unusable: ", index.status().message())};
+  }
+  return CheckJobSplit(spec, dataset, *index);
 }
 
 }  // namespace tlserve

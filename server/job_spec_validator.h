@@ -1,7 +1,13 @@
 #ifndef TLSERVE_SERVER_JOB_SPEC_VALIDATOR_H_
 #define TLSERVE_SERVER_JOB_SPEC_VALIDATOR_H_
 
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/dataset_checks.h"
 #include "tlserve/v1/dataset.pb.h"
 #include "tlserve/v1/job.pb.h"
 #include "tlserve/v1/model.pb.h"
@@ -20,6 +26,24 @@ void ApplyJobDefaults(tlserve::v1::JobSpec* spec);
 absl::Status ValidateJobSpec(const tlserve::v1::JobSpec& spec,
                              const tlserve::v1::Dataset& dataset,
                              const tlserve::v1::Backbone* backbone);
+
+// Looks at the job's split itself, before any worker time is spent: with
+// common/data_split it computes exactly the records the worker will train,
+// validate and test on (same labels, spec and seed), from the per-record
+// index stored at upload (common/dataset_checks.h). Returns warnings for
+// the job's events: validation images identical to training images, test
+// images that occur in training, classes left with fewer than 2 training
+// samples. INVALID_ARGUMENT naming the field only for a split that cannot
+// train (a class with no training sample). Call after ValidateJobSpec.
+absl::StatusOr<std::vector<std::string>> CheckJobSplit(
+    const tlserve::v1::JobSpec& spec, const tlserve::v1::Dataset& dataset,
+    const DatasetImageIndex& index);
+// The same from the stored bytes of the index; no checks (no warnings) for
+// a dataset stored without one, and a warning saying so when the bytes do
+// not decode or do not match the dataset.
+absl::StatusOr<std::vector<std::string>> CheckJobSplit(
+    const tlserve::v1::JobSpec& spec, const tlserve::v1::Dataset& dataset,
+    const std::optional<std::string>& image_index);
 
 }  // namespace tlserve
 

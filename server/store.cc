@@ -101,6 +101,16 @@ CREATE TABLE request_ids (
   PRIMARY KEY (scope, request_id)
 );
 )sql",
+    // 2: per-record labels and content hashes of each dataset, written at
+    // upload, so job validation can check a job's split (duplicates across
+    // train/validation) without decoding the images again. Datasets from
+    // before this version have no row; their jobs skip those checks.
+    R"sql(
+CREATE TABLE dataset_image_index (
+  dataset_id TEXT PRIMARY KEY REFERENCES datasets (id) ON DELETE CASCADE,
+  data BLOB NOT NULL
+);
+)sql",
 };
 constexpr int kLatestVersion =
     static_cast<int>(sizeof(kMigrations) / sizeof(kMigrations[0]));
@@ -647,6 +657,41 @@ absl::Status Store::DeleteDataset(const std::string& id) {
     RETURN_IF_ERROR(forget.Bind(1, id));
     return forget.Run();
   });
+}
+
+absl::Status Store::PutDatasetWithIndex(const Dataset& dataset,
+                                        const std::string& image_index,
+                                        const std::string& request_id) {
+  if (dataset.id().empty()) {
+    return absl::InvalidArgumentError("cannot store a dataset without an id");
+  }
+  const std::string bytes = dataset.SerializeAsString();
+  absl::MutexLock lock(&mu_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    RETURN_IF_ERROR(UpsertResource(db_, kDatasets, dataset.id(), bytes));
+    ASSIGN_OR_RETURN(Statement put,
+                     Statement::Prepare(db_,
+                                        "INSERT OR REPLACE INTO "
+                                        "dataset_image_index (dataset_id, data) "
+                                        "VALUES (?1, ?2)"));
+    RETURN_IF_ERROR(put.Bind(1, dataset.id()));
+    RETURN_IF_ERROR(put.BindBlob(2, image_index));
+    RETURN_IF_ERROR(put.Run());
+    return RecordRequest(db_, kDatasets.kind, request_id, dataset.id());
+  });
+}
+
+absl::StatusOr<std::optional<std::string>> Store::GetDatasetImageIndex(
+    const std::string& dataset_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement stmt,
+                   Statement::Prepare(db_,
+                                      "SELECT data FROM dataset_image_index "
+                                      "WHERE dataset_id = ?1"));
+  RETURN_IF_ERROR(stmt.Bind(1, dataset_id));
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(std::string(stmt.Blob(0)));
 }
 
 absl::Status Store::PutBackbone(const Backbone& backbone,

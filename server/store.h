@@ -51,6 +51,16 @@ class Store {
   absl::StatusOr<Page<tlserve::v1::Dataset>> ListDatasets(
       int page_size, const std::string& page_token);
   absl::Status DeleteDataset(const std::string& id);
+  // PutDataset plus the dataset's per-record image index (opaque bytes,
+  // common/dataset_checks.h), in one transaction. The index goes away with
+  // the dataset.
+  absl::Status PutDatasetWithIndex(const tlserve::v1::Dataset& dataset,
+                                   const std::string& image_index,
+                                   const std::string& request_id = "");
+  // The index stored with the dataset; nullopt for datasets stored without
+  // one (uploaded before schema version 2).
+  absl::StatusOr<std::optional<std::string>> GetDatasetImageIndex(
+      const std::string& dataset_id);
 
   // --- Backbones (scope "backbone") and models.
   absl::Status PutBackbone(const tlserve::v1::Backbone& backbone,

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_format.h"
+#include "common/dataset_checks.h"
 #include "common/proto_time.h"
 #include "common/status_macros.h"
 #include "common/torchscript_archive.h"
@@ -204,8 +205,18 @@ absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
     dataset.set_height(first.height);
     dataset.set_width(first.width);
   }
+  // Duplicates, leakage and balance, while every image is in memory; the
+  // per-record index lets job validation check each job's split later.
+  const DatasetImageIndex index = IndexDatasetImages(decoded);
+  DatasetFindings findings = CheckDatasetImages(decoded.class_names, index);
+  dataset.set_duplicate_train_images(findings.duplicate_train_images);
+  dataset.set_test_images_in_train(findings.test_images_in_train);
+  for (std::string& warning : findings.warnings) {
+    dataset.add_warnings(std::move(warning));
+  }
   *dataset.mutable_create_time() = ToProtoTime(absl::Now());
-  RETURN_IF_ERROR(store_->PutDataset(dataset, header_.request_id()));
+  RETURN_IF_ERROR(store_->PutDatasetWithIndex(
+      dataset, EncodeDatasetImageIndex(index), header_.request_id()));
   return dataset;
 }
 

@@ -24,7 +24,8 @@ constexpr char kFormat[] = "tlserve-checkpoint-v1";
 absl::Status SaveCheckpoint(const std::string& path, int epoch,
                             const torch::jit::Module& model,
                             const torch::optim::Optimizer& optimizer,
-                            const std::mt19937_64& host_rng) {
+                            const std::mt19937_64& host_rng,
+                            const CheckpointExtras* extras) {
   std::string bytes;
   RETURN_IF_ERROR(TorchGuard(
       absl::StrCat("serialising the checkpoint of epoch ", epoch), [&] {
@@ -50,6 +51,18 @@ absl::Status SaveCheckpoint(const std::string& path, int epoch,
         std::ostringstream rng_text;
         rng_text << host_rng;
         archive.write("host_rng", c10::IValue(rng_text.str()));
+        if (extras != nullptr) {
+          archive.write("best_epoch",
+                        c10::IValue(static_cast<int64_t>(extras->best_epoch)));
+          archive.write("best_value", c10::IValue(extras->best_value));
+          archive.write("epochs_since_best",
+                        c10::IValue(static_cast<int64_t>(extras->epochs_since_best)));
+          c10::Dict<std::string, at::Tensor> best;
+          for (const auto& [name, tensor] : extras->best_weights) {
+            best.insert(name, tensor);
+          }
+          archive.write("best_weights", c10::IValue(best));
+        }
         std::ostringstream out;
         archive.save_to(out);
         bytes = std::move(out).str();
@@ -62,7 +75,8 @@ absl::Status SaveCheckpoint(const std::string& path, int epoch,
 absl::StatusOr<int> LoadCheckpoint(const std::string& path,
                                    torch::jit::Module& model,
                                    torch::optim::Optimizer& optimizer,
-                                   std::mt19937_64& host_rng) {
+                                   std::mt19937_64& host_rng,
+                                   CheckpointExtras* extras) {
   std::error_code error;
   if (!std::filesystem::exists(path, error)) {
     return absl::NotFoundError(absl::StrCat("checkpoint ", path, " not found"));
@@ -133,6 +147,22 @@ absl::StatusOr<int> LoadCheckpoint(const std::string& path,
         if (in.fail()) {
           return absl::InvalidArgumentError(
               absl::StrCat(what, ": unreadable host RNG state"));
+        }
+        if (extras != nullptr) {
+          *extras = CheckpointExtras();
+          c10::IValue value;
+          if (archive.try_read("best_epoch", value)) {
+            extras->best_epoch = static_cast<int>(value.toInt());
+            archive.read("best_value", value);
+            extras->best_value = value.toDouble();
+            archive.read("epochs_since_best", value);
+            extras->epochs_since_best = static_cast<int>(value.toInt());
+            archive.read("best_weights", value);
+            for (const auto& entry : value.toGenericDict()) {
+              extras->best_weights.emplace_back(entry.key().toStringRef(),
+                                                entry.value().toTensor());
+            }
+          }
         }
         return static_cast<int>(epoch.toInt());
       },

@@ -16,6 +16,7 @@
 #include "common/file_util.h"
 #include "common/grpc_status.h"
 #include "common/proto_time.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "grpc/grpc.h"
 #include "grpcpp/create_channel.h"
@@ -703,6 +704,7 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
     checkpoint->set_attempt(assign.attempt());
     checkpoint->set_sha256(stored->sha256());
     checkpoint->set_size_bytes(stored->size_bytes());
+    checkpoint->set_best(metrics.best());
     *checkpoint->mutable_create_time() = ToProtoTime(absl::Now());
     Send(message);
     return absl::OkStatus();
@@ -723,6 +725,17 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   }
   finished->set_succeeded(true);
   *finished->mutable_result() = output.result;
+  tlserve::v1::ReproManifest* manifest =
+      finished->mutable_result()->mutable_manifest();
+  std::string part_hashes;
+  for (const auto& part : dataset.parts()) {
+    absl::StrAppend(&part_hashes, part.sha256(), "\n");
+  }
+  manifest->set_dataset_sha256(Sha256Hex(part_hashes));
+  if (assign.has_backbone()) {
+    manifest->set_backbone_sha256(assign.backbone().sha256());
+  }
+  manifest->set_tlserve_version(TLSERVE_VERSION);
   finished->set_artifact_sha256(artifact->sha256());
   finished->set_artifact_size_bytes(artifact->size_bytes());
   *finished->mutable_input_spec() = output.input_spec;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/data_split.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
@@ -108,15 +109,7 @@ absl::Status CheckLabels(const LabelledImages& split, size_t num_classes,
         absl::StrCat(split_name, ": ", split.images.size(), " images but ",
                      split.labels.size(), " labels"));
   }
-  for (size_t i = 0; i < split.labels.size(); ++i) {
-    const int32_t label = split.labels[i];
-    if (label < 0 || static_cast<size_t>(label) >= num_classes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(split_name, ": label ", label, " at record ", i,
-                       " is outside [0, ", num_classes, ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckSplitLabels(split.labels, num_classes, split_name);
 }
 
 }  // namespace
@@ -146,103 +139,27 @@ absl::StatusOr<TrainingData> PrepareTrainingData(
   }
   RETURN_IF_ERROR(CheckLabels(data.train, num_classes, "train split"));
   RETURN_IF_ERROR(CheckLabels(data.test, num_classes, "test split"));
-  if (!(spec.validation_fraction() >= 0 && spec.validation_fraction() < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("data: validation_fraction ",
-                                                   spec.validation_fraction(),
-                                                   " is outside [0, 1)"));
-  }
-  if (spec.samples_per_class() < 0 || spec.max_test_samples() < 0) {
-    return absl::InvalidArgumentError(
-        "data: samples_per_class and max_test_samples must not be negative");
-  }
-
-  // label_map: dataset label -> model class, -1 when not in the subset.
+  // Which records go where is shared with the server's checks at
+  // VALIDATING (common/data_split.h), so both see the same split.
+  ASSIGN_OR_RETURN(SplitIndices split,
+                   SplitDataset(data.train.labels, data.test.labels,
+                                num_classes, spec, seed));
   TrainingData out;
-  std::vector<int> label_map(num_classes, -1);
-  if (spec.class_subset().empty()) {
-    std::iota(label_map.begin(), label_map.end(), 0);
-    out.class_names = data.class_names;
-  } else {
-    for (int i = 0; i < spec.class_subset_size(); ++i) {
-      const int32_t label = spec.class_subset(i);
-      if (label < 0 || static_cast<size_t>(label) >= num_classes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("data: class_subset label ", label, " is outside [0, ",
-                         num_classes, ")"));
-      }
-      if (label_map[label] != -1) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("data: class_subset names label ", label, " twice"));
-      }
-      label_map[label] = i;
-      out.class_names.push_back(data.class_names[label]);
-    }
+  for (int32_t label : split.classes) {
+    out.class_names.push_back(data.class_names[label]);
   }
-  const size_t k = out.class_names.size();
-
-  std::mt19937_64 rng(seed);
-  std::vector<size_t> candidates;
-  for (size_t i = 0; i < data.train.labels.size(); ++i) {
-    if (label_map[data.train.labels[i]] >= 0) candidates.push_back(i);
-  }
-  std::shuffle(candidates.begin(), candidates.end(), rng);
-
-  // Per class, in shuffled order; the cap and the validation share are
-  // taken per class so rare classes are not squeezed out.
-  std::vector<std::vector<size_t>> by_class(k);
-  for (size_t index : candidates) {
-    auto& bucket = by_class[label_map[data.train.labels[index]]];
-    if (spec.samples_per_class() == 0 ||
-        bucket.size() < static_cast<size_t>(spec.samples_per_class())) {
-      bucket.push_back(index);
-    }
-  }
-  std::vector<size_t> train_indices;
-  std::vector<size_t> val_indices;
-  for (const auto& bucket : by_class) {
-    size_t n_val = static_cast<size_t>(
-        std::floor(bucket.size() * spec.validation_fraction() + 0.5));
-    if (spec.validation_fraction() > 0 && bucket.size() >= 2) {
-      n_val = std::clamp<size_t>(n_val, 1, bucket.size() - 1);
-    } else if (bucket.size() < 2) {
-      n_val = 0;
-    }
-    val_indices.insert(val_indices.end(), bucket.begin(),
-                       bucket.begin() + n_val);
-    train_indices.insert(train_indices.end(), bucket.begin() + n_val,
-                         bucket.end());
-  }
-  if (train_indices.empty()) {
-    return absl::InvalidArgumentError(
-        "data: no training samples left after the class subset, samples per "
-        "class and validation split");
-  }
-  // Dataset order within each split: deterministic and independent of how
-  // the buckets were filled.
-  std::sort(train_indices.begin(), train_indices.end());
-  std::sort(val_indices.begin(), val_indices.end());
-
-  std::vector<size_t> test_indices;
-  for (size_t i = 0; i < data.test.labels.size(); ++i) {
-    if (label_map[data.test.labels[i]] >= 0) test_indices.push_back(i);
-  }
-  if (spec.max_test_samples() > 0 &&
-      test_indices.size() > static_cast<size_t>(spec.max_test_samples())) {
-    std::shuffle(test_indices.begin(), test_indices.end(), rng);
-    test_indices.resize(spec.max_test_samples());
-    std::sort(test_indices.begin(), test_indices.end());
-  }
+  const std::vector<int>& label_map = split.label_map;
 
   RETURN_IF_ERROR(TorchGuard("converting the dataset to tensors", [&] {
-    ASSIGN_OR_RETURN(out.train, MakeSplit(data.train, train_indices, label_map,
+    ASSIGN_OR_RETURN(out.train, MakeSplit(data.train, split.train, label_map,
                                           input_spec, "train"));
-    ASSIGN_OR_RETURN(out.val, MakeSplit(data.train, val_indices, label_map,
+    ASSIGN_OR_RETURN(out.val, MakeSplit(data.train, split.val, label_map,
                                         input_spec, "train"));
     if (data.test.labels.empty()) {
       out.test = out.val;
       out.test_is_val = true;
     } else {
-      ASSIGN_OR_RETURN(out.test, MakeSplit(data.test, test_indices, label_map,
+      ASSIGN_OR_RETURN(out.test, MakeSplit(data.test, split.test, label_map,
                                            input_spec, "test"));
     }
     return absl::OkStatus();

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <random>
 #include <string>
 #include <utility>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
@@ -151,6 +153,34 @@ class ScopedEval {
   std::vector<std::pair<Module, bool>> flags_;
 };
 
+int64_t NumParameters(const Module& module) {
+  int64_t n = 0;
+  for (const torch::Tensor& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+struct BlockEntry {
+  std::string name;
+  Module module;
+  int64_t num_parameters;
+};
+
+// Children of `module` that hold parameters, named `prefix` + child name.
+std::vector<BlockEntry> ParameterisedChildren(const Module& module,
+                                              const std::string& prefix) {
+  std::vector<BlockEntry> children;
+  for (const auto& child : module.named_children()) {
+    const int64_t n = NumParameters(child.value);
+    if (n > 0) children.push_back({prefix + child.name, child.value, n});
+  }
+  return children;
+}
+
+// Blocks() opens a container holding at least this share of the
+// parameters. resnet's last stage holds 64% (resnet50) to 75% (resnet18)
+// and must stay one block; wrappers like `features` hold 100%.
+constexpr double kDominantShare = 0.9;
+
 }  // namespace
 
 absl::StatusOr<Module> MakeCompactResNet(int64_t in_channels,
@@ -283,11 +313,64 @@ absl::StatusOr<Module> MakeClassifier(Module backbone, Module head,
 }
 
 std::vector<std::string> Blocks(const Module& backbone) {
-  std::vector<std::string> blocks;
-  for (const auto& child : backbone.named_children()) {
-    if (child.value.parameters().size() > 0) blocks.push_back(child.name);
+  std::vector<BlockEntry> blocks = ParameterisedChildren(backbone, "");
+  const double total = static_cast<double>(NumParameters(backbone));
+  // Each pass opens one entry a level deeper, so this ends.
+  for (bool opened = true; opened;) {
+    opened = false;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (blocks[i].num_parameters < kDominantShare * total) continue;
+      if (blocks[i].module.parameters(/*recurse=*/false).size() > 0) continue;
+      std::vector<BlockEntry> children =
+          ParameterisedChildren(blocks[i].module, blocks[i].name + ".");
+      if (children.size() < 2) continue;
+      blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(i));
+      blocks.insert(blocks.begin() + static_cast<std::ptrdiff_t>(i),
+                    children.begin(), children.end());
+      opened = true;
+      break;
+    }
   }
-  return blocks;
+  std::vector<std::string> names;
+  names.reserve(blocks.size());
+  for (const BlockEntry& block : blocks) names.push_back(block.name);
+  return names;
+}
+
+absl::StatusOr<Module> ResolveBlock(const Module& backbone,
+                                    const std::string& block) {
+  return TorchGuardOr<Module>(
+      absl::StrCat("finding block '", block, "' in the backbone"),
+      [&]() -> absl::StatusOr<Module> {
+        Module module = backbone;
+        for (absl::string_view part : absl::StrSplit(block, '.')) {
+          const std::string name(part);
+          if (name.empty() || !module.hasattr(name) ||
+              !module.attr(name).isModule()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "block '", block, "': '", name,
+                "' is not a submodule; the backbone's blocks are ",
+                absl::StrJoin(Blocks(backbone), ", ")));
+          }
+          module = module.attr(name).toModule();
+        }
+        return module;
+      },
+      absl::StatusCode::kInvalidArgument);
+}
+
+absl::StatusOr<std::vector<NamedParameter>> BlockParameters(
+    const Module& backbone, const std::string& block) {
+  ASSIGN_OR_RETURN(Module module, ResolveBlock(backbone, block));
+  return TorchGuardOr<std::vector<NamedParameter>>(
+      absl::StrCat("listing the parameters of block '", block, "'"),
+      [&]() -> absl::StatusOr<std::vector<NamedParameter>> {
+        std::vector<NamedParameter> params;
+        for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+          params.push_back({absl::StrCat(block, ".", p.name), p.value});
+        }
+        return params;
+      });
 }
 
 absl::StatusOr<FreezePlan> ApplyFreezePolicy(
@@ -324,9 +407,9 @@ absl::StatusOr<FreezePlan> ApplyFreezePolicy(
   RETURN_IF_ERROR(TorchGuard("applying the freeze policy", [&] {
     for (torch::Tensor p : backbone.parameters()) p.requires_grad_(false);
     for (const std::string& name : plan.trainable_blocks) {
-      for (torch::Tensor p : backbone.attr(name).toModule().parameters()) {
-        p.requires_grad_(true);
-      }
+      ASSIGN_OR_RETURN(std::vector<NamedParameter> params,
+                       BlockParameters(backbone, name));
+      for (NamedParameter& p : params) p.value.requires_grad_(true);
     }
     return absl::OkStatus();
   }));
@@ -344,7 +427,8 @@ absl::Status SetTrainingMode(Module classifier, const FreezePlan& plan,
       return absl::OkStatus();
     }
     for (const std::string& name : plan.frozen_blocks) {
-      backbone.attr(name).toModule().eval();
+      ASSIGN_OR_RETURN(Module block, ResolveBlock(backbone, name));
+      block.eval();
     }
     return absl::OkStatus();
   });

@@ -59,15 +59,45 @@ absl::StatusOr<torch::jit::Module> MakeClassifier(
 // [1, 4096] and mean/std have one value per channel (std > 0).
 absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec);
 
-// Names of the top-level children of `backbone` that hold parameters, in
-// order (torchvision resnet18: conv1, bn1, layer1..layer4; the compact
-// ResNet: stem, layer1..layer3).
+// The backbone's blocks, the units LAST_N_BLOCKS freezes and trains: dotted
+// paths of submodules that hold parameters, in forward order, found from
+// the module tree alone. Start with the children of `backbone` that hold
+// parameters; while one entry holds at least 90% of the backbone's
+// parameters and is a container (no parameters of its own, two or more
+// children with parameters), replace it by those children. So a wrapper
+// such as torchvision's `features` Sequential is opened up, while resnet's
+// stages stay whole (layer4 holds 64-75% of resnet18/50).
+//   compact ResNet: stem, layer1, layer2, layer3
+//   torchvision resnet18/50: conv1, bn1, layer1, layer2, layer3, layer4
+//   mobilenet_v2: features.0 .. features.18
+//   densenet121: features.conv0, features.norm0, features.denseblock1,
+//     features.transition1, ..., features.denseblock4, features.norm5
+// Parameters held directly by an opened container (none, by the rule) or
+// by the backbone itself belong to no block.
 std::vector<std::string> Blocks(const torch::jit::Module& backbone);
+
+// The submodule that a dotted block name ("layer4", "features.3") names.
+// INVALID_ARGUMENT when a part of the path is not a submodule.
+absl::StatusOr<torch::jit::Module> ResolveBlock(
+    const torch::jit::Module& backbone, const std::string& block);
+
+// A parameter and its dotted path in the backbone
+// ("features.3.conv.0.weight").
+struct NamedParameter {
+  std::string name;
+  torch::Tensor value;  // shares storage with the module's parameter
+};
+
+// The parameters of `block` (ResolveBlock's errors), named by their path
+// in the backbone, in the module's order.
+absl::StatusOr<std::vector<NamedParameter>> BlockParameters(
+    const torch::jit::Module& backbone, const std::string& block);
 
 // What a freeze policy left trainable; SetTrainingMode uses it.
 struct FreezePlan {
   // True when no backbone parameter trains (FROZEN).
   bool backbone_frozen = false;
+  // Names from Blocks(); ResolveBlock finds the modules.
   std::vector<std::string> trainable_blocks;
   // Kept in eval mode while the rest trains, so BatchNorm statistics and
   // dropout of frozen parts do not change.
@@ -77,8 +107,8 @@ struct FreezePlan {
 // Sets requires_grad on the backbone's parameters:
 //   FROZEN (and MODE_UNSPECIFIED): none train;
 //   LAST_N_BLOCKS: the last n_blocks entries of Blocks() train (1 <= n <=
-//     number of blocks, else INVALID_ARGUMENT); parameters held directly
-//     by the backbone (outside any child) stay frozen;
+//     number of blocks, else INVALID_ARGUMENT); parameters outside every
+//     block stay frozen;
 //   FULL: all train.
 absl::StatusOr<FreezePlan> ApplyFreezePolicy(
     torch::jit::Module backbone, const tlserve::v1::FreezePolicy& policy);

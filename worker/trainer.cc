@@ -2,11 +2,13 @@
 
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -17,11 +19,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/classification_metrics.h"
 #include "common/status_macros.h"
 #include "worker/checkpoint.h"
 #include "worker/data_tensors.h"
 #include "worker/model_builder.h"
 #include "worker/torch_status.h"
+#include "worker/training_recipe.h"
 
 namespace tlserve::worker {
 namespace {
@@ -51,7 +55,11 @@ struct Hyper {
   double weight_decay = 0;
   ScheduleSpec::Kind schedule = ScheduleSpec::CONSTANT;
   int warmup_epochs = 0;
+  int step_epochs = 0;
+  double step_gamma = 1.0;
   double backbone_lr_scale = 1.0;
+  double label_smoothing = 0;
+  double grad_clip_norm = 0;
 };
 
 absl::StatusOr<Hyper> ResolveHyper(const JobSpec& spec) {
@@ -105,6 +113,11 @@ absl::StatusOr<Hyper> ResolveHyper(const JobSpec& spec) {
     case ScheduleSpec::COSINE:
       h.schedule = ScheduleSpec::COSINE;
       break;
+    case ScheduleSpec::STEP:
+      h.schedule = ScheduleSpec::STEP;
+      h.step_epochs = spec.schedule().step_epochs();
+      h.step_gamma = spec.schedule().step_gamma();
+      break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("schedule: unknown kind ", spec.schedule().kind()));
@@ -122,16 +135,25 @@ absl::StatusOr<Hyper> ResolveHyper(const JobSpec& spec) {
         "freeze: backbone_lr_scale ", scale, " is outside [0, 100]"));
   }
   if (scale > 0) h.backbone_lr_scale = scale;
+  RETURN_IF_ERROR(ValidateRecipe(spec, h.epochs));
+  h.label_smoothing = spec.label_smoothing();
+  h.grad_clip_norm = spec.grad_clip_norm();
   return h;
 }
 
 // Factor on the base learning rate before optimizer step `step` (0-based):
-// linear warmup to 1, then constant or a cosine decay to 0 at the end.
+// linear warmup to 1, then constant, a cosine decay to 0 at the end, or a
+// drop by step_gamma every step_epochs epochs.
 double LrFactor(const Hyper& h, int64_t step, int64_t steps_per_epoch) {
   const int64_t total = static_cast<int64_t>(h.epochs) * steps_per_epoch;
   const int64_t warmup =
       static_cast<int64_t>(h.warmup_epochs) * steps_per_epoch;
   if (step < warmup) return static_cast<double>(step + 1) / warmup;
+  if (h.schedule == ScheduleSpec::STEP) {
+    const int64_t drops = step / (static_cast<int64_t>(h.step_epochs) *
+                                  std::max<int64_t>(1, steps_per_epoch));
+    return std::pow(h.step_gamma, static_cast<double>(drops));
+  }
   if (h.schedule != ScheduleSpec::COSINE) return 1.0;
   const double progress =
       static_cast<double>(step - warmup) /
@@ -159,8 +181,27 @@ class ScopedNoGraphOptimize {
 struct EvalResult {
   double loss = 0;
   double accuracy = 0;
-  std::vector<float> per_class;
+  std::vector<float> per_class;  // accuracy (recall) per class
   int64_t count = 0;
+  // True label among the top min(5, k) logits.
+  double top5_accuracy = 0;
+  std::vector<ClassScores> class_scores;
+  // Row-major k x k, rows true, columns predicted.
+  std::vector<int64_t> confusion;
+
+  // Appends the scores and the matrix to an EpochMetrics or JobResult.
+  void CopyTo(
+      google::protobuf::RepeatedPtrField<tlserve::v1::ClassMetrics>* scores,
+      google::protobuf::RepeatedField<int64_t>* matrix) const {
+    for (const ClassScores& s : class_scores) {
+      tlserve::v1::ClassMetrics* m = scores->Add();
+      m->set_precision(static_cast<float>(s.precision));
+      m->set_recall(static_cast<float>(s.recall));
+      m->set_f1(static_cast<float>(s.f1));
+      m->set_support(s.support);
+    }
+    matrix->Add(confusion.begin(), confusion.end());
+  }
 };
 
 class Trainer {
@@ -181,6 +222,13 @@ class Trainer {
 
   absl::Status BuildModel();
   absl::Status BuildOptimizer();
+  // Sets which backbone parameters train during `epoch` (gradual
+  // unfreezing, patterns); logs when the set of trainable blocks changes.
+  absl::Status ApplyFreezeAt(int epoch);
+  // The model's parameters and buffers, cloned.
+  std::vector<std::pair<std::string, at::Tensor>> SnapshotWeights();
+  absl::Status RestoreWeights(
+      const std::vector<std::pair<std::string, at::Tensor>>& weights);
   // Features of every split under the frozen backbone; false if cancelled.
   absl::StatusOr<bool> CacheFeatures();
   absl::StatusOr<at::Tensor> Features(const at::Tensor& images,
@@ -203,7 +251,11 @@ class Trainer {
   torch::jit::Module backbone_;
   torch::jit::Module head_;
   FreezePlan plan_;
+  std::vector<std::string> blocks_;
   bool use_feature_cache_ = false;
+  double feature_cache_seconds_ = 0;
+  // Every trainable parameter group's tensors, for gradient clipping.
+  std::vector<at::Tensor> all_params_;
   // What the trained module consumes per split: uint8 images, or cached
   // features when the backbone is frozen.
   at::Tensor train_inputs_;
@@ -233,7 +285,16 @@ absl::Status Trainer::BuildModel() {
     if (spec_.backbone_init() == v1::RANDOM) {
       RETURN_IF_ERROR(ReinitializeParameters(backbone_, seed));
     }
-    ASSIGN_OR_RETURN(plan_, ApplyFreezePolicy(backbone_, spec_.freeze()));
+    blocks_ = Blocks(backbone_);
+    for (const auto& step : spec_.freeze().gradual_unfreeze()) {
+      if (step.n_blocks() > static_cast<int>(blocks_.size())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "freeze.gradual_unfreeze: n_blocks ", step.n_blocks(),
+            " at epoch ", step.epoch(), " exceeds the backbone's ",
+            blocks_.size(), " blocks (", absl::StrJoin(blocks_, ", "), ")"));
+      }
+    }
+    RETURN_IF_ERROR(ApplyFreezeAt(1));
     ASSIGN_OR_RETURN(feature_dim_, FeatureDim(backbone_, input_spec_));
     std::vector<int64_t> hidden(spec_.head().hidden_sizes().begin(),
                                 spec_.head().hidden_sizes().end());
@@ -249,12 +310,85 @@ absl::Status Trainer::BuildModel() {
     tlserve::v1::FreezePolicy full;
     full.set_mode(tlserve::v1::FreezePolicy::FULL);
     ASSIGN_OR_RETURN(plan_, ApplyFreezePolicy(backbone_, full));
+    blocks_ = Blocks(backbone_);
     ASSIGN_OR_RETURN(feature_dim_, FeatureDim(backbone_, input_spec_));
     ASSIGN_OR_RETURN(head_,
                      MakeHead(feature_dim_, {}, 0.0, num_classes, seed + 1));
   }
   ASSIGN_OR_RETURN(classifier_, MakeClassifier(backbone_, head_, input_spec_));
-  use_feature_cache_ = plan_.backbone_frozen;
+  // Features can be computed once when no epoch trains the backbone, its
+  // BatchNorm statistics stay fixed and inputs are not augmented.
+  const auto& freeze = spec_.freeze();
+  use_feature_cache_ =
+      spec_.kind() == v1::FINE_TUNE && plan_.backbone_frozen &&
+      BackboneFrozenThroughout(freeze) &&
+      freeze.batchnorm_stats() != v1::FreezePolicy::UPDATE_ALL &&
+      !spec_.augment().random_resized_crop() &&
+      !spec_.augment().horizontal_flip() &&
+      spec_.feature_cache().mode() != v1::FeatureCacheSpec::OFF;
+  if (use_feature_cache_) {
+    const int64_t limit = spec_.feature_cache().memory_limit_bytes() > 0
+                              ? spec_.feature_cache().memory_limit_bytes()
+                              : (int64_t{1} << 30);
+    const int64_t samples =
+        tensors_.train.size() + tensors_.val.size() + tensors_.test.size();
+    const int64_t bytes = samples * feature_dim_ * 4;
+    if (bytes > limit) {
+      use_feature_cache_ = false;
+      Log(absl::StrFormat(
+          "feature cache off: %d samples x %d features need %d bytes, above "
+          "the %d-byte limit",
+          samples, feature_dim_, bytes, limit));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::ApplyFreezeAt(int epoch) {
+  const v1::FreezePolicy policy = PolicyAtEpoch(spec_.freeze(), epoch);
+  const std::vector<std::string> before = plan_.trainable_blocks;
+  ASSIGN_OR_RETURN(plan_, ApplyFreezePolicy(backbone_, policy));
+  RETURN_IF_ERROR(ApplyParameterPatterns(backbone_, policy, &plan_));
+  if (epoch > 1 && plan_.trainable_blocks != before) {
+    Log(absl::StrFormat("epoch %d: gradual unfreezing, training blocks %s",
+                        epoch,
+                        plan_.trainable_blocks.empty()
+                            ? "none"
+                            : absl::StrJoin(plan_.trainable_blocks, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Trainer::SnapshotWeights() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : classifier_.named_parameters(/*recurse=*/true)) {
+    out.emplace_back(p.name, p.value.detach().clone());
+  }
+  for (const auto& b : classifier_.named_buffers(/*recurse=*/true)) {
+    out.emplace_back(b.name, b.value.detach().clone());
+  }
+  return out;
+}
+
+absl::Status Trainer::RestoreWeights(
+    const std::vector<std::pair<std::string, at::Tensor>>& weights) {
+  std::map<std::string, at::Tensor> by_name(weights.begin(), weights.end());
+  at::NoGradGuard no_grad;
+  auto copy = [&](const std::string& name, at::Tensor target) -> absl::Status {
+    auto it = by_name.find(name);
+    if (it == by_name.end() || !it->second.sizes().equals(target.sizes())) {
+      return absl::InternalError(
+          absl::StrCat("best weights do not fit the model at '", name, "'"));
+    }
+    target.copy_(it->second);
+    return absl::OkStatus();
+  };
+  for (const auto& p : classifier_.named_parameters(/*recurse=*/true)) {
+    RETURN_IF_ERROR(copy(p.name, p.value));
+  }
+  for (const auto& b : classifier_.named_buffers(/*recurse=*/true)) {
+    RETURN_IF_ERROR(copy(b.name, b.value));
+  }
   return absl::OkStatus();
 }
 
@@ -264,15 +398,22 @@ absl::Status Trainer::BuildOptimizer() {
     p.requires_grad_(true);
     head_params.push_back(p);
   }
-  std::vector<at::Tensor> backbone_params;
-  if (!use_feature_cache_) {
-    for (const at::Tensor& p : backbone_.parameters()) {
-      if (p.requires_grad()) backbone_params.push_back(p);
-    }
+  // One group per backbone block, so each can have its own rate. Frozen
+  // parameters never get a gradient, so the optimizer leaves them alone
+  // until gradual unfreezing turns them on.
+  std::vector<BackboneGroup> backbone_groups;
+  const bool backbone_trains_some_epoch =
+      !plan_.backbone_frozen ||
+      (spec_.kind() == v1::FINE_TUNE &&
+       !BackboneFrozenThroughout(spec_.freeze()));
+  if (!use_feature_cache_ && backbone_trains_some_epoch) {
+    ASSIGN_OR_RETURN(backbone_groups,
+                     BackboneGroups(backbone_, blocks_, spec_.freeze(),
+                                    hyper_.backbone_lr_scale));
   }
   base_lrs_ = {hyper_.lr};
-  if (!backbone_params.empty()) {
-    base_lrs_.push_back(hyper_.lr * hyper_.backbone_lr_scale);
+  for (const BackboneGroup& g : backbone_groups) {
+    base_lrs_.push_back(hyper_.lr * g.lr_scale);
   }
   std::vector<torch::optim::OptimizerParamGroup> groups;
   auto options =
@@ -286,9 +427,12 @@ absl::Status Trainer::BuildOptimizer() {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(lr).weight_decay(hyper_.weight_decay));
   };
+  all_params_ = head_params;
   groups.emplace_back(head_params, options(base_lrs_[0]));
-  if (!backbone_params.empty()) {
-    groups.emplace_back(backbone_params, options(base_lrs_[1]));
+  for (size_t g = 0; g < backbone_groups.size(); ++g) {
+    all_params_.insert(all_params_.end(), backbone_groups[g].params.begin(),
+                       backbone_groups[g].params.end());
+    groups.emplace_back(backbone_groups[g].params, options(base_lrs_[g + 1]));
   }
   if (hyper_.optimizer == OptimizerSpec::SGD) {
     optimizer_ = std::make_unique<torch::optim::SGD>(
@@ -299,7 +443,9 @@ absl::Status Trainer::BuildOptimizer() {
   }
   int64_t trainable = 0;
   for (const auto& group : optimizer_->param_groups()) {
-    for (const auto& p : group.params()) trainable += p.numel();
+    for (const auto& p : group.params()) {
+      if (p.requires_grad()) trainable += p.numel();
+    }
   }
   Log(absl::StrFormat("trainable parameters: %d (blocks: %s)", trainable,
                       plan_.trainable_blocks.empty()
@@ -358,40 +504,59 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
   const int64_t k = static_cast<int64_t>(tensors_.class_names.size());
   EvalResult result;
   result.count = inputs.size(0);
-  at::Tensor correct_per_class = at::zeros({k}, at::kLong);
-  at::Tensor count_per_class = at::zeros({k}, at::kLong);
+  // Flattened k x k counts: index true * k + predicted.
+  at::Tensor confusion = at::zeros({k * k}, labels.options().dtype(at::kLong));
+  const int64_t top = std::min<int64_t>(5, k);
   double loss_sum = 0;
-  int64_t correct = 0;
+  int64_t top5_hits = 0;
   for (int64_t start = 0; start < result.count; start += kEvalBatchSize) {
     const int64_t end = std::min(result.count, start + kEvalBatchSize);
-    at::Tensor y = labels.slice(0, start, end);
+    at::Tensor y = labels.slice(0, start, end).to(at::kLong);
     at::Tensor logits = Forward(inputs.slice(0, start, end));
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, y,
                     torch::nn::functional::CrossEntropyFuncOptions().reduction(
                         torch::kSum))
                     .item<double>();
-    at::Tensor hit = logits.argmax(1).eq(y).to(at::kLong);
-    correct += hit.sum().item<int64_t>();
-    correct_per_class.index_add_(0, y, hit);
-    count_per_class.index_add_(0, y, at::ones_like(y));
+    confusion.index_add_(0, y * k + logits.argmax(1), at::ones_like(y));
+    top5_hits += std::get<1>(logits.topk(top, 1))
+                     .eq(y.unsqueeze(1))
+                     .any(1)
+                     .sum()
+                     .item<int64_t>();
   }
-  if (result.count > 0) {
-    result.loss = loss_sum / result.count;
-    result.accuracy = static_cast<double>(correct) / result.count;
+  if (result.count > 0) result.loss = loss_sum / result.count;
+  const at::Tensor counts = confusion.cpu().contiguous();
+  absl::StatusOr<ClassificationMetrics> metrics =
+      ClassificationMetrics::FromConfusion(
+          k,
+          std::vector<int64_t>(counts.data_ptr<int64_t>(),
+                               counts.data_ptr<int64_t>() + k * k),
+          top5_hits);
+  if (!metrics.ok()) {
+    // Labels are checked in [0, k) before training, so this is a bug.
+    Log(absl::StrCat("evaluation metrics: ", metrics.status().ToString()));
+    return result;
   }
-  for (int64_t c = 0; c < k; ++c) {
-    const int64_t n = count_per_class[c].item<int64_t>();
-    result.per_class.push_back(
-        n == 0 ? 0.0f
-               : static_cast<float>(correct_per_class[c].item<int64_t>()) / n);
+  result.accuracy = metrics->Accuracy();
+  result.top5_accuracy = metrics->Top5Accuracy();
+  result.class_scores = metrics->PerClass();
+  for (const ClassScores& s : result.class_scores) {
+    result.per_class.push_back(static_cast<float>(s.recall));
   }
+  result.confusion = metrics->confusion();
   return result;
 }
 
 absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, EpochMetrics* metrics) {
   const Clock::time_point start = Clock::now();
+  if (spec_.freeze().gradual_unfreeze_size() > 0) {
+    RETURN_IF_ERROR(ApplyFreezeAt(epoch));
+  }
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, true));
+  if (!use_feature_cache_) {
+    ApplyBatchNormMode(backbone_, spec_.freeze().batchnorm_stats());
+  }
   const int64_t n = train_inputs_.size(0);
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
@@ -418,8 +583,14 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, EpochMetrics* metrics) {
     }
     optimizer_->zero_grad();
     at::Tensor logits = Forward(x);
-    at::Tensor loss = torch::nn::functional::cross_entropy(logits, y);
+    at::Tensor loss = torch::nn::functional::cross_entropy(
+        logits, y,
+        torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
+            hyper_.label_smoothing));
     loss.backward();
+    if (hyper_.grad_clip_norm > 0) {
+      torch::nn::utils::clip_grad_norm_(all_params_, hyper_.grad_clip_norm);
+    }
     optimizer_->step();
 
     const int64_t b = end - begin;
@@ -457,6 +628,8 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, EpochMetrics* metrics) {
   metrics->set_val_loss(static_cast<float>(val.loss));
   metrics->set_val_accuracy(static_cast<float>(val.accuracy));
   for (float a : val.per_class) metrics->add_per_class_val_accuracy(a);
+  metrics->set_val_top5_accuracy(static_cast<float>(val.top5_accuracy));
+  val.CopyTo(metrics->mutable_per_class(), metrics->mutable_confusion());
   metrics->set_seconds(SecondsSince(start));
   metrics->set_samples_per_second(seen / std::max(1e-9, train_seconds));
   return true;
@@ -522,6 +695,11 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
       tensors_.class_names.size(), input_spec_.channels(), input_spec_.height(),
       input_spec_.width()));
 
+  if (spec_.early_stopping().patience() > 0 && tensors_.val.size() == 0) {
+    return absl::InvalidArgumentError(
+        "early_stopping needs validation samples, and this job's split has "
+        "none: raise data.validation_fraction or data.samples_per_class");
+  }
   RETURN_IF_ERROR(BuildModel());
   RETURN_IF_ERROR(BuildOptimizer());
 
@@ -532,11 +710,17 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
     --steps_per_epoch_;
   }
 
+  EarlyStopper stopper(spec_.early_stopping());
+  std::vector<std::pair<std::string, at::Tensor>> best_weights;
   int first_epoch = 1;
   if (!input_.resume_checkpoint_path.empty()) {
+    CheckpointExtras extras;
     ASSIGN_OR_RETURN(int stored,
                      LoadCheckpoint(input_.resume_checkpoint_path, classifier_,
-                                    *optimizer_, host_rng_));
+                                    *optimizer_, host_rng_, &extras));
+    stopper.Restore({extras.best_epoch, extras.best_value,
+                     extras.epochs_since_best});
+    best_weights = std::move(extras.best_weights);
     if (stored != input_.resume_epoch) {
       Log(absl::StrCat("checkpoint holds epoch ", stored, ", not ",
                        input_.resume_epoch, " as announced; using ", stored));
@@ -547,11 +731,13 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
 
   TrainJobOutput output;
   if (use_feature_cache_) {
+    const Clock::time_point cache_start = Clock::now();
     ASSIGN_OR_RETURN(bool done, CacheFeatures());
     if (!done) {
       output.cancelled = true;
       return output;
     }
+    feature_cache_seconds_ = SecondsSince(cache_start);
   } else {
     train_inputs_ = tensors_.train.images;
     val_inputs_ = tensors_.val.images;
@@ -559,6 +745,8 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   }
 
   std::string previous_checkpoint;
+  int epochs_run = 0;
+  bool stopped_early = false;
   for (int epoch = first_epoch; epoch <= hyper_.epochs; ++epoch) {
     EpochMetrics metrics;
     ASSIGN_OR_RETURN(bool done, TrainEpoch(epoch, &metrics));
@@ -567,11 +755,26 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
       Log(absl::StrCat("cancelled during epoch ", epoch));
       return output;
     }
+    ++epochs_run;
+    metrics.set_learning_rate(static_cast<float>(
+        optimizer_->param_groups()[0].options().get_lr()));
+    for (const std::string& block : plan_.trainable_blocks) {
+      metrics.add_trainable_blocks(block);
+    }
+    metrics.set_feature_cache_used(use_feature_cache_);
+    const bool best = stopper.Record(epoch, metrics);
+    metrics.set_best(best);
+    // Only early stopping rolls back to the best epoch, so only it pays
+    // for keeping those weights.
+    if (best && stopper.enabled()) best_weights = SnapshotWeights();
     const std::string path = (std::filesystem::path(input_.work_dir) /
                               absl::StrCat("checkpoint_epoch_", epoch, ".pt"))
                                  .string();
-    RETURN_IF_ERROR(
-        SaveCheckpoint(path, epoch, classifier_, *optimizer_, host_rng_));
+    CheckpointExtras extras{stopper.state().best_epoch,
+                            stopper.state().best_value,
+                            stopper.state().epochs_since_best, best_weights};
+    RETURN_IF_ERROR(SaveCheckpoint(path, epoch, classifier_, *optimizer_,
+                                   host_rng_, &extras));
     if (callbacks_.on_epoch_end) {
       RETURN_IF_ERROR(callbacks_.on_epoch_end(metrics, path));
     }
@@ -582,6 +785,20 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
       std::filesystem::remove(previous_checkpoint, ignored);
     }
     previous_checkpoint = path;
+    if (stopper.ShouldStop() && epoch < hyper_.epochs) {
+      stopped_early = true;
+      Log(absl::StrFormat(
+          "early stopping after epoch %d: %s has not improved for %d epochs; "
+          "keeping epoch %d (%s %.4f)",
+          epoch, stopper.metric(), stopper.state().epochs_since_best,
+          stopper.state().best_epoch, stopper.metric(),
+          stopper.state().best_value));
+      break;
+    }
+  }
+  if (stopper.enabled() && !best_weights.empty() &&
+      stopper.state().best_epoch != hyper_.epochs) {
+    RETURN_IF_ERROR(RestoreWeights(best_weights));
   }
 
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
@@ -590,11 +807,49 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   result.set_test_accuracy(static_cast<float>(test.accuracy));
   result.set_test_loss(static_cast<float>(test.loss));
   for (float a : test.per_class) result.add_per_class_test_accuracy(a);
+  result.set_test_top5_accuracy(static_cast<float>(test.top5_accuracy));
+  test.CopyTo(result.mutable_per_class_test(), result.mutable_test_confusion());
   result.set_test_count(test.count);
   result.set_feature_dim(static_cast<int32_t>(feature_dim_));
   for (const std::string& block : Blocks(backbone_)) result.add_blocks(block);
   RETURN_IF_ERROR(Export(&output));
   result.set_train_seconds(SecondsSince(start));
+  // What the run needs to be reproduced; the connection adds the hashes
+  // of the dataset and backbone it fetched.
+  tlserve::v1::ReproManifest* manifest = result.mutable_manifest();
+  manifest->set_seed(spec_.seed());
+  manifest->set_libtorch_version(TORCH_VERSION);
+  manifest->set_device("cpu");
+  manifest->set_threads(at::get_num_threads());
+  manifest->set_deterministic_algorithms(
+      at::globalContext().deterministicAlgorithms());
+  manifest->add_settings("graph_executor_optimize=false");
+  manifest->add_settings(
+      absl::StrCat("shuffle=std::mt19937_64(", spec_.seed(), ")"));
+  manifest->add_settings(
+      absl::StrCat("torch_generator=manual_seed(", spec_.seed(), ")"));
+  result.set_best_epoch(stopper.enabled() ? stopper.state().best_epoch
+                                          : hyper_.epochs);
+  result.set_stopped_early(stopped_early);
+  if (use_feature_cache_) {
+    tlserve::v1::FeatureCacheStats* cache = result.mutable_feature_cache();
+    cache->set_used(true);
+    cache->set_samples(train_inputs_.size(0) + val_inputs_.size(0) +
+                       (tensors_.test_is_val ? 0 : test_inputs_.size(0)));
+    cache->set_bytes_in_memory(cache->samples() * feature_dim_ * 4);
+    cache->set_build_seconds(feature_cache_seconds_);
+    // Without the cache every epoch would run the backbone over the train
+    // and validation images again.
+    const double per_epoch =
+        feature_cache_seconds_ *
+        static_cast<double>(train_inputs_.size(0) + val_inputs_.size(0)) /
+        std::max<double>(1, static_cast<double>(cache->samples()));
+    cache->set_seconds_saved(std::max(0.0, per_epoch * (epochs_run - 1)));
+    Log(absl::StrFormat(
+        "feature cache: backbone ran once (%.2f s) instead of every epoch; "
+        "saved about %.1f s over %d epochs",
+        feature_cache_seconds_, cache->seconds_saved(), epochs_run));
+  }
   output.input_spec = input_spec_;
   output.class_names = tensors_.class_names;
   Log(absl::StrFormat("test accuracy %.4f on %d samples%s", test.accuracy,

@@ -161,6 +161,40 @@ TEST(JobSpecFromArgsTest, BuildsAFullFineTuneSpec) {
   EXPECT_EQ(spec->device(), "cuda");
 }
 
+TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
+  auto spec = SpecFrom({"--freeze=full", "--unfreeze=1:0,3:1,5:2",
+                        "--train-params=layer4.*,*.bias",
+                        "--freeze-params=*.bn*", "--bn-stats=frozen",
+                        "--layer-decay=0.5", "--label-smoothing=0.1",
+                        "--grad-clip=1", "--early-stop=3",
+                        "--early-stop-metric=val_loss", "--schedule=step",
+                        "--step-epochs=2", "--step-gamma=0.5",
+                        "--feature-cache=off"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const v1::FreezePolicy& f = spec->freeze();
+  ASSERT_EQ(f.gradual_unfreeze_size(), 3);
+  EXPECT_EQ(f.gradual_unfreeze(1).epoch(), 3);
+  EXPECT_EQ(f.gradual_unfreeze(2).n_blocks(), 2);
+  EXPECT_THAT(f.trainable_patterns(), ElementsAre("layer4.*", "*.bias"));
+  EXPECT_THAT(f.frozen_patterns(), ElementsAre("*.bn*"));
+  EXPECT_EQ(f.batchnorm_stats(), v1::FreezePolicy::FROZEN_ALL);
+  EXPECT_FLOAT_EQ(f.layer_decay(), 0.5f);
+  EXPECT_FLOAT_EQ(spec->label_smoothing(), 0.1f);
+  EXPECT_FLOAT_EQ(spec->grad_clip_norm(), 1.0f);
+  EXPECT_EQ(spec->early_stopping().patience(), 3);
+  EXPECT_EQ(spec->early_stopping().metric(), "val_loss");
+  EXPECT_EQ(spec->schedule().kind(), v1::ScheduleSpec::STEP);
+  EXPECT_EQ(spec->schedule().step_epochs(), 2);
+  EXPECT_EQ(spec->feature_cache().mode(), v1::FeatureCacheSpec::OFF);
+
+  auto bad = SpecFrom({"--unfreeze=3"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("'3' is not EPOCH:BLOCKS"));
+  bad = SpecFrom({"--bn-stats=sometimes"});
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--bn-stats"));
+}
+
 TEST(JobSpecFromArgsTest, PretrainTakesBackboneName) {
   auto spec = SpecFrom({"--kind=pretrain", "--backbone-name=src"});
   ASSERT_TRUE(spec.ok()) << spec.status();

@@ -162,6 +162,12 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
   ASSERT_OK(model.status());
   EXPECT_EQ(model->class_names_size(), 3);
   EXPECT_EQ(model->class_names(2), "Sneaker");
+  const v1::ReproManifest& manifest = job.result().manifest();
+  EXPECT_EQ(manifest.backbone_sha256(), backbone.sha256());
+  EXPECT_EQ(manifest.dataset_sha256().size(), 64u);
+  EXPECT_EQ(manifest.seed(), job.spec().seed());
+  EXPECT_FALSE(manifest.libtorch_version().empty());
+  EXPECT_FALSE(manifest.tlserve_version().empty());
   auto learned = cluster_.client().GetBackbone(backbone.id());
   ASSERT_OK(learned.status());
   EXPECT_EQ(learned->feature_dim(), 512);

@@ -74,7 +74,7 @@ absl::StatusOr<DatasetParts> WriteFashionMnistSubset(
 absl::StatusOr<std::string> ExportResNet18(const std::string& dir, int size) {
   const std::string out = dir + "/resnet18.pt";
   const std::string cmd = absl::StrCat(
-      "/usr/bin/python3 ", SourceDir(), "/scripts/export_torchvision_backbone.py",
+      "/usr/bin/python3 ", SourceDir(), "/tools/export_backbone.py",
       " --arch resnet18 --size ", size, " --out ", out, " > ", dir,
       "/export.log 2>&1");
   if (std::system(cmd.c_str()) != 0) {

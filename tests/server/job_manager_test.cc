@@ -145,6 +145,17 @@ TEST_F(JobManagerTest, RejectsBadSpecsNamingTheField) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(r.status().message(), "n_blocks"));
 
+  // The training recipe is checked before any worker time is spent.
+  JobSpec bad_unfreeze = Spec();
+  auto* step = bad_unfreeze.mutable_freeze()->add_gradual_unfreeze();
+  step->set_epoch(500);  // beyond the job's epochs
+  step->set_n_blocks(1);
+  r = manager_->CreateJob(bad_unfreeze, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(),
+                                "spec.freeze.gradual_unfreeze[0]"))
+      << r.status();
+
   auto page = store_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 100, "");
   EXPECT_TRUE(page->items.empty()) << "refused jobs must not be stored";
 }

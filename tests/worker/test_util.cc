@@ -142,14 +142,14 @@ absl::StatusOr<std::string> TorchvisionBackbone(const std::string& arch,
   const std::string out = absl::StrCat(dir, "/", arch, "_", size, ".pt");
   const std::string command = absl::StrCat(
       "/usr/bin/python3 " TLSERVE_SOURCE_DIR
-      "/scripts/export_torchvision_backbone.py --arch ",
+      "/tools/export_backbone.py --arch ",
       arch, " --size ", size, " --out ", out, " > ", out, ".log 2>&1");
   if (std::system(command.c_str()) != 0) {
     std::ifstream log(out + ".log");
     std::stringstream text;
     text << log.rdbuf();
     return absl::InternalError(
-        absl::StrCat("export_torchvision_backbone.py failed: ", text.str()));
+        absl::StrCat("tools/export_backbone.py failed: ", text.str()));
   }
   cache[{arch, size}] = out;
   return out;

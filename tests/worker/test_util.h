@@ -36,7 +36,7 @@ tlserve::v1::InputSpec ImageNetSpec(int size);
 std::string SaveCompactBackbone(const std::string& dir, int channels, int width,
                                 uint64_t seed);
 
-// scripts/export_torchvision_backbone.py --arch arch --size size, once per
+// tools/export_backbone.py --arch arch --size size, once per
 // process and arguments; the path of the .pt file.
 absl::StatusOr<std::string> TorchvisionBackbone(const std::string& arch,
                                                 int size);

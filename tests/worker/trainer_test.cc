@@ -3,6 +3,7 @@
 #include <torch/script.h>
 
 #include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -82,6 +83,34 @@ bool StartsWith(const std::string& s, const std::string& prefix) {
   return s.rfind(prefix, 0) == 0;
 }
 
+// The confusion matrix of an evaluation over `count` samples and k classes
+// agrees with the accuracy, top-5 and per-class numbers beside it.
+void ExpectConsistentEvaluation(const google::protobuf::RepeatedField<int64_t>&
+                                    confusion,
+                                const google::protobuf::RepeatedPtrField<
+                                    tlserve::v1::ClassMetrics>& per_class,
+                                int k, int64_t count, float accuracy,
+                                float top5_accuracy) {
+  ASSERT_EQ(confusion.size(), k * k);
+  ASSERT_EQ(per_class.size(), k);
+  int64_t total = 0;
+  int64_t diagonal = 0;
+  for (int t = 0; t < k; ++t) {
+    int64_t row = 0;
+    for (int p = 0; p < k; ++p) row += confusion[t * k + p];
+    EXPECT_EQ(per_class[t].support(), row) << "class " << t;
+    total += row;
+    diagonal += confusion[t * k + t];
+  }
+  EXPECT_EQ(total, count);
+  EXPECT_FLOAT_EQ(accuracy, static_cast<float>(diagonal) / count);
+  EXPECT_GE(top5_accuracy, accuracy);
+  // With at most 5 classes the top 5 is every class.
+  if (k <= 5) {
+    EXPECT_FLOAT_EQ(top5_accuracy, 1.0f);
+  }
+}
+
 TEST(TrainerTest, FrozenBackboneStaysBitIdenticalAndHeadLearns) {
   const std::string dir = testing::MakeTempDir("frozen");
   TrainJobInput input;
@@ -103,6 +132,24 @@ TEST(TrainerTest, FrozenBackboneStaysBitIdenticalAndHeadLearns) {
   EXPECT_LT(recorder.epochs.back().train_loss(),
             recorder.epochs.front().train_loss());
   EXPECT_EQ(recorder.epochs.back().per_class_val_accuracy_size(), 3);
+  int train_count = 0, val_count = 0;
+  for (const std::string& line : recorder.logs) {
+    if (std::sscanf(line.c_str(), "data: %d train, %d validation",
+                    &train_count, &val_count) == 2) {
+      break;
+    }
+  }
+  ASSERT_GT(val_count, 0) << "no 'data: N train, M validation' log line";
+  for (const tlserve::v1::EpochMetrics& m : recorder.epochs) {
+    SCOPED_TRACE(absl::StrCat("epoch ", m.epoch()));
+    ExpectConsistentEvaluation(m.confusion(), m.per_class(), 3, val_count,
+                               m.val_accuracy(), m.val_top5_accuracy());
+  }
+  ExpectConsistentEvaluation(out->result.test_confusion(),
+                             out->result.per_class_test(), 3,
+                             out->result.test_count(),
+                             out->result.test_accuracy(),
+                             out->result.test_top5_accuracy());
   // A random backbone ends in global average pooling, which blurs where
   // the bar is; well above chance (1/3) is what the head can do.
   EXPECT_GT(out->result.test_accuracy(), 0.6f);
