@@ -260,6 +260,8 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"step-epochs"},
                                                       {"step-gamma"},
                                                       {"feature-cache"},
+                                                      {"augment"},
+                                                      {"crop-scale-min"},
                                                       {"optimizer"},
                                                       {"lr"},
                                                       {"momentum"},
@@ -411,6 +413,23 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
     }
     spec->mutable_early_stopping()->set_metric(metric);
   }
+  if (args.Has("augment")) {
+    v1::AugmentSpec* augment = spec->mutable_augment();
+    for (absl::string_view a :
+         absl::StrSplit(args.Get("augment"), ',', absl::SkipEmpty())) {
+      if (a == "crop") {
+        augment->set_random_resized_crop(true);
+      } else if (a == "flip") {
+        augment->set_horizontal_flip(true);
+      } else {
+        return FlagError("augment", absl::StrCat("'", a,
+                                                 "' is not one of crop, flip"));
+      }
+    }
+  }
+  f = spec->augment().crop_scale_min();
+  RETURN_IF_ERROR(GetFloatInto(args, "crop-scale-min", 0, 1, false, &f));
+  if (args.Has("crop-scale-min")) spec->mutable_augment()->set_crop_scale_min(f);
   if (args.Has("feature-cache")) {
     ASSIGN_OR_RETURN(v1::FeatureCacheSpec::Mode mode,
                      ParseChoice<v1::FeatureCacheSpec::Mode>(
@@ -1429,7 +1448,8 @@ const std::vector<Command>& Commands() {
        "[--schedule cosine|constant|step] [--step-epochs N] [--step-gamma F] "
        "[--label-smoothing F] [--grad-clip F] [--early-stop PATIENCE] "
        "[--early-stop-metric val_accuracy|val_loss] "
-       "[--feature-cache auto|off] "
+       "[--feature-cache auto|off] [--augment crop,flip] "
+       "[--crop-scale-min F] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "

@@ -50,6 +50,12 @@ absl::Status ValidateRecipe(const tlserve::v1::JobSpec& spec, int epochs) {
     return absl::InvalidArgumentError(
         "early_stopping: patience and min_delta must not be negative");
   }
+  if (!(spec.augment().crop_scale_min() >= 0 &&
+        spec.augment().crop_scale_min() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("augment.crop_scale_min ", spec.augment().crop_scale_min(),
+                     " is outside [0, 1]"));
+  }
   if (!(spec.label_smoothing() >= 0 && spec.label_smoothing() < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_smoothing ", spec.label_smoothing(), " is outside [0, 1)"));

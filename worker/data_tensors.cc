@@ -209,4 +209,56 @@ void ChannelMeanStd(const at::Tensor& images, std::vector<float>* mean,
   }
 }
 
+at::Tensor AugmentBatch(const at::Tensor& images,
+                        const tlserve::v1::AugmentSpec& spec,
+                        std::mt19937_64& rng) {
+  if (!spec.random_resized_crop() && !spec.horizontal_flip()) return images;
+  const int64_t n = images.size(0);
+  const int64_t h = images.size(2);
+  const int64_t w = images.size(3);
+  const double scale_min =
+      spec.crop_scale_min() > 0 ? std::min(1.0f, spec.crop_scale_min()) : 0.08;
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int64_t b = 0; b < n; ++b) {
+    at::Tensor image = images[b];
+    if (spec.random_resized_crop()) {
+      // Up to 10 tries for a crop that fits, else the whole image.
+      int64_t ch = h, cw = w, top = 0, left = 0;
+      for (int attempt = 0; attempt < 10; ++attempt) {
+        const double area = (scale_min + (1.0 - scale_min) * unit(rng)) *
+                            static_cast<double>(h * w);
+        const double log_ratio =
+            std::log(3.0 / 4) + (std::log(4.0 / 3) - std::log(3.0 / 4)) * unit(rng);
+        const double ratio = std::exp(log_ratio);
+        const int64_t tw = std::llround(std::sqrt(area * ratio));
+        const int64_t th = std::llround(std::sqrt(area / ratio));
+        if (tw < 1 || th < 1 || tw > w || th > h) continue;
+        cw = tw;
+        ch = th;
+        top = static_cast<int64_t>(unit(rng) * static_cast<double>(h - th + 1));
+        left = static_cast<int64_t>(unit(rng) * static_cast<double>(w - tw + 1));
+        top = std::min(top, h - th);
+        left = std::min(left, w - tw);
+        break;
+      }
+      if (ch != h || cw != w) {
+        at::Tensor crop = image.slice(1, top, top + ch)
+                              .slice(2, left, left + cw)
+                              .unsqueeze(0)
+                              .to(at::kFloat);
+        image = at::upsample_bilinear2d(crop, {h, w}, /*align_corners=*/false)
+                    .squeeze(0)
+                    .round_()
+                    .clamp_(0, 255)
+                    .to(at::kByte);
+      }
+    }
+    if (spec.horizontal_flip() && unit(rng) < 0.5) image = image.flip({2});
+    out.push_back(image);
+  }
+  return at::stack(out);
+}
+
 }  // namespace tlserve::worker

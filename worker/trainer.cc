@@ -572,7 +572,8 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, EpochMetrics* metrics) {
     const int64_t begin = batch * hyper_.batch_size;
     const int64_t end = std::min(n, begin + hyper_.batch_size);
     const at::Tensor index = permutation.slice(0, begin, end);
-    const at::Tensor x = train_inputs_.index_select(0, index);
+    at::Tensor x = train_inputs_.index_select(0, index);
+    if (!use_feature_cache_) x = AugmentBatch(x, spec_.augment(), host_rng_);
     const at::Tensor y = labels.index_select(0, index);
 
     const int64_t step =

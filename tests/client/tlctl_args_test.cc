@@ -169,7 +169,8 @@ TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
                         "--grad-clip=1", "--early-stop=3",
                         "--early-stop-metric=val_loss", "--schedule=step",
                         "--step-epochs=2", "--step-gamma=0.5",
-                        "--feature-cache=off"});
+                        "--feature-cache=off", "--augment=crop,flip",
+                        "--crop-scale-min=0.25"});
   ASSERT_TRUE(spec.ok()) << spec.status();
   const v1::FreezePolicy& f = spec->freeze();
   ASSERT_EQ(f.gradual_unfreeze_size(), 3);
@@ -186,6 +187,9 @@ TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
   EXPECT_EQ(spec->schedule().kind(), v1::ScheduleSpec::STEP);
   EXPECT_EQ(spec->schedule().step_epochs(), 2);
   EXPECT_EQ(spec->feature_cache().mode(), v1::FeatureCacheSpec::OFF);
+  EXPECT_TRUE(spec->augment().random_resized_crop());
+  EXPECT_TRUE(spec->augment().horizontal_flip());
+  EXPECT_FLOAT_EQ(spec->augment().crop_scale_min(), 0.25f);
 
   auto bad = SpecFrom({"--unfreeze=3"});
   ASSERT_FALSE(bad.ok());

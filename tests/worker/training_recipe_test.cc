@@ -401,5 +401,29 @@ TEST_F(RecipeTrainingTest, FeatureCacheReportsItsSavings) {
   EXPECT_FALSE(out->result.feature_cache().used());
 }
 
+TEST_F(RecipeTrainingTest, AugmentationIsSeededAndTurnsTheCacheOff) {
+  input_.spec.mutable_freeze()->set_mode(FreezePolicy::FROZEN);
+  input_.spec.mutable_augment()->set_horizontal_flip(true);
+  input_.spec.mutable_augment()->set_random_resized_crop(true);
+  input_.spec.mutable_augment()->set_crop_scale_min(0.5f);
+  absl::StatusOr<TrainJobOutput> first = Run();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->result.feature_cache().used())
+      << "augmented inputs change every epoch; features cannot be cached";
+  const std::vector<EpochMetrics> first_epochs = epochs_;
+  absl::StatusOr<TrainJobOutput> second = Run();
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(epochs_.size(), first_epochs.size());
+  for (size_t i = 0; i < epochs_.size(); ++i) {
+    EXPECT_EQ(epochs_[i].train_loss(), first_epochs[i].train_loss()) << i;
+  }
+  EXPECT_EQ(second->result.test_loss(), first->result.test_loss());
+
+  input_.spec.clear_augment();
+  absl::StatusOr<TrainJobOutput> plain = Run();
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_NE(epochs_[0].train_loss(), first_epochs[0].train_loss());
+}
+
 }  // namespace
 }  // namespace tlserve::worker
