@@ -4,8 +4,15 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <fstream>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -178,6 +185,28 @@ class ScopedNoGraphOptimize {
   bool previous_;
 };
 
+// A float32 [rows, dim] file as a read-only tensor over mmap; unmapped
+// when the last tensor using it goes away.
+absl::StatusOr<at::Tensor> MapFeatureFile(const std::string& path,
+                                          int64_t rows, int64_t dim) {
+  const size_t bytes = static_cast<size_t>(rows * dim) * sizeof(float);
+  if (bytes == 0) return at::empty({rows, dim});
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("opening ", path, ": ",
+                                            std::strerror(errno)));
+  }
+  void* mapped = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapped == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat("mapping ", path, ": ",
+                                            std::strerror(errno)));
+  }
+  return at::from_blob(
+      mapped, {rows, dim}, [bytes](void* p) { ::munmap(p, bytes); },
+      at::TensorOptions().dtype(at::kFloat));
+}
+
 struct EvalResult {
   double loss = 0;
   double accuracy = 0;
@@ -231,8 +260,12 @@ class Trainer {
       const std::vector<std::pair<std::string, at::Tensor>>& weights);
   // Features of every split under the frozen backbone; false if cancelled.
   absl::StatusOr<bool> CacheFeatures();
+  // `spill_path` non-empty: written to that file chunk by chunk and
+  // returned as a read-only memory map of it, so resident memory stays
+  // bounded by the page cache rather than the feature count.
   absl::StatusOr<at::Tensor> Features(const at::Tensor& images,
-                                      bool* cancelled);
+                                      bool* cancelled,
+                                      const std::string& spill_path = "");
   at::Tensor Forward(const at::Tensor& inputs);
   // One epoch; false if cancelled.
   absl::StatusOr<bool> TrainEpoch(int epoch, EpochMetrics* metrics);
@@ -254,6 +287,7 @@ class Trainer {
   std::vector<std::string> blocks_;
   bool use_feature_cache_ = false;
   double feature_cache_seconds_ = 0;
+  bool feature_cache_on_disk_ = false;
   // Every trainable parameter group's tensors, for gradient clipping.
   std::vector<at::Tensor> all_params_;
   // What the trained module consumes per split: uint8 images, or cached
@@ -333,11 +367,11 @@ absl::Status Trainer::BuildModel() {
     const int64_t samples =
         tensors_.train.size() + tensors_.val.size() + tensors_.test.size();
     const int64_t bytes = samples * feature_dim_ * 4;
-    if (bytes > limit) {
-      use_feature_cache_ = false;
+    feature_cache_on_disk_ = bytes > limit;
+    if (feature_cache_on_disk_) {
       Log(absl::StrFormat(
-          "feature cache off: %d samples x %d features need %d bytes, above "
-          "the %d-byte limit",
+          "feature cache on disk: %d samples x %d features need %d bytes, "
+          "above the %d-byte memory limit",
           samples, feature_dim_, bytes, limit));
     }
   }
@@ -455,20 +489,44 @@ absl::Status Trainer::BuildOptimizer() {
 }
 
 absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
-                                             bool* cancelled) {
+                                             bool* cancelled,
+                                             const std::string& spill_path) {
   torch::jit::Method features = classifier_.get_method("features");
   std::vector<at::Tensor> parts;
+  std::ofstream spill;
+  if (!spill_path.empty()) {
+    spill.open(spill_path, std::ios::binary | std::ios::trunc);
+    if (!spill) {
+      return absl::InternalError(
+          absl::StrCat("cannot write the feature cache file ", spill_path));
+    }
+  }
   for (int64_t start = 0; start < images.size(0); start += kEvalBatchSize) {
     if (ShouldStop()) {
       *cancelled = true;
       return at::Tensor();
     }
     const int64_t end = std::min(images.size(0), start + kEvalBatchSize);
-    parts.push_back(
-        features({ToModelInput(images.slice(0, start, end))}).toTensor());
+    at::Tensor part =
+        features({ToModelInput(images.slice(0, start, end))}).toTensor();
+    if (spill_path.empty()) {
+      parts.push_back(part);
+    } else {
+      part = part.contiguous();
+      spill.write(reinterpret_cast<const char*>(part.data_ptr<float>()),
+                  part.numel() * sizeof(float));
+    }
   }
-  if (parts.empty()) return at::empty({0, feature_dim_});
-  return at::cat(parts);
+  if (spill_path.empty()) {
+    if (parts.empty()) return at::empty({0, feature_dim_});
+    return at::cat(parts);
+  }
+  spill.close();
+  if (!spill) {
+    return absl::InternalError(
+        absl::StrCat("writing the feature cache file ", spill_path, " failed"));
+  }
+  return MapFeatureFile(spill_path, images.size(0), feature_dim_);
 }
 
 absl::StatusOr<bool> Trainer::CacheFeatures() {
@@ -476,14 +534,23 @@ absl::StatusOr<bool> Trainer::CacheFeatures() {
   at::NoGradGuard no_grad;
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
   bool cancelled = false;
-  ASSIGN_OR_RETURN(train_inputs_, Features(tensors_.train.images, &cancelled));
+  auto spill = [&](const char* split) -> std::string {
+    if (!feature_cache_on_disk_) return "";
+    return (std::filesystem::path(input_.work_dir) /
+            absl::StrCat("features_", split, ".f32"))
+        .string();
+  };
+  ASSIGN_OR_RETURN(train_inputs_,
+                   Features(tensors_.train.images, &cancelled, spill("train")));
   if (cancelled) return false;
-  ASSIGN_OR_RETURN(val_inputs_, Features(tensors_.val.images, &cancelled));
+  ASSIGN_OR_RETURN(val_inputs_,
+                   Features(tensors_.val.images, &cancelled, spill("val")));
   if (cancelled) return false;
   if (tensors_.test_is_val) {
     test_inputs_ = val_inputs_;
   } else {
-    ASSIGN_OR_RETURN(test_inputs_, Features(tensors_.test.images, &cancelled));
+    ASSIGN_OR_RETURN(test_inputs_,
+                     Features(tensors_.test.images, &cancelled, spill("test")));
     if (cancelled) return false;
   }
   const int64_t n = train_inputs_.size(0) + val_inputs_.size(0) +
@@ -837,7 +904,12 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
     cache->set_used(true);
     cache->set_samples(train_inputs_.size(0) + val_inputs_.size(0) +
                        (tensors_.test_is_val ? 0 : test_inputs_.size(0)));
-    cache->set_bytes_in_memory(cache->samples() * feature_dim_ * 4);
+    const int64_t cache_bytes = cache->samples() * feature_dim_ * 4;
+    if (feature_cache_on_disk_) {
+      cache->set_bytes_on_disk(cache_bytes);
+    } else {
+      cache->set_bytes_in_memory(cache_bytes);
+    }
     cache->set_build_seconds(feature_cache_seconds_);
     // Without the cache every epoch would run the backbone over the train
     // and validation images again.

@@ -394,6 +394,20 @@ TEST_F(RecipeTrainingTest, FeatureCacheReportsItsSavings) {
   EXPECT_EQ(out->result.manifest().device(), "cpu");
   for (const auto& m : epochs_) EXPECT_TRUE(m.feature_cache_used());
 
+  EXPECT_GT(out->result.feature_cache().bytes_in_memory(), 0);
+  EXPECT_EQ(out->result.feature_cache().bytes_on_disk(), 0);
+
+  // Over the memory bound the features go to a mapped file, with the
+  // same training result.
+  input_.spec.mutable_feature_cache()->set_memory_limit_bytes(1000);
+  absl::StatusOr<TrainJobOutput> spilled = Run();
+  ASSERT_TRUE(spilled.ok()) << spilled.status();
+  EXPECT_THAT(logs_, HasSubstr("feature cache on disk"));
+  EXPECT_EQ(spilled->result.feature_cache().bytes_in_memory(), 0);
+  EXPECT_EQ(spilled->result.feature_cache().bytes_on_disk(),
+            out->result.feature_cache().bytes_in_memory());
+  EXPECT_EQ(spilled->result.test_loss(), out->result.test_loss());
+
   input_.spec.mutable_feature_cache()->set_mode(
       tlserve::v1::FeatureCacheSpec::OFF);
   out = Run();
