@@ -1,0 +1,174 @@
+// Wall time of one fine-tune job in tlserve's trainer against the same job
+// in a plain PyTorch script (bench/fine_tune_speed_peer.py), in one run on
+// one machine with the same threads, data sizes, model and recipe.
+//
+//   build/bench/fine_tune_speed --arch=resnet18 --size=64 --per_class=200
+//       --epochs=10 --modes=frozen,last_block,full --threads=2
+//
+// Prints one row per mode: tlserve seconds, peer seconds, the ratio
+// (peer / tlserve, higher is better for tlserve) and both test accuracies.
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/dataset_loader.h"
+#include "common/file_util.h"
+#include "worker/trainer.h"
+
+ABSL_FLAG(std::string, arch, "resnet18", "torchvision architecture");
+ABSL_FLAG(int, size, 64, "input size (square)");
+ABSL_FLAG(int, per_class, 200, "training images per class (10 classes)");
+ABSL_FLAG(int, epochs, 10, "epochs");
+ABSL_FLAG(int, batch_size, 32, "batch size");
+ABSL_FLAG(int, threads, 2, "intra-op threads, both sides");
+ABSL_FLAG(std::string, modes, "frozen,last_block,full", "freeze modes to time");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Fashion-MNIST IDX files");
+ABSL_FLAG(std::string, source_dir, TLSERVE_SOURCE_DIR, "the repository");
+ABSL_FLAG(std::string, work_dir, "/tmp/tlserve_fine_tune_speed", "scratch");
+
+namespace {
+
+using tlserve::v1::FreezePolicy;
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+// Runs a shell command; its stdout.
+bool RunCommand(const std::string& command, std::string* out) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return false;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out->append(buffer, n);
+  return pclose(pipe) == 0;
+}
+
+// The number after "key": in a one-line JSON object.
+double JsonNumber(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) return -1;
+  return std::stod(json.substr(at + key.size() + 3));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::string work = absl::GetFlag(FLAGS_work_dir);
+  std::filesystem::create_directories(work);
+  const std::string arch = absl::GetFlag(FLAGS_arch);
+  const int size = absl::GetFlag(FLAGS_size);
+  const std::string backbone = absl::StrCat(work, "/", arch, "_", size, ".pt");
+  std::string out;
+  if (!std::filesystem::exists(backbone) &&
+      !RunCommand(absl::StrCat("/usr/bin/python3 ", absl::GetFlag(FLAGS_source_dir),
+                               "/tools/export_backbone.py --arch ", arch,
+                               " --size ", size, " --out ", backbone),
+                  &out)) {
+    std::cerr << "exporting " << arch << " failed: " << out << "\n";
+    return 1;
+  }
+
+  tlserve::DatasetFiles files;
+  files.format = tlserve::v1::IDX;
+  const std::string dir = absl::GetFlag(FLAGS_data_dir);
+  files.paths[tlserve::v1::TRAIN_IMAGES] = dir + "/train-images-idx3-ubyte.gz";
+  files.paths[tlserve::v1::TRAIN_LABELS] = dir + "/train-labels-idx1-ubyte.gz";
+  files.paths[tlserve::v1::TEST_IMAGES] = dir + "/t10k-images-idx3-ubyte.gz";
+  files.paths[tlserve::v1::TEST_LABELS] = dir + "/t10k-labels-idx1-ubyte.gz";
+
+  tlserve::v1::InputSpec spec;
+  spec.set_channels(3);
+  spec.set_height(size);
+  spec.set_width(size);
+  for (float m : {0.485f, 0.456f, 0.406f}) spec.add_mean(m);
+  for (float s : {0.229f, 0.224f, 0.225f}) spec.add_std(s);
+
+  std::printf("%s %dx%d, %d images/class x 10 classes (10%% validation), "
+              "1000 test, %d epochs, batch %d, %d threads\n",
+              arch.c_str(), size, size, absl::GetFlag(FLAGS_per_class),
+              absl::GetFlag(FLAGS_epochs), absl::GetFlag(FLAGS_batch_size),
+              absl::GetFlag(FLAGS_threads));
+  std::printf("%-11s %12s %12s %8s %10s %10s\n", "MODE", "TLSERVE_S",
+              "PEER_S", "RATIO", "TLS_ACC", "PEER_ACC");
+  for (absl::string_view mode :
+       absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
+    tlserve::worker::TrainJobInput input;
+    input.spec.set_kind(tlserve::v1::FINE_TUNE);
+    input.spec.set_epochs(absl::GetFlag(FLAGS_epochs));
+    input.spec.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+    input.spec.set_seed(1);
+    input.spec.mutable_data()->set_samples_per_class(absl::GetFlag(FLAGS_per_class));
+    input.spec.mutable_data()->set_validation_fraction(0.1f);
+    input.spec.mutable_data()->set_max_test_samples(1000);
+    input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::ADAMW);
+    input.spec.mutable_optimizer()->set_learning_rate(1e-3f);
+    input.spec.mutable_schedule()->set_kind(tlserve::v1::ScheduleSpec::COSINE);
+    FreezePolicy* freeze = input.spec.mutable_freeze();
+    freeze->set_backbone_lr_scale(0.1f);
+    if (mode == "frozen") {
+      freeze->set_mode(FreezePolicy::FROZEN);
+    } else if (mode == "last_block") {
+      freeze->set_mode(FreezePolicy::LAST_N_BLOCKS);
+      freeze->set_n_blocks(1);
+    } else if (mode == "full") {
+      freeze->set_mode(FreezePolicy::FULL);
+    } else {
+      std::cerr << "unknown mode " << mode << "\n";
+      return 1;
+    }
+    input.work_dir = absl::StrCat(work, "/job_", mode);
+    std::filesystem::create_directories(input.work_dir);
+    input.backbone_path = backbone;
+    input.backbone_input_spec = spec;
+    input.num_threads = absl::GetFlag(FLAGS_threads);
+
+    // The timed span matches the peer's: reading the gzip files to the
+    // test accuracy.
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<tlserve::DecodedDataset> data = tlserve::LoadDataset(files);
+    if (!data.ok()) {
+      std::cerr << data.status() << "\n";
+      return 1;
+    }
+    absl::StatusOr<tlserve::worker::TrainJobOutput> job =
+        tlserve::worker::RunTrainingJob(input, *data, {});
+    const double ours = Seconds(start);
+    if (!job.ok()) {
+      std::cerr << mode << ": " << job.status() << "\n";
+      return 1;
+    }
+
+    std::string peer_out;
+    const std::string peer = absl::StrCat(
+        "/usr/bin/python3 ", absl::GetFlag(FLAGS_source_dir),
+        "/bench/fine_tune_speed_peer.py --backbone ", backbone, " --mode ", mode,
+        " --size ", size, " --per-class ", absl::GetFlag(FLAGS_per_class),
+        " --epochs ", absl::GetFlag(FLAGS_epochs), " --batch-size ",
+        absl::GetFlag(FLAGS_batch_size), " --threads ",
+        absl::GetFlag(FLAGS_threads), " --data-dir ", dir);
+    if (!RunCommand(peer, &peer_out)) {
+      std::cerr << "peer failed: " << peer_out << "\n";
+      return 1;
+    }
+    const double theirs = JsonNumber(peer_out, "seconds");
+    std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f\n",
+                std::string(mode).c_str(), ours, theirs, theirs / ours,
+                job->result.test_accuracy(),
+                JsonNumber(peer_out, "test_accuracy"));
+    std::fflush(stdout);
+  }
+  return 0;
+}
