@@ -92,8 +92,7 @@ std::string FormatMatrix(const std::vector<std::vector<std::string>>& rows) {
 }
 
 void AppendEvaluation(const Evaluation& e,
-                      const std::vector<std::string>& names,
-                      std::string* out) {
+                      const std::vector<std::string>& names, std::string* out) {
   const int k = static_cast<int>(names.size());
   absl::StatusOr<ClassificationMetrics> metrics =
       absl::FailedPreconditionError("no confusion matrix");
@@ -143,7 +142,8 @@ void AppendEvaluation(const Evaluation& e,
     rows.push_back(std::move(header));
     for (int t = 0; t < k; ++t) {
       std::vector<std::string> row = {absl::StrCat(t, " ", names[t])};
-      for (int p = 0; p < k; ++p) row.push_back(absl::StrCat(metrics->At(t, p)));
+      for (int p = 0; p < k; ++p)
+        row.push_back(absl::StrCat(metrics->At(t, p)));
       rows.push_back(std::move(row));
     }
     absl::StrAppend(out, "\nconfusion matrix (", e.title,
@@ -174,39 +174,43 @@ std::vector<std::string> MetricsClassNames(const v1::Job& job,
                                            std::vector<std::string> names) {
   const size_t k = static_cast<size_t>(JobMetricsClassCount(job));
   if (names.size() > k) names.resize(k);
-  while (names.size() < k) names.push_back(absl::StrCat("class ", names.size()));
+  while (names.size() < k)
+    names.push_back(absl::StrCat("class ", names.size()));
   return names;
 }
 
 std::string FormatJobMetrics(const v1::Job& job,
                              const std::vector<std::string>& class_names) {
   const std::vector<std::string> names = MetricsClassNames(job, class_names);
-  std::string out = absl::StrCat("job ", job.id(), " (",
-                                 JobStateName(job.state()), "): ",
-                                 job.metrics_size(), " epochs of metrics\n");
+  std::string out =
+      absl::StrCat("job ", job.id(), " (", JobStateName(job.state()),
+                   "): ", job.metrics_size(), " epochs of metrics\n");
   if (job.metrics_size() > 0) {
     bool any_best = false;
     std::vector<std::vector<std::string>> rows;
     for (const v1::EpochMetrics& m : job.metrics()) {
       any_best = any_best || m.best();
       const bool has_top5 = m.val_top5_accuracy() > 0 || m.confusion_size() > 0;
-      rows.push_back({absl::StrCat(m.epoch(), m.best() ? "*" : ""),
-                      absl::StrFormat("%.4f", m.train_loss()),
-                      absl::StrFormat("%.3f", m.train_accuracy()),
-                      absl::StrFormat("%.4f", m.val_loss()),
-                      absl::StrFormat("%.3f", m.val_accuracy()),
-                      has_top5 ? absl::StrFormat("%.3f", m.val_top5_accuracy())
-                               : "-",
-                      m.learning_rate() > 0
-                          ? absl::StrFormat("%.3g", m.learning_rate())
-                          : "-",
-                      absl::StrFormat("%.1f", m.seconds())});
+      rows.push_back(
+          {absl::StrCat(m.epoch(), m.best() ? "*" : ""),
+           absl::StrFormat("%.4f", m.train_loss()),
+           absl::StrFormat("%.3f", m.train_accuracy()),
+           absl::StrFormat("%.4f", m.val_loss()),
+           absl::StrFormat("%.3f", m.val_accuracy()),
+           has_top5 ? absl::StrFormat("%.3f", m.val_top5_accuracy()) : "-",
+           m.learning_rate() > 0 ? absl::StrFormat("%.3g", m.learning_rate())
+                                 : "-",
+           absl::StrFormat("%.1f", m.seconds())});
     }
     absl::StrAppend(&out, "\n",
                     FormatTable({"EPOCH", "TRAIN_LOSS", "TRAIN_ACC", "VAL_LOSS",
                                  "VAL_ACC", "VAL_TOP5", "LR", "SECONDS"},
                                 rows));
-    if (any_best) absl::StrAppend(&out, "* best epoch so far\n");
+    if (any_best) {
+      absl::StrAppend(&out,
+                      "* best epoch so far (early-stopping metric) when it "
+                      "ended\n");
+    }
     AppendEvaluation(LastValidation(job), names, &out);
   }
   if (HasTest(job)) AppendEvaluation(Test(job), names, &out);
@@ -215,8 +219,9 @@ std::string FormatJobMetrics(const v1::Job& job,
 
 absl::StatusOr<std::string> LearningCurvesPng(const v1::Job& job) {
   if (job.metrics_size() == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job ", job.id(), " has no epoch metrics yet; plot once an epoch ends"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job.id(),
+                     " has no epoch metrics yet; plot once an epoch ends"));
   }
   plot::Series train_loss{"train", plot::kBlue, {}, {}};
   plot::Series val_loss{"val", plot::kOrange, {}, {}};
@@ -226,8 +231,8 @@ absl::StatusOr<std::string> LearningCurvesPng(const v1::Job& job) {
   bool any_top5 = false;
   for (const v1::EpochMetrics& m : job.metrics()) {
     const double x = m.epoch();
-    for (plot::Series* s : {&train_loss, &val_loss, &train_acc, &val_acc,
-                            &val_top5}) {
+    for (plot::Series* s :
+         {&train_loss, &val_loss, &train_acc, &val_acc, &val_top5}) {
       s->x.push_back(x);
     }
     train_loss.y.push_back(m.train_loss());
@@ -264,8 +269,8 @@ absl::StatusOr<std::string> ConfusionPng(
   heatmap.column_axis = "predicted";
   heatmap.labels = names;
   if (k > 0 && job.result().test_confusion_size() == k * k) {
-    heatmap.title = absl::StrCat("test confusion, ", job.result().test_count(),
-                                 " samples");
+    heatmap.title =
+        absl::StrCat("test confusion, ", job.result().test_count(), " samples");
     heatmap.values.assign(job.result().test_confusion().begin(),
                           job.result().test_confusion().end());
   } else if (k > 0 && job.metrics_size() > 0 &&

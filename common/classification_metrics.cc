@@ -32,10 +32,9 @@ absl::StatusOr<ClassificationMetrics> ClassificationMetrics::FromConfusion(
   ClassificationMetrics metrics(num_classes);
   for (size_t i = 0; i < confusion.size(); ++i) {
     if (confusion[i] < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("confusion matrix: count ", confusion[i], " at row ",
-                       i / num_classes, ", column ", i % num_classes,
-                       " is negative"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "confusion matrix: count ", confusion[i], " at row ", i / num_classes,
+          ", column ", i % num_classes, " is negative"));
     }
     metrics.count_ += confusion[i];
   }

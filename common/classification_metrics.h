@@ -35,12 +35,10 @@ class ClassificationMetrics {
   // among the top 5 scores. INVALID_ARGUMENT when the sizes or counts do
   // not fit together.
   static absl::StatusOr<ClassificationMetrics> FromConfusion(
-      int64_t num_classes, std::vector<int64_t> confusion,
-      int64_t top5_hits);
+      int64_t num_classes, std::vector<int64_t> confusion, int64_t top5_hits);
 
   // One sample. Labels outside [0, k): INVALID_ARGUMENT, nothing counted.
-  absl::Status Add(int64_t true_label, int64_t predicted_label,
-                   bool top5_hit);
+  absl::Status Add(int64_t true_label, int64_t predicted_label, bool top5_hit);
 
   int64_t num_classes() const { return num_classes_; }
   int64_t count() const { return count_; }

@@ -147,8 +147,8 @@ void DrawPanel(Canvas& canvas, int ox, int w, int h, const LinePanel& panel) {
     y_hi = std::max(y_hi, panel.y_max);
   }
   Ticks xt = NiceTicks(x_lo, x_hi, 6);
-  if (panel.integer_x && !xt.values.empty() &&
-      xt.values.size() > 1 && xt.values[1] - xt.values[0] < 1) {
+  if (panel.integer_x && !xt.values.empty() && xt.values.size() > 1 &&
+      xt.values[1] - xt.values[0] < 1) {
     xt.values.clear();
     for (double v = std::floor(x_lo); v <= std::ceil(x_hi) + 1e-9; v += 1) {
       xt.values.push_back(v);
@@ -289,8 +289,7 @@ void Canvas::DrawGlyph(int x, int y, char c, Rgb color, int scale, bool up) {
       if (rows[gy * kGlyphWidth + gx] != '#') continue;
       if (up) {
         // (gx, gy) -> (gy, -gx): a quarter turn to the left.
-        FillRect(x + gy * scale, y - (gx + 1) * scale + 1, scale, scale,
-                 color);
+        FillRect(x + gy * scale, y - (gx + 1) * scale + 1, scale, scale, color);
       } else {
         FillRect(x + gx * scale, y + gy * scale, scale, scale, color);
       }
@@ -341,8 +340,11 @@ Ticks NiceTicks(double lo, double hi, int target) {
   const double raw = (hi - lo) / target;
   const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
   const double n = raw / magnitude;
-  const double step =
-      (n < 1.5 ? 1.0 : n < 3.0 ? 2.0 : n < 7.0 ? 5.0 : 10.0) * magnitude;
+  const double step = (n < 1.5   ? 1.0
+                       : n < 3.0 ? 2.0
+                       : n < 7.0 ? 5.0
+                                 : 10.0) *
+                      magnitude;
   const double first = std::floor(lo / step + 1e-9);
   const double last = std::ceil(hi / step - 1e-9);
   for (double i = first; i <= last; i += 1) ticks.values.push_back(i * step);
@@ -390,8 +392,8 @@ absl::StatusOr<Canvas> DrawHeatmap(const Heatmap& heatmap) {
   // Counts in a cell: as big as fits.
   int count_digits = 1;
   for (int64_t v : heatmap.values) {
-    count_digits = std::max<int>(count_digits,
-                                 static_cast<int>(absl::StrCat(v).size()));
+    count_digits =
+        std::max<int>(count_digits, static_cast<int>(absl::StrCat(v).size()));
   }
   const int count_scale =
       TextWidth(std::string(count_digits, '0'), 2) <= cell - 6 &&
@@ -411,8 +413,8 @@ absl::StatusOr<Canvas> DrawHeatmap(const Heatmap& heatmap) {
   const int matrix = cell * static_cast<int>(k);
   const int left = 12 + th + 12 + label_width + 10;
   const int top = 16 + th + 20;
-  const int width = std::max(left + matrix + 24,
-                             TextWidth(heatmap.title, kTextScale) + 32);
+  const int width =
+      std::max(left + matrix + 24, TextWidth(heatmap.title, kTextScale) + 32);
   const int height = top + matrix + 10 + label_width + 14 + th + 14;
   Canvas canvas(width, height);
   canvas.DrawText((width - TextWidth(heatmap.title, kTextScale)) / 2, 14,
@@ -439,8 +441,8 @@ absl::StatusOr<Canvas> DrawHeatmap(const Heatmap& heatmap) {
     }
     // Row label, right-aligned against the matrix.
     const int ly = top + static_cast<int>(r) * cell + (cell - th) / 2;
-    canvas.DrawText(left - 10 - TextWidth(labels[r], kTextScale), ly,
-                    labels[r], kBlack, kTextScale);
+    canvas.DrawText(left - 10 - TextWidth(labels[r], kTextScale), ly, labels[r],
+                    kBlack, kTextScale);
     // Column label, rising from below the matrix.
     const int lx = left + static_cast<int>(r) * cell + (cell - th) / 2;
     canvas.DrawTextUp(lx, top + matrix + 10 + TextWidth(labels[r], kTextScale),
@@ -452,9 +454,9 @@ absl::StatusOr<Canvas> DrawHeatmap(const Heatmap& heatmap) {
     canvas.DrawLine(left, top + p, left + matrix, top + p, kGrid);
   }
   canvas.DrawRect(left, top, matrix + 1, matrix + 1, kBlack);
-  canvas.DrawTextUp(12,
-                    top + (matrix + TextWidth(heatmap.row_axis, kTextScale)) / 2,
-                    heatmap.row_axis, kBlack, kTextScale);
+  canvas.DrawTextUp(
+      12, top + (matrix + TextWidth(heatmap.row_axis, kTextScale)) / 2,
+      heatmap.row_axis, kBlack, kTextScale);
   canvas.DrawText(
       left + (matrix - TextWidth(heatmap.column_axis, kTextScale)) / 2,
       top + matrix + 10 + label_width + 14, heatmap.column_axis, kBlack,

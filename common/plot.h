@@ -117,8 +117,8 @@ absl::StatusOr<Canvas> DrawLineCharts(const std::vector<LinePanel>& panels,
 
 struct Heatmap {
   std::string title;
-  std::string row_axis;     // e.g. "TRUE"
-  std::string column_axis;  // e.g. "PREDICTED"
+  std::string row_axis;             // e.g. "TRUE"
+  std::string column_axis;          // e.g. "PREDICTED"
   std::vector<std::string> labels;  // k names, for rows and columns
   // Row-major k x k counts. Colour is the count over its row's total, so
   // each row shows where that true class went; the count is written in.

@@ -113,8 +113,7 @@ TEST(ClassificationMetricsTest, RejectsInconsistentInput) {
               HasSubstr("3 counts for 3 classes"));
   auto negative = ClassificationMetrics::FromConfusion(2, {1, -1, 0, 0}, 0);
   ASSERT_FALSE(negative.ok());
-  EXPECT_THAT(std::string(negative.status().message()),
-              HasSubstr("negative"));
+  EXPECT_THAT(std::string(negative.status().message()), HasSubstr("negative"));
   auto too_many_hits = ClassificationMetrics::FromConfusion(2, {1, 0, 0, 1}, 3);
   ASSERT_FALSE(too_many_hits.ok());
   ClassificationMetrics m(2);

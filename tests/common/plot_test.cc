@@ -202,8 +202,7 @@ TEST(HeatmapTest, RejectsWrongSize) {
   Heatmap h;
   h.labels = {"a", "b"};
   h.values = {1, 2, 3};
-  EXPECT_EQ(DrawHeatmap(h).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DrawHeatmap(h).status().code(), absl::StatusCode::kInvalidArgument);
   h.labels.clear();
   h.values.clear();
   EXPECT_FALSE(DrawHeatmap(h).ok());
