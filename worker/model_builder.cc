@@ -347,10 +347,10 @@ absl::StatusOr<Module> ResolveBlock(const Module& backbone,
           const std::string name(part);
           if (name.empty() || !module.hasattr(name) ||
               !module.attr(name).isModule()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "block '", block, "': '", name,
-                "' is not a submodule; the backbone's blocks are ",
-                absl::StrJoin(Blocks(backbone), ", ")));
+            return absl::InvalidArgumentError(
+                absl::StrCat("block '", block, "': '", name,
+                             "' is not a submodule; the backbone's blocks are ",
+                             absl::StrJoin(Blocks(backbone), ", ")));
           }
           module = module.attr(name).toModule();
         }

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,11 @@ struct Arch {
   std::vector<std::string> blocks;
 };
 
+// Test names and ctest list the architecture, not the struct's bytes.
+void PrintTo(const Arch& arch, std::ostream* os) {
+  *os << arch.name << " at " << arch.size << "x" << arch.size;
+}
+
 std::vector<Arch> Archs() {
   const std::vector<std::string> resnet = {"conv1",  "bn1",    "layer1",
                                            "layer2", "layer3", "layer4"};
@@ -80,9 +86,7 @@ std::vector<Arch> Archs() {
       {"efficientnet_b0", 32, 1280, Range("features.", 9)},
       // Conv and BatchNorm layers of `features` (ReLU and max-pool hold no
       // parameters); the whole classifier is cut, so D = 512 * 7 * 7.
-      {"vgg11_bn",
-       32,
-       25088,
+      {"vgg11_bn", 32, 25088,
        Numbered("features.",
                 {0, 1, 4, 5, 8, 9, 11, 12, 15, 16, 18, 19, 22, 23, 25, 26})},
       {"densenet121",
@@ -120,24 +124,26 @@ absl::StatusOr<std::vector<float>> PythonLogits(const std::string& model_path,
              static_cast<std::streamsize>(contiguous.numel() * sizeof(float)));
   std::string output;
   const int rc = testing::RunPython(
-      absl::StrCat("import torch\n"
-                   "m = torch.jit.load('",
-                   model_path,
-                   "')\n"
-                   "m.eval()\n"
-                   "data = bytearray(open('",
-                   input_path,
-                   "', 'rb').read())\n"
-                   "x = torch.frombuffer(data, dtype=torch.float32).reshape(",
-                   absl::StrJoin(x.sizes(), ", "),
-                   ")\n"
-                   "with torch.no_grad():\n"
-                   "    y = m(x)\n"
-                   "print(' '.join('%.9g' % v for v in y.flatten().tolist()))\n"),
+      absl::StrCat(
+          "import torch\n"
+          "m = torch.jit.load('",
+          model_path,
+          "')\n"
+          "m.eval()\n"
+          "data = bytearray(open('",
+          input_path,
+          "', 'rb').read())\n"
+          "x = torch.frombuffer(data, dtype=torch.float32).reshape(",
+          absl::StrJoin(x.sizes(), ", "),
+          ")\n"
+          "with torch.no_grad():\n"
+          "    y = m(x)\n"
+          "print(' '.join('%.9g' % v for v in y.flatten().tolist()))\n"),
       &output);
   if (rc != 0) return absl::InternalError(output);
   std::vector<float> values;
-  for (absl::string_view v : absl::StrSplit(output, ' ', absl::SkipWhitespace())) {
+  for (absl::string_view v :
+       absl::StrSplit(output, ' ', absl::SkipWhitespace())) {
     values.push_back(std::stof(std::string(v)));
   }
   return values;
@@ -189,8 +195,7 @@ TEST_P(TorchvisionBackboneTest, ExportsBlocksAndFineTunesLastBlock) {
   std::vector<std::string> logs;
   TrainerCallbacks callbacks;
   callbacks.on_log = [&](const std::string& line) { logs.push_back(line); };
-  absl::StatusOr<TrainJobOutput> out =
-      RunTrainingJob(input, data, callbacks);
+  absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, callbacks);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_FALSE(out->cancelled);
   const double train_seconds = SecondsSince(train_start);
@@ -236,8 +241,7 @@ TEST_P(TorchvisionBackboneTest, ExportsBlocksAndFineTunesLastBlock) {
       PythonLogits(out->artifact_path, x);
   ASSERT_TRUE(python.ok()) << python.status();
   ASSERT_EQ(python->size(), 6u);
-  const float scale =
-      std::max(1.0f, logits.abs().max().item<float>());
+  const float scale = std::max(1.0f, logits.abs().max().item<float>());
   for (int i = 0; i < 6; ++i) {
     EXPECT_NEAR((*python)[i], logits.data_ptr<float>()[i], 1e-4f * scale)
         << "logit " << i;
@@ -313,7 +317,8 @@ TEST(BlocksTest, FreezePolicyAndTrainingModeFollowDottedBlocks) {
   policy.set_n_blocks(2);
   absl::StatusOr<FreezePlan> plan = ApplyFreezePolicy(backbone, policy);
   ASSERT_TRUE(plan.ok()) << plan.status();
-  EXPECT_THAT(plan->trainable_blocks, ElementsAre("features.17", "features.18"));
+  EXPECT_THAT(plan->trainable_blocks,
+              ElementsAre("features.17", "features.18"));
   EXPECT_EQ(plan->frozen_blocks.size(), 17u);
   for (const auto& p : backbone.named_parameters()) {
     EXPECT_EQ(p.value.requires_grad(), StartsWith(p.name, "features.17.") ||
