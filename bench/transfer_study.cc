@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/transfer_study_lib.h"
 #include "client/client.h"
+#include "common/file_util.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "tlserve host:port");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
@@ -35,7 +36,48 @@ ABSL_FLAG(double, tta_threshold, 0.7,
           "validation accuracy for time-to-accuracy");
 ABSL_FLAG(std::string, out_dir, "var/transfer_study",
           "where transfer_study.{json,md,png} go");
+ABSL_FLAG(std::string, replot, "",
+          "a transfer_study.json: re-draw its table (to stdout and "
+          "--out_dir) and chart without a server, at --tta_threshold");
 ABSL_FLAG(std::string, device, "", "cpu or cuda; empty: the server's choice");
+
+namespace {
+
+// Table and chart from a saved JSON; the time-to-accuracy column uses the
+// threshold the rows were measured at.
+int Replot(const std::string& json_path,
+           const tlserve::bench::StudyOptions& options) {
+  using namespace tlserve::bench;
+  absl::StatusOr<std::string> json = tlserve::ReadFile(json_path);
+  if (!json.ok()) {
+    std::cerr << json.status() << "\n";
+    return 1;
+  }
+  absl::StatusOr<std::vector<StudyRow>> rows = RowsFromJson(*json);
+  if (!rows.ok()) {
+    std::cerr << json_path << ": " << rows.status() << "\n";
+    return 1;
+  }
+  const std::vector<StudyCell> cells = SummarizeRows(*rows);
+  const std::string table = FormatMarkdownTable(cells, options.tta_threshold);
+  std::cout << table;
+  absl::StatusOr<tlserve::plot::Canvas> chart = DrawStudyChart(cells);
+  absl::StatusOr<std::string> png =
+      chart.ok() ? chart->EncodePng() : chart.status();
+  const std::string base = options.out_dir + "/transfer_study";
+  absl::Status status = png.status();
+  if (status.ok()) status = tlserve::MakeDirs(options.out_dir);
+  if (status.ok()) status = tlserve::WriteFileAtomic(base + ".md", table);
+  if (status.ok()) status = tlserve::WriteFileAtomic(base + ".png", *png);
+  if (!status.ok()) {
+    std::cerr << status << "\n";
+    return 1;
+  }
+  std::cout << "wrote " << base << ".{md,png}\n";
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -72,6 +114,11 @@ int main(int argc, char** argv) {
   options.tta_threshold = absl::GetFlag(FLAGS_tta_threshold);
   options.out_dir = absl::GetFlag(FLAGS_out_dir);
   options.device = absl::GetFlag(FLAGS_device);
+
+  if (const std::string json_path = absl::GetFlag(FLAGS_replot);
+      !json_path.empty()) {
+    return Replot(json_path, options);
+  }
 
   tlserve::Client::Options client_options;
   client_options.target = absl::GetFlag(FLAGS_server);

@@ -401,6 +401,59 @@ absl::StatusOr<plot::Canvas> DrawStudyChart(
                               /*panel_height=*/380);
 }
 
+namespace {
+
+// The raw text after `"key": ` on `line`, up to the next ',' or '}'.
+std::string JsonField(const std::string& line, const std::string& key) {
+  const std::string tag = absl::StrCat("\"", key, "\": ");
+  size_t at = line.find(tag);
+  if (at == std::string::npos) return "";
+  at += tag.size();
+  size_t end = line.find_first_of(",}", at);
+  std::string value = line.substr(at, end - at);
+  if (value.size() >= 2 && value.front() == '"') {
+    value = value.substr(1, value.size() - 2);
+  }
+  return value;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<StudyRow>> RowsFromJson(const std::string& json) {
+  std::vector<StudyRow> rows;
+  for (absl::string_view piece : absl::StrSplit(json, '\n')) {
+    const std::string line(piece);
+    // Rows have a seed; cells do not.
+    if (line.find("\"split\": ") == std::string::npos ||
+        line.find("\"seed\": ") == std::string::npos) {
+      continue;
+    }
+    StudyRow row;
+    row.split = JsonField(line, "split");
+    row.arm = JsonField(line, "arm");
+    row.job_id = JsonField(line, "job_id");
+    ASSIGN_OR_RETURN(std::vector<int> shots,
+                     ParseShots(JsonField(line, "shots")));
+    row.shots = shots[0];
+    const std::string tta = JsonField(line, "tta_seconds");
+    if (!absl::SimpleAtoi(JsonField(line, "seed"), &row.seed) ||
+        !absl::SimpleAtoi(JsonField(line, "epochs"), &row.epochs) ||
+        !absl::SimpleAtod(JsonField(line, "test_accuracy"),
+                          &row.test_accuracy) ||
+        !absl::SimpleAtod(JsonField(line, "wall_seconds"),
+                          &row.wall_seconds) ||
+        (tta != "null" && !absl::SimpleAtod(tta, &row.tta_seconds))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("study JSON: cannot read the row '", line, "'"));
+    }
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) {
+    return absl::InvalidArgumentError("study JSON: no rows found");
+  }
+  return rows;
+}
+
 absl::StatusOr<int> RunStudy(Client& client, const StudyOptions& options,
                              const std::string& command, std::ostream& out) {
   std::vector<const Split*> splits;

@@ -175,6 +175,10 @@ std::string StudyToJson(const StudyMeta& meta,
 absl::StatusOr<plot::Canvas> DrawStudyChart(
     const std::vector<StudyCell>& cells);
 
+// The per-seed rows of a StudyToJson document (one row per line, as it
+// writes them), for re-drawing the table and chart without re-running.
+absl::StatusOr<std::vector<StudyRow>> RowsFromJson(const std::string& json);
+
 // Runs the grid against `client`: upload, one pretrain per split, every
 // fine-tune job (all submitted, then awaited), then writes the three files
 // under options.out_dir. Returns 0 when every job succeeded, 2 otherwise.

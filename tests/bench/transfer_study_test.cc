@@ -178,6 +178,20 @@ TEST(TransferStudyTest, JsonHasRowsCellsAndNullForUnreached) {
   EXPECT_THAT(json, HasSubstr("\"test_accuracy_mean\": 0.55"));
 }
 
+TEST(TransferStudyTest, RowsRoundTripThroughJson) {
+  const std::vector<StudyRow> rows = SampleRows();
+  absl::StatusOr<std::vector<StudyRow>> back =
+      RowsFromJson(StudyToJson(StudyMeta(), rows, SummarizeRows(rows)));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), rows.size());
+  EXPECT_EQ((*back)[2].arm, "frozen");
+  EXPECT_EQ((*back)[4].shots, 1);
+  EXPECT_DOUBLE_EQ((*back)[1].test_accuracy, 0.6);
+  EXPECT_DOUBLE_EQ((*back)[1].tta_seconds, 4);
+  EXPECT_LT((*back)[0].tta_seconds, 0);
+  EXPECT_FALSE(RowsFromJson("{}").ok());
+}
+
 TEST(TransferStudyTest, ChartHasOnePanelPerSplit) {
   std::vector<StudyRow> rows = SampleRows();
   StudyRow naive = rows[0];
