@@ -35,6 +35,8 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Fashion-MNIST IDX files");
 ABSL_FLAG(std::string, source_dir, TLSERVE_SOURCE_DIR, "the repository");
 ABSL_FLAG(std::string, work_dir, "/tmp/tlserve_fine_tune_speed", "scratch");
+ABSL_FLAG(bool, verbose, false,
+          "print the trainer's log lines with seconds since the job started");
 
 namespace {
 
@@ -143,8 +145,21 @@ int main(int argc, char** argv) {
       std::cerr << data.status() << "\n";
       return 1;
     }
+    tlserve::worker::TrainerCallbacks callbacks;
+    if (absl::GetFlag(FLAGS_verbose)) {
+      std::printf("  %6.2f s  dataset loaded\n", Seconds(start));
+      callbacks.on_log = [&start](const std::string& line) {
+        std::printf("  %6.2f s  %s\n", Seconds(start), line.c_str());
+      };
+      callbacks.on_epoch_end = [&start](const tlserve::v1::EpochMetrics& m,
+                                        const std::string&) {
+        std::printf("  %6.2f s  epoch %d done (%.2f s)\n", Seconds(start),
+                    m.epoch(), m.seconds());
+        return absl::OkStatus();
+      };
+    }
     absl::StatusOr<tlserve::worker::TrainJobOutput> job =
-        tlserve::worker::RunTrainingJob(input, *data, {});
+        tlserve::worker::RunTrainingJob(input, *data, callbacks);
     const double ours = Seconds(start);
     if (!job.ok()) {
       std::cerr << mode << ": " << job.status() << "\n";

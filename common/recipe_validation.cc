@@ -1,5 +1,7 @@
 #include "common/recipe_validation.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 
 namespace tlserve {
@@ -59,6 +61,16 @@ absl::Status ValidateRecipe(const tlserve::v1::JobSpec& spec, int epochs) {
   if (!(spec.label_smoothing() >= 0 && spec.label_smoothing() < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_smoothing ", spec.label_smoothing(), " is outside [0, 1)"));
+  }
+  if (!(spec.checkpoint_every_seconds() >= 0) ||
+      std::isinf(spec.checkpoint_every_seconds())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint_every_seconds ", spec.checkpoint_every_seconds(),
+        " must be a finite number of seconds >= 0 (0: every 300 s)"));
+  }
+  if (spec.loader_threads() < 0 || spec.loader_threads() > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "loader_threads ", spec.loader_threads(), " is outside [0, 64]"));
   }
   if (!(spec.grad_clip_norm() >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

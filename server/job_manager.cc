@@ -336,22 +336,43 @@ absl::Status JobManager::OnEpochDone(const std::string& worker_id,
   *events[0].mutable_epoch_metrics() = done.metrics();
   *job.add_metrics() = done.metrics();
   if (done.has_checkpoint()) {
-    tlserve::v1::CheckpointInfo checkpoint = done.checkpoint();
-    if (!blobs_->Has(checkpoint.sha256())) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "checkpoint %s of job '%s' was not stored; PutBlob it first",
-          checkpoint.sha256(), job.id()));
-    }
-    checkpoint.set_attempt(done.attempt());
-    *checkpoint.mutable_create_time() = ToProtoTime(options_.now());
-    RETURN_IF_ERROR(store_->AddCheckpoint(job.id(), checkpoint));
-    *job.mutable_latest_checkpoint() = checkpoint;
-    JobEvent saved = NewEvent();
-    *saved.mutable_checkpoint() = checkpoint;
-    events.push_back(std::move(saved));
+    RETURN_IF_ERROR(
+        RecordCheckpoint(done.checkpoint(), done.attempt(), &job, &events));
   }
   RETURN_IF_ERROR(store_->PutJob(job, &events));
   events_->Notify(job.id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::OnCheckpointSaved(
+    const std::string& worker_id,
+    const tlserve::v1::JobCheckpointSaved& saved) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job, LoadRunningAttempt(worker_id, saved.job_id(),
+                                               saved.attempt()));
+  std::vector<JobEvent> events;
+  RETURN_IF_ERROR(
+      RecordCheckpoint(saved.checkpoint(), saved.attempt(), &job, &events));
+  RETURN_IF_ERROR(store_->PutJob(job, &events));
+  events_->Notify(job.id());
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::RecordCheckpoint(tlserve::v1::CheckpointInfo checkpoint,
+                                          int32_t attempt, Job* job,
+                                          std::vector<JobEvent>* events) {
+  if (!blobs_->Has(checkpoint.sha256())) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "checkpoint %s of job '%s' was not stored; PutBlob it first",
+        checkpoint.sha256(), job->id()));
+  }
+  checkpoint.set_attempt(attempt);
+  *checkpoint.mutable_create_time() = ToProtoTime(options_.now());
+  RETURN_IF_ERROR(store_->AddCheckpoint(job->id(), checkpoint));
+  *job->mutable_latest_checkpoint() = checkpoint;
+  JobEvent saved = NewEvent();
+  *saved.mutable_checkpoint() = checkpoint;
+  events->push_back(std::move(saved));
   return absl::OkStatus();
 }
 

@@ -75,6 +75,10 @@ class JobManager {
                           const tlserve::v1::JobProgressUpdate& update);
   absl::Status OnEpochDone(const std::string& worker_id,
                            const tlserve::v1::JobEpochDone& done);
+  // A checkpoint taken inside an epoch: recorded like an epoch's, without
+  // metrics, and the next attempt resumes from it.
+  absl::Status OnCheckpointSaved(const std::string& worker_id,
+                                 const tlserve::v1::JobCheckpointSaved& saved);
   absl::Status OnLog(const std::string& worker_id,
                      const tlserve::v1::JobLog& log);
   absl::Status OnFinished(const std::string& worker_id,
@@ -99,6 +103,12 @@ class JobManager {
                           bool enter_queue = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RequeueOrFail(tlserve::v1::Job* job, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stores a checkpoint the worker reported (its blob must be there), makes
+  // it the job's latest and adds its event.
+  absl::Status RecordCheckpoint(tlserve::v1::CheckpointInfo checkpoint,
+                                int32_t attempt, tlserve::v1::Job* job,
+                                std::vector<tlserve::v1::JobEvent>* events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RegisterArtifact(tlserve::v1::Job* job,
                                 const tlserve::v1::JobFinished& finished)

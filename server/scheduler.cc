@@ -131,6 +131,11 @@ void Scheduler::OnMessage(const std::string& worker_id,
       HandleRejected(worker_id, message.epoch_done().job_id(),
                      jobs_->OnEpochDone(worker_id, message.epoch_done()));
       break;
+    case WorkerMessage::kCheckpointSaved:
+      HandleRejected(
+          worker_id, message.checkpoint_saved().job_id(),
+          jobs_->OnCheckpointSaved(worker_id, message.checkpoint_saved()));
+      break;
     case WorkerMessage::kLog:
       HandleRejected(worker_id, message.log().job_id(),
                      jobs_->OnLog(worker_id, message.log()));

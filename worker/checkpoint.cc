@@ -5,41 +5,56 @@
 
 #include <filesystem>
 #include <mutex>
-#include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
 namespace tlserve::worker {
 namespace {
 
-constexpr char kFormat[] = "tlserve-checkpoint-v1";
+constexpr char kFormat[] = "tlserve-checkpoint-v2";
 
 }  // namespace
 
-absl::Status SaveCheckpoint(const std::string& path, int epoch,
+absl::Status SaveCheckpoint(const std::string& path,
+                            const TrainingCursor& cursor,
                             const torch::jit::Module& model,
                             const torch::optim::Optimizer& optimizer,
-                            const std::mt19937_64& host_rng,
+                            const UnchangedTensor& unchanged,
                             const CheckpointExtras* extras) {
-  std::string bytes;
+  const std::string temp = absl::StrCat(path, ".partial");
   RETURN_IF_ERROR(TorchGuard(
-      absl::StrCat("serialising the checkpoint of epoch ", epoch), [&] {
+      absl::StrCat("writing the checkpoint of epoch ", cursor.epoch, " batch ",
+                   cursor.batch, " to ", path),
+      [&] {
         c10::Dict<std::string, at::Tensor> state;
+        c10::List<std::string> left_out;
+        auto add = [&](const std::string& name, const at::Tensor& value) {
+          if (unchanged && unchanged(name)) {
+            left_out.push_back(name);
+          } else {
+            state.insert(name, value.detach());
+          }
+        };
         for (const auto& p : model.named_parameters(/*recurse=*/true)) {
-          state.insert(p.name, p.value.detach());
+          add(p.name, p.value);
         }
         for (const auto& b : model.named_buffers(/*recurse=*/true)) {
-          state.insert(b.name, b.value.detach());
+          add(b.name, b.value);
         }
         torch::serialize::OutputArchive archive;
         archive.write("format", c10::IValue(std::string(kFormat)));
-        archive.write("epoch", c10::IValue(static_cast<int64_t>(epoch)));
+        archive.write("epoch", c10::IValue(static_cast<int64_t>(cursor.epoch)));
+        archive.write("batch", c10::IValue(cursor.batch));
+        archive.write("loss_sum", c10::IValue(cursor.loss_sum));
+        archive.write("correct", c10::IValue(cursor.correct));
+        archive.write("seen", c10::IValue(cursor.seen));
         archive.write("model", c10::IValue(state));
+        archive.write("unchanged", c10::IValue(left_out));
         torch::serialize::OutputArchive optimizer_archive;
         optimizer.save(optimizer_archive);
         archive.write("optimizer", optimizer_archive);
@@ -48,9 +63,6 @@ absl::Status SaveCheckpoint(const std::string& path, int epoch,
           std::lock_guard<std::mutex> lock(gen.mutex());
           archive.write("torch_rng", gen.get_state(), /*is_buffer=*/true);
         }
-        std::ostringstream rng_text;
-        rng_text << host_rng;
-        archive.write("host_rng", c10::IValue(rng_text.str()));
         if (extras != nullptr) {
           archive.write("best_epoch",
                         c10::IValue(static_cast<int64_t>(extras->best_epoch)));
@@ -63,41 +75,65 @@ absl::Status SaveCheckpoint(const std::string& path, int epoch,
           }
           archive.write("best_weights", c10::IValue(best));
         }
-        std::ostringstream out;
-        archive.save_to(out);
-        bytes = std::move(out).str();
+        // Straight to the file: no in-memory copy of a large model.
+        archive.save_to(temp);
         return absl::OkStatus();
       }));
-  return Annotate(WriteFileAtomic(path, bytes),
-                  absl::StrCat("writing checkpoint ", path));
+  std::error_code error;
+  std::filesystem::rename(temp, path, error);
+  if (error) {
+    std::filesystem::remove(temp, error);
+    return absl::InternalError(
+        absl::StrCat("renaming checkpoint ", temp, " to ", path, " failed"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<int> LoadCheckpoint(const std::string& path,
-                                   torch::jit::Module& model,
-                                   torch::optim::Optimizer& optimizer,
-                                   std::mt19937_64& host_rng,
-                                   CheckpointExtras* extras) {
+absl::StatusOr<TrainingCursor> LoadCheckpoint(const std::string& path,
+                                              torch::jit::Module& model,
+                                              torch::optim::Optimizer& optimizer,
+                                              CheckpointExtras* extras) {
   std::error_code error;
   if (!std::filesystem::exists(path, error)) {
     return absl::NotFoundError(absl::StrCat("checkpoint ", path, " not found"));
   }
   const std::string what = absl::StrCat("loading checkpoint ", path);
-  return TorchGuardOr<int>(
+  return TorchGuardOr<TrainingCursor>(
       what,
-      [&]() -> absl::StatusOr<int> {
+      [&]() -> absl::StatusOr<TrainingCursor> {
         torch::serialize::InputArchive archive;
         archive.load_from(path);
         c10::IValue format;
-        if (!archive.try_read("format", format) || !format.isString() ||
-            format.toStringRef() != kFormat) {
+        if (!archive.try_read("format", format) || !format.isString()) {
           return absl::InvalidArgumentError(
               absl::StrCat(what, ": not a tlserve checkpoint"));
         }
-        c10::IValue epoch;
-        archive.read("epoch", epoch);
+        if (format.toStringRef() != kFormat) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              what, ": format '", format.toStringRef(), "', this worker reads '",
+              kFormat, "'; start the job again without the checkpoint"));
+        }
+        TrainingCursor cursor;
+        c10::IValue value;
+        archive.read("epoch", value);
+        cursor.epoch = static_cast<int>(value.toInt());
+        archive.read("batch", value);
+        cursor.batch = value.toInt();
+        archive.read("loss_sum", value);
+        cursor.loss_sum = value.toDouble();
+        archive.read("correct", value);
+        cursor.correct = value.toInt();
+        archive.read("seen", value);
+        cursor.seen = value.toInt();
         c10::IValue state_value;
         archive.read("model", state_value);
         c10::Dict<c10::IValue, c10::IValue> state = state_value.toGenericDict();
+        c10::IValue unchanged_value;
+        archive.read("unchanged", unchanged_value);
+        std::set<std::string> unchanged;
+        for (const c10::IValue& name : unchanged_value.toListRef()) {
+          unchanged.insert(name.toStringRef());
+        }
 
         // Checked in full before anything is copied, so a mismatching file
         // leaves the model untouched.
@@ -106,6 +142,7 @@ absl::StatusOr<int> LoadCheckpoint(const std::string& path,
                            const at::Tensor& target) -> absl::Status {
           auto it = state.find(name);
           if (it == state.end()) {
+            if (unchanged.count(name) > 0) return absl::OkStatus();
             return absl::InvalidArgumentError(
                 absl::StrCat(what, ": no tensor for '", name, "'"));
           }
@@ -140,17 +177,8 @@ absl::StatusOr<int> LoadCheckpoint(const std::string& path,
           std::lock_guard<std::mutex> lock(gen.mutex());
           gen.set_state(torch_rng);
         }
-        c10::IValue rng_text;
-        archive.read("host_rng", rng_text);
-        std::istringstream in(rng_text.toStringRef());
-        in >> host_rng;
-        if (in.fail()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(what, ": unreadable host RNG state"));
-        }
         if (extras != nullptr) {
           *extras = CheckpointExtras();
-          c10::IValue value;
           if (archive.try_read("best_epoch", value)) {
             extras->best_epoch = static_cast<int>(value.toInt());
             archive.read("best_value", value);
@@ -164,7 +192,7 @@ absl::StatusOr<int> LoadCheckpoint(const std::string& path,
             }
           }
         }
-        return static_cast<int>(epoch.toInt());
+        return cursor;
       },
       absl::StatusCode::kInvalidArgument);
 }

@@ -657,10 +657,15 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
     }
     input.resume_checkpoint_path = *checkpoint;
     input.resume_epoch = from.epoch();
-    SendJobLog(*job, absl::StrCat("attempt ", assign.attempt(),
-                                  " resumes from checkpoint of epoch ",
-                                  from.epoch(), " (sha256 ",
-                                  from.sha256().substr(0, 12), ")"));
+    SendJobLog(*job,
+               absl::StrCat("attempt ", assign.attempt(),
+                            " resumes from checkpoint of epoch ", from.epoch(),
+                            from.batch() > 0
+                                ? absl::StrCat(" + ", from.batch(),
+                                               " batches of epoch ",
+                                               from.epoch() + 1)
+                                : "",
+                            " (sha256 ", from.sha256().substr(0, 12), ")"));
   }
   if (cancelled()) return absl::OkStatus();
   absl::StatusOr<DecodedDataset> data = LoadDataset(files);
@@ -705,6 +710,29 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
     checkpoint->set_sha256(stored->sha256());
     checkpoint->set_size_bytes(stored->size_bytes());
     checkpoint->set_best(metrics.best());
+    *checkpoint->mutable_create_time() = ToProtoTime(absl::Now());
+    Send(message);
+    return absl::OkStatus();
+  };
+  callbacks.on_checkpoint = [&](int epoch, int64_t batch,
+                                const std::string& checkpoint_path)
+      -> absl::Status {
+    absl::StatusOr<BlobRef> stored = blob_cache_->Put(checkpoint_path);
+    if (!stored.ok()) {
+      return Annotate(stored.status(),
+                      absl::StrCat("storing the checkpoint at batch ", batch,
+                                   " of epoch ", epoch + 1, ": "));
+    }
+    WorkerMessage message;
+    tlserve::v1::JobCheckpointSaved* saved = message.mutable_checkpoint_saved();
+    saved->set_job_id(job_id);
+    saved->set_attempt(assign.attempt());
+    tlserve::v1::CheckpointInfo* checkpoint = saved->mutable_checkpoint();
+    checkpoint->set_epoch(epoch);
+    checkpoint->set_batch(batch);
+    checkpoint->set_attempt(assign.attempt());
+    checkpoint->set_sha256(stored->sha256());
+    checkpoint->set_size_bytes(stored->size_bytes());
     *checkpoint->mutable_create_time() = ToProtoTime(absl::Now());
     Send(message);
     return absl::OkStatus();

@@ -13,7 +13,6 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -80,18 +79,6 @@ absl::StatusOr<tlserve::v1::InputSpec> ResolveInputSpec(
 // zero).
 void ChannelMeanStd(const at::Tensor& images, std::vector<float>* mean,
                     std::vector<float>* std);
-
-// Training-time augmentation of a uint8 batch [B, C, H, W], same shape out:
-//  - random_resized_crop: per image, a crop of area fraction in
-//    [crop_scale_min (0: 0.08), 1] and aspect ratio in [3/4, 4/3]
-//    (log-uniform), resized back to H x W (bilinear), as torchvision's
-//    RandomResizedCrop on the stored image;
-//  - horizontal_flip: each image mirrored with probability 1/2.
-// Every draw comes from `rng`, which the checkpoint saves, so a resumed
-// job sees the same augmented images. Calls torch: run inside TorchGuard.
-at::Tensor AugmentBatch(const at::Tensor& images,
-                        const tlserve::v1::AugmentSpec& spec,
-                        std::mt19937_64& rng);
 
 }  // namespace tlserve::worker
 

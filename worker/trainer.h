@@ -5,6 +5,7 @@
 // API: no torch types cross this header, so the connection code that calls
 // it compiles without torch headers.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -25,6 +26,12 @@ struct TrainerCallbacks {
   std::function<absl::Status(const tlserve::v1::EpochMetrics&,
                              const std::string& checkpoint_path)>
       on_epoch_end;
+  // A checkpoint taken inside an epoch (JobSpec.checkpoint_every_seconds):
+  // `epoch` is the last completed epoch, `batch` the batches of the next
+  // one already trained. An error stops the job with that error.
+  std::function<absl::Status(int epoch, int64_t batch,
+                             const std::string& checkpoint_path)>
+      on_checkpoint;
   // Human-readable notes for the job's events.
   std::function<void(const std::string&)> on_log;
   // Polled once per batch: true stops the job (cancelled) within a batch.

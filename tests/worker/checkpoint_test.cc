@@ -2,8 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -44,27 +44,31 @@ void Step(Model& model) {
   model.optimizer->step();
 }
 
-TEST(CheckpointTest, RoundTripRestoresModelOptimizerAndRngs) {
+TEST(CheckpointTest, RoundTripRestoresModelOptimizerCursorAndRng) {
   const std::string path = testing::MakeTempDir("ckpt") + "/ckpt.pt";
   Model saved = MakeModel(8, 1);
   Step(saved);
-  std::mt19937_64 host_rng(123);
-  host_rng();
-  ASSERT_TRUE(
-      SaveCheckpoint(path, 4, saved.module, *saved.optimizer, host_rng).ok());
-  const uint64_t next_host = host_rng();
+  TrainingCursor cursor;
+  cursor.epoch = 4;
+  cursor.batch = 7;
+  cursor.loss_sum = 12.25;
+  cursor.correct = 99;
+  cursor.seen = 224;
+  ASSERT_TRUE(SaveCheckpoint(path, cursor, saved.module, *saved.optimizer).ok());
   const at::Tensor next_torch = torch::rand({3});
   // One more step from the saved state, for comparison after restore.
   Step(saved);
   auto expected = testing::NamedState(saved.module);
 
   Model restored = MakeModel(8, 2);  // different initial weights
-  std::mt19937_64 restored_rng(999);
-  absl::StatusOr<int> epoch =
-      LoadCheckpoint(path, restored.module, *restored.optimizer, restored_rng);
-  ASSERT_TRUE(epoch.ok()) << epoch.status();
-  EXPECT_EQ(*epoch, 4);
-  EXPECT_EQ(restored_rng(), next_host);
+  absl::StatusOr<TrainingCursor> loaded =
+      LoadCheckpoint(path, restored.module, *restored.optimizer);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->epoch, 4);
+  EXPECT_EQ(loaded->batch, 7);
+  EXPECT_EQ(loaded->loss_sum, 12.25);
+  EXPECT_EQ(loaded->correct, 99);
+  EXPECT_EQ(loaded->seen, 224);
   EXPECT_TRUE(torch::equal(torch::rand({3}), next_torch));
   // Same step (same random input, AdamW moments restored) -> same weights.
   Step(restored);
@@ -76,26 +80,62 @@ TEST(CheckpointTest, RoundTripRestoresModelOptimizerAndRngs) {
   }
 }
 
+TEST(CheckpointTest, LeavesOutUnchangedTensorsAndKeepsThemAsBuilt) {
+  const std::string dir = testing::MakeTempDir("ckpt_slim");
+  Model saved = MakeModel(8, 1);
+  Step(saved);
+  auto is_backbone = [](const std::string& name) {
+    return name.rfind("backbone.", 0) == 0;
+  };
+  ASSERT_TRUE(SaveCheckpoint(dir + "/slim.pt", {}, saved.module,
+                             *saved.optimizer, is_backbone)
+                  .ok());
+  ASSERT_TRUE(
+      SaveCheckpoint(dir + "/full.pt", {}, saved.module, *saved.optimizer).ok());
+  EXPECT_LT(std::filesystem::file_size(dir + "/slim.pt"),
+            std::filesystem::file_size(dir + "/full.pt"));
+
+  Model restored = MakeModel(8, 2);
+  const auto built = testing::NamedState(restored.module);
+  ASSERT_TRUE(
+      LoadCheckpoint(dir + "/slim.pt", restored.module, *restored.optimizer)
+          .ok());
+  const auto original = testing::NamedState(saved.module);
+  const auto actual = testing::NamedState(restored.module);
+  ASSERT_EQ(actual.size(), original.size());
+  int backbone_tensors = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    if (is_backbone(actual[i].first)) {
+      ++backbone_tensors;
+      // Left out of the file: stays as the restoring model built it.
+      EXPECT_TRUE(torch::equal(actual[i].second, built[i].second))
+          << actual[i].first;
+    } else {
+      EXPECT_TRUE(torch::equal(actual[i].second, original[i].second))
+          << actual[i].first;
+    }
+  }
+  EXPECT_GT(backbone_tensors, 0);
+}
+
 TEST(CheckpointTest, RejectsMissingForeignAndMismatchingFiles) {
   const std::string dir = testing::MakeTempDir("ckpt_bad");
   Model model = MakeModel(8, 1);
-  std::mt19937_64 rng(1);
   EXPECT_EQ(
-      LoadCheckpoint(dir + "/none.pt", model.module, *model.optimizer, rng)
+      LoadCheckpoint(dir + "/none.pt", model.module, *model.optimizer)
           .status()
           .code(),
       absl::StatusCode::kNotFound);
 
   std::ofstream(dir + "/garbage.pt") << "garbage";
   EXPECT_EQ(
-      LoadCheckpoint(dir + "/garbage.pt", model.module, *model.optimizer, rng)
+      LoadCheckpoint(dir + "/garbage.pt", model.module, *model.optimizer)
           .status()
           .code(),
       absl::StatusCode::kInvalidArgument);
 
   ASSERT_TRUE(
-      SaveCheckpoint(dir + "/ok.pt", 1, model.module, *model.optimizer, rng)
-          .ok());
+      SaveCheckpoint(dir + "/ok.pt", {1}, model.module, *model.optimizer).ok());
   Model other = MakeModel(6, 1);  // hidden layer of another width
   const at::Tensor before = other.module.attr("head")
                                 .toModule()
@@ -104,8 +144,8 @@ TEST(CheckpointTest, RejectsMissingForeignAndMismatchingFiles) {
                                 .attr("weight")
                                 .toTensor()
                                 .clone();
-  absl::StatusOr<int> epoch =
-      LoadCheckpoint(dir + "/ok.pt", other.module, *other.optimizer, rng);
+  absl::StatusOr<TrainingCursor> epoch =
+      LoadCheckpoint(dir + "/ok.pt", other.module, *other.optimizer);
   EXPECT_EQ(epoch.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(epoch.status().message(), HasSubstr("head.fc0.weight"));
   // Nothing was copied into the model.

@@ -132,53 +132,5 @@ TEST(DataTensorsTest, InputSpecFromData) {
   EXPECT_THAT(std, ElementsAre(::testing::FloatNear(1e-3f, 1e-6f)));
 }
 
-TEST(AugmentBatchTest, FlipMirrorsAboutHalfTheImagesDeterministically) {
-  // Column index as the pixel value: a mirrored image reads backwards.
-  at::Tensor images =
-      at::arange(8, at::kByte).view({1, 1, 1, 8}).expand({64, 1, 8, 8}).clone();
-  tlserve::v1::AugmentSpec spec;
-  spec.set_horizontal_flip(true);
-  std::mt19937_64 rng(3);
-  at::Tensor out = AugmentBatch(images, spec, rng);
-  ASSERT_EQ(out.sizes(), images.sizes());
-  int flipped = 0;
-  for (int64_t b = 0; b < 64; ++b) {
-    if (at::equal(out[b], images[b].flip({2}))) {
-      ++flipped;
-    } else {
-      EXPECT_TRUE(at::equal(out[b], images[b])) << b;
-    }
-  }
-  EXPECT_GT(flipped, 16);
-  EXPECT_LT(flipped, 48);
-  std::mt19937_64 again(3);
-  EXPECT_TRUE(at::equal(AugmentBatch(images, spec, again), out))
-      << "the same RNG state must give the same batch";
-}
-
-TEST(AugmentBatchTest, RandomResizedCropKeepsShapeAndZoomsIn) {
-  // A dark image with a bright 2-pixel frame: crops cut into the frame,
-  // so most outputs have fewer bright pixels than the input.
-  at::Tensor images = at::zeros({32, 3, 16, 16}, at::kByte);
-  images.slice(2, 0, 2).fill_(255);
-  images.slice(2, 14, 16).fill_(255);
-  tlserve::v1::AugmentSpec spec;
-  spec.set_random_resized_crop(true);
-  spec.set_crop_scale_min(0.3f);
-  std::mt19937_64 rng(11);
-  at::Tensor out = AugmentBatch(images, spec, rng);
-  ASSERT_EQ(out.sizes(), images.sizes());
-  EXPECT_EQ(out.scalar_type(), at::kByte);
-  const int64_t before = images[0].gt(128).sum().item<int64_t>();
-  int changed = 0;
-  for (int64_t b = 0; b < 32; ++b) {
-    if (out[b].gt(128).sum().item<int64_t>() != before) ++changed;
-  }
-  EXPECT_GT(changed, 24);
-
-  tlserve::v1::AugmentSpec none;
-  EXPECT_TRUE(at::equal(AugmentBatch(images, none, rng), images));
-}
-
 }  // namespace
 }  // namespace tlserve::worker

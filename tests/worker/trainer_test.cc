@@ -235,9 +235,9 @@ TEST(TrainerTest, ResumedRunMatchesUninterruptedRun) {
   ASSERT_EQ(full.checkpoints.size(), 3u);
   // Older checkpoints are removed once the next one is handed over.
   EXPECT_FALSE(
-      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_1.pt"));
+      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_1_batch_0.pt"));
   EXPECT_TRUE(
-      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_3.pt"));
+      std::filesystem::exists(input.work_dir + "/checkpoint_epoch_3_batch_0.pt"));
 
   input.work_dir = testing::MakeTempDir("resumed_run");
   input.resume_checkpoint_path = full.checkpoints[0];
@@ -271,6 +271,138 @@ TEST(TrainerTest, ResumedRunMatchesUninterruptedRun) {
     if (name.find("weight") != std::string::npos) {
       EXPECT_FALSE(torch::equal(tensor, sa["backbone." + name])) << name;
     }
+  }
+}
+
+// A worker lost in the middle of an epoch: the next attempt resumes from
+// the last checkpoint inside that epoch (position, running sums, weights,
+// optimizer, dropout RNG; shuffles and crops are derived from the seed)
+// and ends with exactly the metrics and weights of a run never stopped.
+TEST(TrainerTest, StoppedMidEpochResumesToTheSameMetrics) {
+  const std::string dir = testing::MakeTempDir("mid_epoch");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.mutable_head()->add_hidden_sizes(16);
+  input.spec.mutable_head()->set_dropout(0.3f);  // uses the torch RNG
+  input.spec.mutable_augment()->set_random_resized_crop(true);
+  input.spec.mutable_augment()->set_horizontal_flip(true);
+  input.spec.set_loader_threads(2);
+  input.spec.mutable_schedule()->set_kind(tlserve::v1::ScheduleSpec::COSINE);
+  input.spec.mutable_data()->set_validation_fraction(0.25f);
+  // A checkpoint after every batch.
+  input.spec.set_checkpoint_every_seconds(1e-6f);
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+
+  input.work_dir = testing::MakeTempDir("mid_full");
+  Recorder full;
+  int mid_epoch_checkpoints = 0;
+  TrainerCallbacks full_callbacks = full.Callbacks();
+  full_callbacks.on_checkpoint = [&](int epoch, int64_t batch,
+                                     const std::string& path) {
+    EXPECT_TRUE(std::filesystem::exists(path));
+    EXPECT_GT(batch, 0);
+    EXPECT_LT(epoch, 3);
+    ++mid_epoch_checkpoints;
+    return absl::OkStatus();
+  };
+  absl::StatusOr<TrainJobOutput> a = RunTrainingJob(input, data, full_callbacks);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(full.epochs.size(), 3u);
+  // 45 training samples in batches of 8: 6 batches, a checkpoint after
+  // each but the last of every epoch (that one is the epoch's).
+  EXPECT_EQ(mid_epoch_checkpoints, 3 * 5);
+
+  // The same job stopped during batch 5 of epoch 2; the last checkpoint it
+  // handed over is kept, as the server keeps it.
+  input.work_dir = testing::MakeTempDir("mid_stopped");
+  Recorder stopped;
+  TrainerCallbacks stop_callbacks = stopped.Callbacks();
+  std::string last_checkpoint;
+  int last_epoch = -1;
+  int64_t last_batch = -1;
+  stop_callbacks.on_checkpoint = [&](int epoch, int64_t batch,
+                                     const std::string& path) {
+    last_checkpoint = dir + "/kept.pt";
+    std::filesystem::copy_file(
+        path, last_checkpoint,
+        std::filesystem::copy_options::overwrite_existing);
+    last_epoch = epoch;
+    last_batch = batch;
+    return absl::OkStatus();
+  };
+  bool stop = false;
+  stop_callbacks.on_progress = [&](const tlserve::v1::Progress& p) {
+    if (p.epoch() == 2 && p.batch() == 4) stop = true;
+  };
+  stop_callbacks.should_stop = [&] { return stop; };
+  absl::StatusOr<TrainJobOutput> b = RunTrainingJob(input, data, stop_callbacks);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(b->cancelled);
+  ASSERT_EQ(stopped.epochs.size(), 1u);
+  EXPECT_EQ(last_epoch, 1);
+  EXPECT_EQ(last_batch, 4);
+
+  input.work_dir = testing::MakeTempDir("mid_resumed");
+  input.resume_checkpoint_path = last_checkpoint;
+  input.resume_epoch = 1;
+  Recorder resumed;
+  absl::StatusOr<TrainJobOutput> c =
+      RunTrainingJob(input, data, resumed.Callbacks());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(resumed.Logged("resumed from checkpoint inside epoch 2 after "
+                             "batch 4 of 6"));
+  ASSERT_EQ(resumed.epochs.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    const auto& x = full.epochs[i + 1];
+    const auto& y = resumed.epochs[i];
+    EXPECT_EQ(x.epoch(), y.epoch());
+    EXPECT_EQ(x.train_loss(), y.train_loss()) << "epoch " << x.epoch();
+    EXPECT_EQ(x.train_accuracy(), y.train_accuracy()) << "epoch " << x.epoch();
+    EXPECT_EQ(x.val_loss(), y.val_loss()) << "epoch " << x.epoch();
+  }
+  EXPECT_EQ(a->result.test_loss(), c->result.test_loss());
+  EXPECT_EQ(a->result.test_accuracy(), c->result.test_accuracy());
+  auto sa = StateMap(torch::jit::load(a->artifact_path));
+  auto sc = StateMap(torch::jit::load(c->artifact_path));
+  ASSERT_EQ(sa.size(), sc.size());
+  for (const auto& [name, tensor] : sa) {
+    EXPECT_TRUE(torch::equal(tensor, sc[name])) << name << " differs";
+  }
+}
+
+// A frozen backbone is left out of checkpoints: they hold the head (and
+// BatchNorm statistics), and resuming from one still ends the same.
+TEST(TrainerTest, FrozenBackboneCheckpointsHoldOnlyWhatTrains) {
+  const std::string dir = testing::MakeTempDir("slim");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FROZEN, 3, 8);
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.work_dir = testing::MakeTempDir("slim_full");
+  Recorder full;
+  full.keep_dir = dir;
+  absl::StatusOr<TrainJobOutput> a = RunTrainingJob(input, data, full.Callbacks());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(full.checkpoints.size(), 3u);
+  EXPECT_LT(std::filesystem::file_size(full.checkpoints[0]),
+            std::filesystem::file_size(input.backbone_path) / 2);
+
+  input.work_dir = testing::MakeTempDir("slim_resumed");
+  input.resume_checkpoint_path = full.checkpoints[0];
+  input.resume_epoch = 1;
+  Recorder resumed;
+  absl::StatusOr<TrainJobOutput> b =
+      RunTrainingJob(input, data, resumed.Callbacks());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->result.test_loss(), b->result.test_loss());
+  auto sa = StateMap(torch::jit::load(a->artifact_path));
+  auto sb = StateMap(torch::jit::load(b->artifact_path));
+  for (const auto& [name, tensor] : sa) {
+    EXPECT_TRUE(torch::equal(tensor, sb[name])) << name << " differs";
   }
 }
 
