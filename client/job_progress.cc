@@ -122,8 +122,12 @@ bool JobProgressPrinter::OnEvent(const v1::JobEvent& event) {
       break;
     case v1::JobEvent::kCheckpoint:
       ClearBar();
-      out_ << "checkpoint: epoch " << event.checkpoint().epoch() << " (attempt "
-           << event.checkpoint().attempt() << ")\n";
+      out_ << "checkpoint: epoch " << event.checkpoint().epoch();
+      if (event.checkpoint().batch() > 0) {
+        out_ << " + " << event.checkpoint().batch() << " batches of epoch "
+             << event.checkpoint().epoch() + 1;
+      }
+      out_ << " (attempt " << event.checkpoint().attempt() << ")\n";
       break;
     case v1::JobEvent::kMessage:
       ClearBar();

@@ -262,6 +262,8 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"feature-cache"},
                                                       {"augment"},
                                                       {"crop-scale-min"},
+                                                      {"loader-threads"},
+                                                      {"checkpoint-every"},
                                                       {"optimizer"},
                                                       {"lr"},
                                                       {"momentum"},
@@ -430,6 +432,13 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   f = spec->augment().crop_scale_min();
   RETURN_IF_ERROR(GetFloatInto(args, "crop-scale-min", 0, 1, false, &f));
   if (args.Has("crop-scale-min")) spec->mutable_augment()->set_crop_scale_min(f);
+  i32 = spec->loader_threads();
+  RETURN_IF_ERROR(GetInt32Into(args, "loader-threads", 1, &i32));
+  spec->set_loader_threads(i32);
+  f = spec->checkpoint_every_seconds();
+  RETURN_IF_ERROR(
+      GetFloatInto(args, "checkpoint-every", 0, 1e7, false, &f));
+  spec->set_checkpoint_every_seconds(f);
   if (args.Has("feature-cache")) {
     ASSIGN_OR_RETURN(v1::FeatureCacheSpec::Mode mode,
                      ParseChoice<v1::FeatureCacheSpec::Mode>(
@@ -1130,7 +1139,10 @@ absl::StatusOr<int> JobCheckpoints(Context& ctx, const Args& args) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const v1::CheckpointInfo& c : response.checkpoints()) {
-    rows.push_back({absl::StrCat(c.epoch()), absl::StrCat(c.attempt()),
+    rows.push_back({c.batch() > 0 ? absl::StrCat(c.epoch(), " +", c.batch(),
+                                                 " batches")
+                                  : absl::StrCat(c.epoch()),
+                    absl::StrCat(c.attempt()),
                     Bytes(c.size_bytes()), c.sha256(),
                     TimeText(c.create_time())});
   }
@@ -1449,7 +1461,7 @@ const std::vector<Command>& Commands() {
        "[--label-smoothing F] [--grad-clip F] [--early-stop PATIENCE] "
        "[--early-stop-metric val_accuracy|val_loss] "
        "[--feature-cache auto|off] [--augment crop,flip] "
-       "[--crop-scale-min F] "
+       "[--crop-scale-min F] [--loader-threads N] [--checkpoint-every SECONDS] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "

@@ -282,10 +282,14 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
     std::string resume;
     if (job.has_latest_checkpoint()) {
       *assign.mutable_resume_from() = job.latest_checkpoint();
+      const tlserve::v1::CheckpointInfo& from = job.latest_checkpoint();
       resume = absl::StrFormat(
-          "; resuming from checkpoint of epoch %d (attempt %d, sha256 %s)",
-          job.latest_checkpoint().epoch(), job.latest_checkpoint().attempt(),
-          job.latest_checkpoint().sha256().substr(0, 12));
+          "; resuming from checkpoint of epoch %d%s (attempt %d, sha256 %s)",
+          from.epoch(),
+          from.batch() > 0 ? absl::StrFormat(" + %d batches of epoch %d",
+                                             from.batch(), from.epoch() + 1)
+                           : "",
+          from.attempt(), from.sha256().substr(0, 12));
     }
     assign.set_job_id(job.id());
     assign.set_attempt(job.attempt());

@@ -257,6 +257,38 @@ TEST_F(JobManagerTest, NextAttemptResumesFromLatestCheckpoint) {
   EXPECT_EQ(store_->ListCheckpoints(id)->size(), 1u);
 }
 
+TEST_F(JobManagerTest, CheckpointInsideAnEpochIsWhereTheNextAttemptResumes) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  tlserve::v1::JobCheckpointSaved saved;
+  saved.set_job_id(id);
+  saved.set_attempt(1);
+  saved.mutable_checkpoint()->set_epoch(2);
+  saved.mutable_checkpoint()->set_batch(17);
+  saved.mutable_checkpoint()->set_sha256(std::string(64, 'e'));
+  EXPECT_EQ(manager_->OnCheckpointSaved("w1", saved).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Another worker's report is fenced off.
+  saved.mutable_checkpoint()->set_sha256(*blobs_->Put("mid-epoch bytes"));
+  EXPECT_FALSE(manager_->OnCheckpointSaved("w9", saved).ok());
+  ASSERT_TRUE(manager_->OnCheckpointSaved("w1", saved).ok());
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.latest_checkpoint().batch(), 17);
+  EXPECT_TRUE(job.metrics().empty());  // no epoch ended
+  EXPECT_TRUE(Events(id).back().has_checkpoint());
+
+  manager_->OnWorkerLost("w1", "killed");
+  tlserve::v1::AssignJob next = Claim("w2");
+  EXPECT_EQ(next.resume_from().epoch(), 2);
+  EXPECT_EQ(next.resume_from().batch(), 17);
+  EXPECT_TRUE(absl::StrContains(
+      Events(id).back().state_change().reason(),
+      "resuming from checkpoint of epoch 2 + 17 batches of epoch 3"))
+      << Events(id).back().state_change().reason();
+  ASSERT_EQ(store_->ListCheckpoints(id)->size(), 1u);
+  EXPECT_EQ((*store_->ListCheckpoints(id))[0].batch(), 17);
+}
+
 TEST_F(JobManagerTest, CancelOfRunningJobTellsTheWorkerAndFencesIt) {
   std::string id = manager_->CreateJob(Spec(), "")->id();
   Claim("w1");
