@@ -179,6 +179,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const double theirs = JsonNumber(peer_out, "seconds");
+    if (absl::GetFlag(FLAGS_verbose)) std::printf("  peer: %s", peer_out.c_str());
     std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f\n",
                 std::string(mode).c_str(), ours, theirs, theirs / ours,
                 job->result.test_accuracy(),

@@ -124,7 +124,9 @@ def main():
     steps = (n + a.batch_size - 1) // a.batch_size
     total = steps * a.epochs
     step = 0
+    phases = {"setup": time.monotonic() - start, "epochs": []}
     for epoch in range(a.epochs):
+        epoch_start = time.monotonic()
         backbone.train(a.mode == "full")
         if a.mode == "last_block":
             getattr(backbone, a.last_block).train()
@@ -143,8 +145,12 @@ def main():
             opt.step()
             step += 1
         evaluate("val")
+        phases["epochs"].append(round(time.monotonic() - epoch_start, 3))
+    test_start = time.monotonic()
     acc = evaluate("test")
-    print(json.dumps({"seconds": time.monotonic() - start, "test_accuracy": acc}))
+    phases["test"] = round(time.monotonic() - test_start, 3)
+    print(json.dumps({"seconds": time.monotonic() - start, "test_accuracy": acc,
+                      "phases": phases}))
 
 
 if __name__ == "__main__":

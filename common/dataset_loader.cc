@@ -9,9 +9,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <optional>
 #include <set>
+#include <system_error>
+#include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -19,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
@@ -33,6 +39,19 @@ absl::Status WithRole(const absl::Status& status, DatasetPartRole role) {
   return absl::Status(
       status.code(), absl::StrCat(tlserve::v1::DatasetPartRole_Name(role), ": ",
                                   status.message()));
+}
+
+// The image as held under `options`: resized to the fit size, if any.
+Image Fit(Image image, const DatasetLoadOptions& options) {
+  const int height = options.fit_height > 0 ? options.fit_height : image.height;
+  const int width = options.fit_width > 0 ? options.fit_width : image.width;
+  // Only shrinking saves memory: a smaller image is held as it is and
+  // resized later by the same ResizeBilinear (worker ConvertInto), so the
+  // training tensors come out the same either way.
+  if (int64_t{height} * width >= int64_t{image.height} * image.width) {
+    return image;
+  }
+  return ResizeBilinear(image, height, width);
 }
 
 // ---- IDX
@@ -166,8 +185,9 @@ absl::StatusOr<IdxArray> LoadIdxPart(const DatasetFiles& files,
 absl::Status LoadIdxSplit(const DatasetFiles& files,
                           DatasetPartRole images_role,
                           DatasetPartRole labels_role,
-                          const DatasetLimits& limits, int64_t* images_so_far,
-                          LabelledImages* out) {
+                          const DatasetLimits& limits,
+                          const DatasetLoadOptions& options,
+                          int64_t* images_so_far, LabelledImages* out) {
   const std::string images_name =
       tlserve::v1::DatasetPartRole_Name(images_role);
   ASSIGN_OR_RETURN(IdxArray images, LoadIdxPart(files, images_role, limits));
@@ -208,12 +228,13 @@ absl::Status LoadIdxSplit(const DatasetFiles& files,
   out->images.resize(n);
   out->labels.resize(n);
   for (int64_t i = 0; i < n; ++i) {
-    Image& image = out->images[i];
+    Image image;
     image.height = h;
     image.width = w;
     image.channels = 1;
     const uint8_t* src = images.data.data() + i * image_bytes;
     image.pixels.assign(src, src + image_bytes);
+    out->images[i] = Fit(std::move(image), options);
     out->labels[i] = labels.data[i];
   }
   return absl::OkStatus();
@@ -232,8 +253,9 @@ absl::Status CheckLabels(const LabelledImages& split, DatasetPartRole role,
   return absl::OkStatus();
 }
 
-absl::StatusOr<DecodedDataset> LoadIdxDataset(const DatasetFiles& files,
-                                              const DatasetLimits& limits) {
+absl::StatusOr<DecodedDataset> LoadIdxDataset(
+    const DatasetFiles& files, const DatasetLimits& limits,
+    const DatasetLoadOptions& options) {
   for (DatasetPartRole role : {v1::TRAIN_IMAGES, v1::TRAIN_LABELS}) {
     if (!files.paths.count(role)) {
       return absl::InvalidArgumentError(
@@ -250,13 +272,13 @@ absl::StatusOr<DecodedDataset> LoadIdxDataset(const DatasetFiles& files,
   DecodedDataset dataset;
   int64_t total = 0;
   RETURN_IF_ERROR(LoadIdxSplit(files, v1::TRAIN_IMAGES, v1::TRAIN_LABELS,
-                               limits, &total, &dataset.train));
+                               limits, options, &total, &dataset.train));
   if (dataset.train.images.empty()) {
     return absl::InvalidArgumentError("TRAIN_IMAGES: the file holds no images");
   }
   if (has_test_images) {
     RETURN_IF_ERROR(LoadIdxSplit(files, v1::TEST_IMAGES, v1::TEST_LABELS,
-                                 limits, &total, &dataset.test));
+                                 limits, options, &total, &dataset.test));
   }
   if (!files.class_names.empty()) {
     dataset.class_names = files.class_names;
@@ -296,26 +318,159 @@ bool IsImageExtension(std::string_view name) {
   return ext == "png" || ext == "jpg" || ext == "jpeg";
 }
 
-absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
-                         const DatasetLimits& limits, int64_t* images_so_far,
-                         FolderImages* out) {
-  const std::string role_name = tlserve::v1::DatasetPartRole_Name(role);
-  struct archive* a = archive_read_new();
-  if (a == nullptr) return absl::ResourceExhaustedError("libarchive init");
-  absl::Cleanup free_archive = [a] { archive_read_free(a); };
-  archive_read_support_filter_gzip(a);
-  archive_read_support_format_tar(a);
-  archive_read_support_format_gnutar(a);
-  if (archive_read_open_filename(a, path.c_str(), 1 << 16) != ARCHIVE_OK) {
-    int err = archive_errno(a);
-    std::string msg = absl::StrCat(
-        role_name, ": cannot open ", path, ": ",
-        archive_error_string(a) ? archive_error_string(a) : std::strerror(err));
-    if (err == ENOENT) return absl::NotFoundError(msg);
-    return absl::InvalidArgumentError(msg);
+// Decodes and fits the images of one archive in the order they are added:
+// on the calling thread (decode_threads <= 1), or on decode_threads threads
+// fed through a queue bounded in encoded bytes. Whichever thread decodes
+// an image, it lands at its index, and Finish() reports the failure of the
+// earliest failing image, so the outcome does not depend on the thread
+// count. One reader thread calls Add and Finish; the destructor stops and
+// joins the threads.
+class EntryDecoder {
+ public:
+  struct Failure {
+    std::string entry;  // the tar path
+    absl::Status status;
+  };
+
+  EntryDecoder(const ImageLimits& limits, const DatasetLoadOptions& options)
+      : limits_(limits), options_(options) {
+    if (options.decode_threads <= 1) return;
+    for (int i = 0; i < options.decode_threads; ++i) {
+      // Fewer threads (none: decode on the caller) only cost speed.
+      try {
+        threads_.emplace_back([this] { Loop(); });
+      } catch (const std::system_error&) {
+        break;
+      }
+    }
   }
+
+  ~EntryDecoder() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    work_cv_.SignalAll();
+    for (std::thread& thread : threads_) thread.join();
+  }
+
+  EntryDecoder(const EntryDecoder&) = delete;
+  EntryDecoder& operator=(const EntryDecoder&) = delete;
+
+  // Decodes `bytes` of entry `name` or queues them, waiting while the queue
+  // is full. False once an added image has failed: later entries cannot
+  // change the outcome, so the reader may stop.
+  bool Add(std::string name, std::string bytes) {
+    if (threads_.empty()) {
+      absl::StatusOr<Image> image = DecodeAndFit(bytes);
+      absl::MutexLock lock(&mu_);
+      images_.emplace_back();
+      Store(static_cast<int64_t>(images_.size()) - 1, name, std::move(image));
+      return failed_index_ < 0;
+    }
+    const int64_t size = static_cast<int64_t>(bytes.size());
+    {
+      absl::MutexLock lock(&mu_);
+      // One entry always fits, so an entry over the bound cannot block.
+      while (failed_index_ < 0 && pending_bytes_ > 0 &&
+             pending_bytes_ + size > options_.max_pending_bytes) {
+        done_cv_.Wait(&mu_);
+      }
+      if (failed_index_ >= 0) return false;
+      images_.emplace_back();
+      queue_.push_back(Job{static_cast<int64_t>(images_.size()) - 1,
+                           std::move(name), std::move(bytes)});
+      pending_bytes_ += size;
+    }
+    work_cv_.Signal();
+    return true;
+  }
+
+  // Waits for every added image; the earliest failure, if any.
+  std::optional<Failure> Finish() {
+    absl::MutexLock lock(&mu_);
+    while (!queue_.empty() || busy_ > 0) done_cv_.Wait(&mu_);
+    if (failed_index_ < 0) return std::nullopt;
+    return failure_;
+  }
+
+  // After Finish: the images in the order they were added.
+  std::vector<Image> TakeImages() {
+    absl::MutexLock lock(&mu_);
+    return std::move(images_);
+  }
+
+ private:
+  struct Job {
+    int64_t index = 0;
+    std::string name;
+    std::string bytes;
+  };
+
+  absl::StatusOr<Image> DecodeAndFit(const std::string& bytes) const {
+    absl::StatusOr<Image> image = DecodeImage(bytes, limits_);
+    if (!image.ok()) return image;
+    return Fit(*std::move(image), options_);
+  }
+
+  void Store(int64_t index, const std::string& name,
+             absl::StatusOr<Image> image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (image.ok()) {
+      images_[index] = *std::move(image);
+    } else if (failed_index_ < 0 || index < failed_index_) {
+      failed_index_ = index;
+      failure_ = Failure{name, image.status()};
+    }
+  }
+
+  void Loop() {
+    while (true) {
+      Job job;
+      bool skip = false;
+      {
+        absl::MutexLock lock(&mu_);
+        while (!stop_ && queue_.empty()) work_cv_.Wait(&mu_);
+        if (stop_) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+        ++busy_;
+        // An earlier image failed: this one cannot change the outcome.
+        skip = failed_index_ >= 0 && job.index > failed_index_;
+      }
+      absl::StatusOr<Image> image =
+          skip ? absl::StatusOr<Image>(Image{}) : DecodeAndFit(job.bytes);
+      {
+        absl::MutexLock lock(&mu_);
+        Store(job.index, job.name, std::move(image));
+        pending_bytes_ -= static_cast<int64_t>(job.bytes.size());
+        --busy_;
+      }
+      done_cv_.SignalAll();
+    }
+  }
+
+  const ImageLimits limits_;
+  const DatasetLoadOptions options_;
+  absl::Mutex mu_;
+  absl::CondVar work_cv_;  // queue_ gained a job, or stop_
+  absl::CondVar done_cv_;  // a job finished
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
+  // Encoded bytes queued or being decoded.
+  int64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int busy_ ABSL_GUARDED_BY(mu_) = 0;  // jobs being decoded
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Image> images_ ABSL_GUARDED_BY(mu_);  // by index of Add
+  int64_t failed_index_ ABSL_GUARDED_BY(mu_) = -1;
+  Failure failure_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;
+};
+
+// Reads entries in archive order and hands the images to `decoder`. An
+// error here is later in the archive than every image added so far.
+absl::Status ReadEntries(struct archive* a, const std::string& role_name,
+                         const DatasetLimits& limits, int64_t* images_so_far,
+                         EntryDecoder* decoder, FolderImages* out) {
   int64_t entries = 0;
-  std::string data;
   while (true) {
     struct archive_entry* entry = nullptr;
     int r = archive_read_next_header(a, &entry);
@@ -390,8 +545,12 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
           absl::StrCat(role_name, ": dataset has more than ", limits.max_images,
                        " images (the limit)"));
     }
-    // Read entry by entry, so memory holds one encoded image at a time.
-    data.clear();
+    // Read entry by entry, so memory holds one encoded image at a time
+    // here (plus the decoder's bounded queue).
+    std::string data;
+    if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > 0) {
+      data.reserve(static_cast<size_t>(archive_entry_size(entry)));
+    }
     char buf[1 << 16];
     while (true) {
       la_ssize_t n = archive_read_data(a, buf, sizeof(buf));
@@ -408,14 +567,46 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
                                    limits.max_entry_bytes, " bytes"));
       }
     }
-    absl::StatusOr<Image> image = DecodeImage(data, limits.image);
-    if (!image.ok())
-      return refuse(absl::StrCat(": ", image.status().message()));
-    out->images.push_back(*std::move(image));
     out->folders.push_back(parts[0]);
     out->entries.push_back(name);
     out->all_folders.insert(parts[0]);
+    // An earlier image failed; the caller reports it.
+    if (!decoder->Add(name, std::move(data))) return absl::OkStatus();
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
+                         const DatasetLimits& limits,
+                         const DatasetLoadOptions& options,
+                         int64_t* images_so_far, FolderImages* out) {
+  const std::string role_name = tlserve::v1::DatasetPartRole_Name(role);
+  struct archive* a = archive_read_new();
+  if (a == nullptr) return absl::ResourceExhaustedError("libarchive init");
+  absl::Cleanup free_archive = [a] { archive_read_free(a); };
+  archive_read_support_filter_gzip(a);
+  archive_read_support_format_tar(a);
+  archive_read_support_format_gnutar(a);
+  if (archive_read_open_filename(a, path.c_str(), 1 << 16) != ARCHIVE_OK) {
+    int err = archive_errno(a);
+    std::string msg = absl::StrCat(
+        role_name, ": cannot open ", path, ": ",
+        archive_error_string(a) ? archive_error_string(a) : std::strerror(err));
+    if (err == ENOENT) return absl::NotFoundError(msg);
+    return absl::InvalidArgumentError(msg);
+  }
+  EntryDecoder decoder(limits.image, options);
+  const absl::Status read =
+      ReadEntries(a, role_name, limits, images_so_far, &decoder, out);
+  // A failed image comes before anything the reader refused, since the
+  // reader stops at its first error.
+  if (std::optional<EntryDecoder::Failure> failure = decoder.Finish()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(role_name, ": entry '", failure->entry,
+                     "': ", failure->status.message()));
+  }
+  RETURN_IF_ERROR(read);
+  out->images = decoder.TakeImages();
   if (out->images.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(role_name,
@@ -425,8 +616,9 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
   return absl::OkStatus();
 }
 
-absl::StatusOr<DecodedDataset> LoadTarDataset(const DatasetFiles& files,
-                                              const DatasetLimits& limits) {
+absl::StatusOr<DecodedDataset> LoadTarDataset(
+    const DatasetFiles& files, const DatasetLimits& limits,
+    const DatasetLoadOptions& options) {
   auto train_it = files.paths.find(v1::TRAIN_ARCHIVE);
   if (train_it == files.paths.end()) {
     return absl::InvalidArgumentError(
@@ -434,8 +626,8 @@ absl::StatusOr<DecodedDataset> LoadTarDataset(const DatasetFiles& files,
   }
   int64_t total = 0;
   FolderImages train;
-  RETURN_IF_ERROR(
-      ReadArchive(train_it->second, v1::TRAIN_ARCHIVE, limits, &total, &train));
+  RETURN_IF_ERROR(ReadArchive(train_it->second, v1::TRAIN_ARCHIVE, limits,
+                              options, &total, &train));
   DecodedDataset dataset;
   dataset.class_names.assign(train.all_folders.begin(),
                              train.all_folders.end());
@@ -459,8 +651,8 @@ absl::StatusOr<DecodedDataset> LoadTarDataset(const DatasetFiles& files,
   auto test_it = files.paths.find(v1::TEST_ARCHIVE);
   if (test_it != files.paths.end()) {
     FolderImages test;
-    RETURN_IF_ERROR(
-        ReadArchive(test_it->second, v1::TEST_ARCHIVE, limits, &total, &test));
+    RETURN_IF_ERROR(ReadArchive(test_it->second, v1::TEST_ARCHIVE, limits,
+                                options, &total, &test));
     for (const std::string& folder : test.all_folders) {
       if (!label_of.count(folder)) {
         // Name the first entry in it, so the record can be found.
@@ -507,7 +699,19 @@ absl::StatusOr<IdxArray> ParseIdx(std::string_view bytes,
 }
 
 absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
-                                           const DatasetLimits& limits) {
+                                           const DatasetLimits& limits,
+                                           const DatasetLoadOptions& options) {
+  // Checked like a decoded image's size: the fit size bounds the memory of
+  // every image held.
+  const int fit_height = options.fit_height;
+  const int fit_width = options.fit_width;
+  if (fit_height < 0 || fit_width < 0 || fit_height > limits.image.max_side ||
+      fit_width > limits.image.max_side ||
+      int64_t{fit_height} * fit_width > limits.image.max_pixels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fit size ", fit_height, "x", fit_width,
+                     " is negative or over the image limits"));
+  }
   for (const auto& [role, path] : files.paths) {
     const bool idx_role = role == v1::TRAIN_IMAGES ||
                           role == v1::TRAIN_LABELS || role == v1::TEST_IMAGES ||
@@ -522,9 +726,9 @@ absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
   }
   switch (files.format) {
     case v1::IDX:
-      return LoadIdxDataset(files, limits);
+      return LoadIdxDataset(files, limits, options);
     case v1::IMAGE_FOLDER_TAR:
-      return LoadTarDataset(files, limits);
+      return LoadTarDataset(files, limits, options);
     default:
       return absl::InvalidArgumentError(absl::StrCat(
           "unsupported dataset format ", v1::DatasetFormat_Name(files.format)));

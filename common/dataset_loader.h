@@ -53,13 +53,34 @@ struct DatasetFiles {
   std::vector<std::string> class_names;
 };
 
+// How LoadDataset decodes; the defaults decode on the calling thread and
+// keep every image at its stored size.
+struct DatasetLoadOptions {
+  // When > 0, every image with more pixels than this height x width is
+  // resized (ResizeBilinear, channels kept) to it right after decoding, so
+  // a job that trains at 64x64 need not hold 500x375 images; smaller
+  // images are kept as stored. 0 keeps the stored size of that side.
+  int fit_height = 0;
+  int fit_width = 0;
+  // Archives: threads that decode and fit images while the calling thread
+  // reads the archive (0 or 1: decode on the calling thread). The output,
+  // errors included, is the same for any count.
+  int decode_threads = 0;
+  // Archives with decode_threads > 1: encoded bytes read ahead of the
+  // decoders at most (one entry is always let through), so memory stays
+  // bounded however fast the archive reads.
+  int64_t max_pending_bytes = 64LL * 1024 * 1024;
+};
+
 // Decodes every image and label. Errors are INVALID_ARGUMENT and name the
 // part and record, e.g. "TRAIN_LABELS: label 12 at record 311 is outside
-// [0, 10)", "TRAIN_ARCHIVE: entry '../x.png' escapes the archive".
+// [0, 10)", "TRAIN_ARCHIVE: entry '../x.png' escapes the archive"; the
+// first bad record in file order is the one reported.
 // A missing required part (train images+labels, or the train archive) is
 // INVALID_ARGUMENT too.
-absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
-                                           const DatasetLimits& limits = {});
+absl::StatusOr<DecodedDataset> LoadDataset(
+    const DatasetFiles& files, const DatasetLimits& limits = {},
+    const DatasetLoadOptions& options = {});
 
 }  // namespace tlserve
 

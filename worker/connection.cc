@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <limits>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
@@ -668,7 +669,22 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
                             " (sha256 ", from.sha256().substr(0, 12), ")"));
   }
   if (cancelled()) return absl::OkStatus();
-  absl::StatusOr<DecodedDataset> data = LoadDataset(files);
+  // Images are held at the model's input size when it is known already,
+  // so large source images do not pile up in memory.
+  DatasetLoadOptions load;
+  const tlserve::v1::InputSpec& fit =
+      assign.spec().kind() == tlserve::v1::FINE_TUNE
+          ? assign.backbone_input_spec()
+          : assign.spec().input_spec();
+  if (fit.height() > 0 && fit.width() > 0) {
+    load.fit_height = fit.height();
+    load.fit_width = fit.width();
+  }
+  load.decode_threads =
+      options_.num_threads > 0
+          ? options_.num_threads
+          : static_cast<int>(std::thread::hardware_concurrency());
+  absl::StatusOr<DecodedDataset> data = LoadDataset(files, {}, load);
   if (!data.ok()) {
     return Annotate(data.status(), absl::StrCat("dataset ", dataset.id(), ": "));
   }

@@ -33,45 +33,35 @@ absl::Status CheckImage(const Image& image) {
 }
 
 // Writes `image` as [C, H, W] uint8 into out (spec-sized, contiguous).
-// Same-size images (every IDX dataset) take a plain loop; others go
-// through torch's bilinear resize in float.
+// Other sizes go through ResizeBilinear first, the very code LoadDataset
+// fits images with, so a dataset fitted at load time converts to the same
+// bytes as one resized here.
 void ConvertInto(const Image& image, const tlserve::v1::InputSpec& spec,
                  uint8_t* out) {
-  const int c_out = spec.channels();
   const int h = spec.height();
   const int w = spec.width();
-  const int c_in = image.channels;
+  if (h <= 0 || w <= 0) return;  // nothing to write
+  Image resized;
+  const Image* sized = &image;
+  if (image.height != h || image.width != w) {
+    resized = ResizeBilinear(image, h, w);
+    sized = &resized;
+  }
+  const int c_out = spec.channels();
+  const int c_in = sized->channels;
   const size_t plane = static_cast<size_t>(h) * w;
-  if (image.height == h && image.width == w) {
-    const uint8_t* src = image.pixels.data();
-    for (size_t i = 0; i < plane; ++i) {
-      const uint8_t* px = src + i * c_in;
-      if (c_in == c_out) {
-        for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[c];
-      } else if (c_in == 1) {
-        for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[0];
-      } else {
-        const float mean = (static_cast<float>(px[0]) + px[1] + px[2]) / 3.0f;
-        out[i] = static_cast<uint8_t>(std::nearbyint(mean));
-      }
+  const uint8_t* src = sized->pixels.data();
+  for (size_t i = 0; i < plane; ++i) {
+    const uint8_t* px = src + i * c_in;
+    if (c_in == c_out) {
+      for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[c];
+    } else if (c_in == 1) {
+      for (int c = 0; c < c_out; ++c) out[c * plane + i] = px[0];
+    } else {
+      const float mean = (static_cast<float>(px[0]) + px[1] + px[2]) / 3.0f;
+      out[i] = static_cast<uint8_t>(std::nearbyint(mean));
     }
-    return;
   }
-  // from_blob does not copy; the const_cast is safe because the tensor is
-  // only read.
-  at::Tensor t = at::from_blob(const_cast<uint8_t*>(image.pixels.data()),
-                               {image.height, image.width, c_in}, at::kByte)
-                     .permute({2, 0, 1})
-                     .to(at::kFloat)
-                     .unsqueeze(0);
-  t = at::upsample_bilinear2d(t, {h, w}, /*align_corners=*/false);
-  if (c_in == 1 && c_out == 3) {
-    t = t.expand({1, 3, h, w});
-  } else if (c_in == 3 && c_out == 1) {
-    t = t.mean(1, /*keepdim=*/true);
-  }
-  at::Tensor bytes = t.round().clamp(0, 255).to(at::kByte).contiguous();
-  std::memcpy(out, bytes.data_ptr<uint8_t>(), plane * c_out);
 }
 
 absl::StatusOr<SplitTensors> MakeSplit(const LabelledImages& source,

@@ -3,14 +3,17 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <sys/stat.h>
+#include <turbojpeg.h>
 #include <zlib.h>
 
 #include <chrono>
 #include <cstdint>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "gtest/gtest.h"
 
@@ -403,6 +406,206 @@ TEST(LoadTarDatasetTest, RefusesFilesThatAreNotArchives) {
           .status(),
       "TRAIN_ARCHIVE");
   EXPECT_FALSE(LoadDataset(TarFiles(dir + "/missing.tar")).ok());
+}
+
+// ---- LoadDataset: decode threads and fitting
+// ----------------------------------------
+
+// A gradient plus seeded noise: resizing and misplaced images show.
+Image Pattern(int height, int width, int channels, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Image image{height, width, channels, {}};
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      for (int c = 0; c < channels; ++c) {
+        image.pixels.push_back(
+            static_cast<uint8_t>(x * 9 + y * 5 + c * 70 + rng() % 40));
+      }
+    }
+  }
+  return image;
+}
+
+std::string Jpeg(const Image& image) {
+  tjhandle tj = tjInitCompress();
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  EXPECT_EQ(tjCompress2(tj, image.pixels.data(), image.width, 0, image.height,
+                        image.channels == 1 ? TJPF_GRAY : TJPF_RGB, &buf, &size,
+                        image.channels == 1 ? TJSAMP_GRAY : TJSAMP_420, 90, 0),
+            0)
+      << tjGetErrorStr2(tj);
+  std::string out(reinterpret_cast<char*>(buf), size);
+  tjFree(buf);
+  tjDestroy(tj);
+  return out;
+}
+
+// `count` PNG and JPEG images of sizes from 5x6 to 27x34, gray and RGB,
+// over three classes interleaved in archive order.
+std::vector<Entry> MixedEntries(int count, uint32_t seed) {
+  const char* kClasses[] = {"ant", "bee", "cow"};
+  std::vector<Entry> entries;
+  for (int i = 0; i < count; ++i) {
+    Image image = Pattern(5 + (i * 7) % 23, 6 + (i * 11) % 29,
+                          i % 4 == 0 ? 1 : 3, seed + i);
+    const bool png = i % 2 == 1;
+    entries.push_back(
+        {absl::StrCat(kClasses[i % 3], "/", i, png ? ".png" : ".jpg"),
+         png ? *EncodePng(image) : Jpeg(image)});
+  }
+  return entries;
+}
+
+void ExpectSameImages(const LabelledImages& want, const LabelledImages& got) {
+  EXPECT_EQ(want.labels, got.labels);
+  ASSERT_EQ(want.images.size(), got.images.size());
+  for (size_t i = 0; i < want.images.size(); ++i) {
+    EXPECT_EQ(want.images[i].height, got.images[i].height) << "image " << i;
+    EXPECT_EQ(want.images[i].width, got.images[i].width) << "image " << i;
+    EXPECT_EQ(want.images[i].channels, got.images[i].channels) << "image " << i;
+    EXPECT_EQ(want.images[i].pixels, got.images[i].pixels) << "image " << i;
+  }
+}
+
+void ExpectSameDataset(const DecodedDataset& want, const DecodedDataset& got) {
+  EXPECT_EQ(want.class_names, got.class_names);
+  ExpectSameImages(want.train, got.train);
+  ExpectSameImages(want.test, got.test);
+}
+
+DatasetLoadOptions Threads(int threads, int64_t max_pending_bytes = 0) {
+  DatasetLoadOptions options;
+  options.decode_threads = threads;
+  if (max_pending_bytes > 0) options.max_pending_bytes = max_pending_bytes;
+  return options;
+}
+
+TEST(LoadTarDatasetTest, DecodeThreadsGiveTheSameDataset) {
+  std::string dir = TestDir();
+  DatasetFiles files =
+      TarFiles(WriteTar(dir + "/train.tar", MixedEntries(40, 1)),
+               WriteTar(dir + "/test.tar.gz", MixedEntries(10, 100), true));
+  absl::StatusOr<DecodedDataset> one = LoadDataset(files, {}, Threads(1));
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->train.images.size(), 40u);
+  EXPECT_EQ(one->class_names, (std::vector<std::string>{"ant", "bee", "cow"}));
+  EXPECT_EQ(one->train.images[1].height, 12);  // 5 + 7
+  EXPECT_EQ(one->train.images[1].width, 17);   // 6 + 11
+  // A queue of 1 byte holds one entry at a time: the reader waits on the
+  // decoders after every image.
+  for (const DatasetLoadOptions& options : {Threads(3), Threads(3, 1)}) {
+    for (int round = 0; round < 3; ++round) {
+      absl::StatusOr<DecodedDataset> three = LoadDataset(files, {}, options);
+      ASSERT_TRUE(three.ok()) << three.status();
+      ExpectSameDataset(*one, *three);
+    }
+  }
+}
+
+TEST(LoadTarDatasetTest, DecodeThreadsReportTheFirstBadEntry) {
+  std::string dir = TestDir();
+  std::vector<Entry> entries = MixedEntries(40, 7);
+  // Entry 20 fails late (most of a large JPEG decodes first); 23 fails at
+  // once; a layout error follows. With threads 23 usually fails first, yet
+  // 20 is the first in archive order.
+  std::string big = Jpeg(Pattern(700, 900, 3, 5));
+  entries[20] = {"bee/20.jpg", big.substr(0, big.size() * 9 / 10)};
+  entries[23] = {"cow/23.png", "not an image at all"};
+  entries.push_back({"deep/er/x.png", Png(1)});
+  const std::string path = WriteTar(dir + "/bad.tar", entries);
+  absl::Status one = LoadDataset(TarFiles(path), {}, Threads(1)).status();
+  ExpectInvalid(one, "TRAIN_ARCHIVE: entry 'bee/20.jpg': corrupt JPEG");
+  for (const DatasetLoadOptions& options : {Threads(3), Threads(3, 1)}) {
+    for (int round = 0; round < 3; ++round) {
+      EXPECT_EQ(LoadDataset(TarFiles(path), {}, options).status(), one);
+    }
+  }
+
+  // Without entry 20, 23 is first; without both, the reader's error.
+  entries[20] = {"bee/20.jpg", Jpeg(Pattern(7, 9, 3, 5))};
+  const std::string path23 = WriteTar(dir + "/bad23.tar", entries);
+  absl::Status one23 = LoadDataset(TarFiles(path23), {}, Threads(1)).status();
+  ExpectInvalid(one23, "TRAIN_ARCHIVE: entry 'cow/23.png': not a PNG or JPEG");
+  EXPECT_EQ(LoadDataset(TarFiles(path23), {}, Threads(3)).status(), one23);
+  entries[23] = {"cow/23.png", Png(3)};
+  const std::string layout = WriteTar(dir + "/layout.tar", entries);
+  absl::Status one_layout =
+      LoadDataset(TarFiles(layout), {}, Threads(1)).status();
+  ExpectInvalid(one_layout, "entry 'deep/er/x.png' is not at class_name");
+  EXPECT_EQ(LoadDataset(TarFiles(layout), {}, Threads(3)).status(), one_layout);
+}
+
+TEST(LoadTarDatasetTest, FitsImagesThatShrinkToTheGivenSize) {
+  std::string dir = TestDir();
+  DatasetFiles files =
+      TarFiles(WriteTar(dir + "/train.tar", MixedEntries(40, 3)),
+               WriteTar(dir + "/test.tar", MixedEntries(6, 300)));
+  absl::StatusOr<DecodedDataset> plain = LoadDataset(files);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  // Images with more than 16 x 12 pixels are shrunk to it; smaller ones
+  // are kept as stored (enlarging them would only cost memory).
+  DecodedDataset want = *plain;
+  int shrunk = 0;
+  int kept = 0;
+  for (LabelledImages* split : {&want.train, &want.test}) {
+    for (Image& image : split->images) {
+      if (image.height * image.width > 16 * 12) {
+        image = ResizeBilinear(image, 16, 12);
+        ++shrunk;
+      } else {
+        ++kept;
+      }
+    }
+  }
+  ASSERT_GT(shrunk, 0);
+  ASSERT_GT(kept, 0);
+  for (int threads : {1, 3}) {
+    DatasetLoadOptions options = Threads(threads);
+    options.fit_height = 16;
+    options.fit_width = 12;
+    absl::StatusOr<DecodedDataset> fitted = LoadDataset(files, {}, options);
+    ASSERT_TRUE(fitted.ok()) << fitted.status();
+    ASSERT_EQ(fitted->train.images.size(), 40u);
+    EXPECT_EQ(fitted->train.images[0].channels, 1);
+    EXPECT_EQ(fitted->train.images[1].channels, 3);
+    for (const Image& image : fitted->train.images) {
+      EXPECT_TRUE((image.height == 16 && image.width == 12) ||
+                  image.height * image.width <= 16 * 12)
+          << image.height << "x" << image.width;
+    }
+    ExpectSameDataset(want, *fitted);
+  }
+  DatasetLoadOptions bad;
+  bad.fit_height = -1;
+  ExpectInvalid(LoadDataset(files, {}, bad).status(), "fit size -1x0");
+}
+
+TEST(LoadIdxDatasetTest, FitsImagesOnlyWhenTheyShrink) {
+  DatasetFiles files = SmallIdx(TestDir(), {0, 2, 1, 2});
+  absl::StatusOr<DecodedDataset> plain = LoadDataset(files);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  DatasetLoadOptions options;
+  options.fit_height = 1;
+  options.fit_width = 2;
+  absl::StatusOr<DecodedDataset> fitted = LoadDataset(files, {}, options);
+  ASSERT_TRUE(fitted.ok()) << fitted.status();
+  EXPECT_EQ(fitted->train.labels, plain->train.labels);
+  ASSERT_EQ(fitted->train.images.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const Image want = ResizeBilinear(plain->train.images[i], 1, 2);
+    EXPECT_EQ(fitted->train.images[i].height, 1);
+    EXPECT_EQ(fitted->train.images[i].width, 2);
+    EXPECT_EQ(fitted->train.images[i].pixels, want.pixels) << i;
+  }
+  // Larger than stored, or the same size: kept as stored.
+  for (auto [h, w] : {std::pair{5, 4}, std::pair{2, 3}}) {
+    options.fit_height = h;
+    options.fit_width = w;
+    fitted = LoadDataset(files, {}, options);
+    ASSERT_TRUE(fitted.ok()) << fitted.status();
+    ExpectSameDataset(*plain, *fitted);
+  }
 }
 
 }  // namespace

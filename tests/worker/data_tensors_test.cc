@@ -4,6 +4,9 @@
 
 #include <map>
 #include <random>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -130,6 +133,71 @@ TEST(DataTensorsTest, InputSpecFromData) {
   ChannelMeanStd(at::full({2, 1, 2, 2}, 51, at::kByte), &mean, &std);
   EXPECT_THAT(mean, ElementsAre(::testing::FloatNear(0.2f, 1e-6f)));
   EXPECT_THAT(std, ElementsAre(::testing::FloatNear(1e-3f, 1e-6f)));
+}
+
+// Images of assorted sizes and channels with seeded noise, so any
+// difference in resizing shows.
+DecodedDataset AssortedSizes(int classes, int per_class, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  DecodedDataset data;
+  for (int c = 0; c < classes; ++c)
+    data.class_names.push_back(std::to_string(c));
+  for (int i = 0; i < classes * per_class; ++i) {
+    Image image;
+    image.height = 5 + static_cast<int>(rng() % 40);
+    image.width = 5 + static_cast<int>(rng() % 40);
+    image.channels = i % 3 == 0 ? 1 : 3;
+    if (i % 7 == 0) image.height = image.width = 16;  // already at size
+    image.pixels.resize(static_cast<size_t>(image.height) * image.width *
+                        image.channels);
+    for (uint8_t& p : image.pixels) p = static_cast<uint8_t>(rng());
+    data.train.images.push_back(std::move(image));
+    data.train.labels.push_back(i % classes);
+  }
+  return data;
+}
+
+// What LoadDataset's fit_height/fit_width hold: ResizeBilinear at load.
+DecodedDataset Fitted(DecodedDataset data, int size) {
+  for (Image& image : data.train.images) {
+    image = ResizeBilinear(image, size, size);
+  }
+  return data;
+}
+
+TEST(DataTensorsTest, FittedDatasetGivesTheSameTensors) {
+  const DecodedDataset data = AssortedSizes(3, 12, 5);
+  const DecodedDataset fitted = Fitted(data, 16);
+  tlserve::v1::DataSpec spec;
+  spec.set_validation_fraction(0.25f);
+  for (int channels : {1, 3}) {
+    const tlserve::v1::InputSpec input = testing::SimpleSpec(channels, 16);
+    absl::StatusOr<TrainingData> want =
+        PrepareTrainingData(data, spec, input, 3);
+    absl::StatusOr<TrainingData> got =
+        PrepareTrainingData(fitted, spec, input, 3);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_THAT(want->train.images.sizes().vec(),
+                ElementsAre(27, channels, 16, 16));
+    EXPECT_TRUE(at::equal(want->train.images, got->train.images)) << channels;
+    EXPECT_TRUE(at::equal(want->val.images, got->val.images)) << channels;
+    EXPECT_TRUE(at::equal(want->train.labels, got->train.labels));
+  }
+}
+
+TEST(DataTensorsTest, ResizesWithResizeBilinear) {
+  const DecodedDataset data = AssortedSizes(1, 6, 9);
+  for (const Image& image : data.train.images) {
+    const Image want = ResizeBilinear(image, 11, 11);
+    absl::StatusOr<at::Tensor> got =
+        ImageToTensor(image, testing::SimpleSpec(image.channels, 11));
+    ASSERT_TRUE(got.ok()) << got.status();
+    // [C, H, W] back to interleaved [H, W, C].
+    at::Tensor hwc = got->permute({1, 2, 0}).contiguous();
+    const uint8_t* bytes = hwc.data_ptr<uint8_t>();
+    EXPECT_EQ(std::vector<uint8_t>(bytes, bytes + hwc.numel()), want.pixels);
+  }
 }
 
 }  // namespace
