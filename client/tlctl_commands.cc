@@ -264,6 +264,7 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"crop-scale-min"},
                                                       {"loader-threads"},
                                                       {"checkpoint-every"},
+                                                      {"checkpoint-every-epoch", false},
                                                       {"optimizer"},
                                                       {"lr"},
                                                       {"momentum"},
@@ -439,6 +440,10 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   RETURN_IF_ERROR(
       GetFloatInto(args, "checkpoint-every", 0, 1e7, false, &f));
   spec->set_checkpoint_every_seconds(f);
+  if (args.Has("checkpoint-every-epoch")) {
+    ASSIGN_OR_RETURN(bool every_epoch, args.GetBool("checkpoint-every-epoch"));
+    spec->set_checkpoint_every_epoch(every_epoch);
+  }
   if (args.Has("feature-cache")) {
     ASSIGN_OR_RETURN(v1::FeatureCacheSpec::Mode mode,
                      ParseChoice<v1::FeatureCacheSpec::Mode>(
@@ -1461,7 +1466,7 @@ const std::vector<Command>& Commands() {
        "[--label-smoothing F] [--grad-clip F] [--early-stop PATIENCE] "
        "[--early-stop-metric val_accuracy|val_loss] "
        "[--feature-cache auto|off] [--augment crop,flip] "
-       "[--crop-scale-min F] [--loader-threads N] [--checkpoint-every SECONDS] "
+       "[--crop-scale-min F] [--loader-threads N] [--checkpoint-every SECONDS] [--checkpoint-every-epoch] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "

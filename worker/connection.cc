@@ -709,17 +709,21 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   callbacks.on_epoch_end =
       [&](const tlserve::v1::EpochMetrics& metrics,
           const std::string& checkpoint_path) -> absl::Status {
+    WorkerMessage message;
+    tlserve::v1::JobEpochDone* done = message.mutable_epoch_done();
+    done->set_job_id(job_id);
+    done->set_attempt(assign.attempt());
+    *done->mutable_metrics() = metrics;
+    if (checkpoint_path.empty()) {  // this epoch's end took no checkpoint
+      Send(message);
+      return absl::OkStatus();
+    }
     absl::StatusOr<BlobRef> stored = blob_cache_->Put(checkpoint_path);
     if (!stored.ok()) {
       return Annotate(stored.status(),
                       absl::StrCat("storing the checkpoint of epoch ",
                                    metrics.epoch(), ": "));
     }
-    WorkerMessage message;
-    tlserve::v1::JobEpochDone* done = message.mutable_epoch_done();
-    done->set_job_id(job_id);
-    done->set_attempt(assign.attempt());
-    *done->mutable_metrics() = metrics;
     tlserve::v1::CheckpointInfo* checkpoint = done->mutable_checkpoint();
     checkpoint->set_epoch(metrics.epoch());
     checkpoint->set_attempt(assign.attempt());

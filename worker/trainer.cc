@@ -26,14 +26,17 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/classification_metrics.h"
 #include "common/status_macros.h"
+#include "worker/backbone_split.h"
 #include "worker/batch_loader.h"
 #include "worker/checkpoint.h"
 #include "worker/data_tensors.h"
+#include "worker/fused_adamw.h"
 #include "worker/model_builder.h"
 #include "worker/torch_status.h"
 #include "worker/training_recipe.h"
@@ -265,14 +268,27 @@ class Trainer {
   std::vector<std::pair<std::string, at::Tensor>> SnapshotWeights();
   absl::Status RestoreWeights(
       const std::vector<std::pair<std::string, at::Tensor>>& weights);
-  // Features of every split under the frozen backbone; false if cancelled.
+  // Features (or activations at the cut) of every split; false if
+  // cancelled.
   absl::StatusOr<bool> CacheFeatures();
+  // Runs the classifier's `method` over `images`, in batches.
   // `spill_path` non-empty: written to that file chunk by chunk and
   // returned as a read-only memory map of it, so resident memory stays
-  // bounded by the page cache rather than the feature count.
+  // bounded by the page cache rather than the feature count. `optimize`:
+  // through an inference-optimised frozen copy (feature cache only: its
+  // numbers differ from the training graph's by float rounding).
   absl::StatusOr<at::Tensor> Features(const at::Tensor& images,
                                       bool* cancelled,
+                                      const std::string& method,
+                                      bool optimize,
                                       const std::string& spill_path = "");
+  // Decides whether the frozen first part of a partly trainable backbone
+  // can run once per sample (the activation cache), and sets it up.
+  absl::Status PlanActivationCache();
+  // True when the splits hold cached features or activations, not images.
+  bool InputsCached() const {
+    return use_feature_cache_ || use_activation_cache_;
+  }
   // Logits for model input: float images in [0, 1], or cached features.
   at::Tensor Forward(const at::Tensor& inputs);
   // One epoch from batch `first_batch` on (> 0 when resuming inside it,
@@ -303,6 +319,11 @@ class Trainer {
   std::vector<std::string> blocks_;
   bool use_feature_cache_ = false;
   double feature_cache_seconds_ = 0;
+  // Activation cache: the backbone cut at its first trainable block
+  // (worker/backbone_split.h); the classifier's tl_until runs the frozen
+  // part once per sample, tl_from the rest and the head every step.
+  bool use_activation_cache_ = false;
+  BackboneCut cut_;
   bool feature_cache_on_disk_ = false;
   // Every trainable parameter group's tensors, for gradient clipping.
   std::vector<at::Tensor> all_params_;
@@ -401,6 +422,115 @@ absl::Status Trainer::BuildModel() {
           samples, feature_dim_, bytes, limit));
     }
   }
+  return PlanActivationCache();
+}
+
+absl::Status Trainer::PlanActivationCache() {
+  // The same conditions as the feature cache, except that the last blocks
+  // train: the frozen first part must be the same function every epoch.
+  const auto& freeze = spec_.freeze();
+  if (use_feature_cache_ || spec_.kind() != v1::FINE_TUNE ||
+      plan_.backbone_frozen || plan_.frozen_blocks.empty() ||
+      freeze.gradual_unfreeze_size() > 0 ||
+      freeze.batchnorm_stats() == v1::FreezePolicy::UPDATE_ALL ||
+      spec_.augment().random_resized_crop() ||
+      spec_.augment().horizontal_flip() ||
+      spec_.feature_cache().mode() == v1::FeatureCacheSpec::OFF ||
+      tensors_.train.size() == 0) {
+    return absl::OkStatus();
+  }
+  auto skip = [this](const std::string& why) {
+    Log(absl::StrCat("activation cache: not used, ", why));
+    return absl::OkStatus();
+  };
+  // Every trainable parameter must sit in a trainable block, so that the
+  // part before the cut holds none.
+  for (const auto& p : backbone_.named_parameters(/*recurse=*/true)) {
+    if (!p.value.requires_grad()) continue;
+    bool in_block = false;
+    for (const std::string& b : plan_.trainable_blocks) {
+      in_block = in_block || p.name == b || absl::StartsWith(p.name, b + ".");
+    }
+    if (!in_block) {
+      return skip(absl::StrCat("parameter '", p.name,
+                               "' trains outside the trainable blocks"));
+    }
+  }
+  absl::StatusOr<BackboneCut> cut =
+      SplitAtFirstTrainableBlock(backbone_, plan_.trainable_blocks);
+  if (!cut.ok()) return skip(std::string(cut.status().message()));
+  cut_ = *cut;
+  RETURN_IF_ERROR(TorchGuard("adding the cut to the classifier", [&] {
+    classifier_.define(absl::StrCat(
+        "def tl_until(self, x):\n"
+        "    return self.backbone.", cut_.frozen_part,
+        "((x - self.mean) / self.std)\n"
+        "def tl_from(self, a):\n"
+        "    return self.head.forward(self.backbone.", cut_.trainable_part,
+        "(a))\n"));
+    return absl::OkStatus();
+  }));
+
+  // Check on a few real samples that the cached activation is what
+  // training would compute: the same in training mode as in eval mode,
+  // twice in a row (no dropout or batch statistics before the cut), with
+  // no buffer moved, and that both halves give the model's output.
+  at::NoGradGuard no_grad;
+  const at::Tensor sample = ToModelInput(
+      tensors_.train.images.slice(0, 0, std::min<int64_t>(4, tensors_.train.size())));
+  std::vector<at::Tensor> buffers;
+  for (const auto& b : classifier_.named_buffers(/*recurse=*/true)) {
+    buffers.push_back(b.value.clone());
+  }
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  at::Tensor rng_state;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    rng_state = gen.get_state();
+  }
+  bool holds = false;
+  int64_t per_sample = 0;
+  RETURN_IF_ERROR(TorchGuard("checking the activation cache", [&] {
+    RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
+    const at::Tensor eval_cut = classifier_.run_method("tl_until", sample).toTensor();
+    const at::Tensor eval_out = classifier_.forward({sample}).toTensor();
+    const at::Tensor joined = classifier_.run_method("tl_from", eval_cut).toTensor();
+    RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, true));
+    ApplyBatchNormMode(backbone_, spec_.freeze().batchnorm_stats());
+    const at::Tensor train_a = classifier_.run_method("tl_until", sample).toTensor();
+    const at::Tensor train_b = classifier_.run_method("tl_until", sample).toTensor();
+    RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
+    holds = torch::equal(eval_out, joined) && torch::equal(train_a, eval_cut) &&
+            torch::equal(train_b, eval_cut);
+    size_t i = 0;
+    for (const auto& b : classifier_.named_buffers(/*recurse=*/true)) {
+      holds = holds && torch::equal(b.value, buffers[i]);
+      b.value.copy_(buffers[i++]);
+    }
+    per_sample = eval_cut.numel() / std::max<int64_t>(1, eval_cut.size(0));
+    return absl::OkStatus();
+  }));
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng_state);
+  }
+  if (!holds) {
+    return skip(absl::StrCat("the part before '", cut_.block,
+                             "' does not give the same output every time"));
+  }
+  const int64_t limit = spec_.feature_cache().memory_limit_bytes() > 0
+                            ? spec_.feature_cache().memory_limit_bytes()
+                            : (int64_t{1} << 30);
+  const int64_t samples = tensors_.train.size() + tensors_.val.size() +
+                          (tensors_.test_is_val ? 0 : tensors_.test.size());
+  const int64_t bytes = samples * per_sample * 4;
+  if (bytes > limit) {
+    return skip(absl::StrFormat(
+        "%d samples x %d activations at '%s' need %d bytes, above the "
+        "%d-byte memory limit",
+        samples, per_sample, cut_.block, bytes, limit));
+  }
+  use_activation_cache_ = true;
   return absl::OkStatus();
 }
 
@@ -510,7 +640,7 @@ absl::Status Trainer::BuildOptimizer() {
     optimizer_ = std::make_unique<torch::optim::SGD>(
         std::move(groups), torch::optim::SGDOptions(hyper_.lr));
   } else {
-    optimizer_ = std::make_unique<torch::optim::AdamW>(
+    optimizer_ = std::make_unique<FusedAdamW>(
         std::move(groups), torch::optim::AdamWOptions(hyper_.lr));
   }
   int64_t trainable = 0;
@@ -528,6 +658,8 @@ absl::Status Trainer::BuildOptimizer() {
 
 absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
                                              bool* cancelled,
+                                             const std::string& method,
+                                             bool optimize,
                                              const std::string& spill_path) {
   // The backbone runs once per sample here, and never trains: an inference
   // copy (weights frozen into the graph, BatchNorm folded into the
@@ -535,18 +667,20 @@ absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
   // faster on the CI machine. Its features differ from the plain module's
   // only by float rounding, and the same seed always gives the same cache.
   std::optional<torch::jit::Module> fast;
-  torch::jit::GraphOptimizerEnabledGuard optimize(true);
-  try {
-    torch::jit::Module frozen = torch::jit::freeze(
-        classifier_, std::vector<std::string>{"features"});
-    fast = torch::jit::optimize_for_inference(frozen, {"features"});
-  } catch (const std::exception& e) {
-    Log(absl::StrCat("feature cache: the backbone could not be frozen for "
-                     "inference, running it as is (",
-                     std::string(e.what()).substr(0, 200), ")"));
+  torch::jit::GraphOptimizerEnabledGuard optimizer_enabled(true);
+  if (optimize) {
+    try {
+      torch::jit::Module frozen = torch::jit::freeze(
+          classifier_, std::vector<std::string>{method});
+      fast = torch::jit::optimize_for_inference(frozen, {method});
+    } catch (const std::exception& e) {
+      Log(absl::StrCat("feature cache: the backbone could not be frozen for "
+                       "inference, running it as is (",
+                       std::string(e.what()).substr(0, 200), ")"));
+    }
   }
   torch::jit::Method features =
-      fast ? fast->get_method("features") : classifier_.get_method("features");
+      fast ? fast->get_method(method) : classifier_.get_method(method);
   std::vector<at::Tensor> parts;
   std::ofstream spill;
   if (!spill_path.empty()) {
@@ -573,7 +707,9 @@ absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
     }
   }
   if (spill_path.empty()) {
-    if (parts.empty()) return at::empty({0, feature_dim_});
+    if (parts.empty()) {
+      return use_feature_cache_ ? at::empty({0, feature_dim_}) : at::empty({0});
+    }
     return at::cat(parts);
   }
   spill.close();
@@ -589,34 +725,47 @@ absl::StatusOr<bool> Trainer::CacheFeatures() {
   at::NoGradGuard no_grad;
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
   bool cancelled = false;
+  const std::string method = use_feature_cache_ ? "features" : "tl_until";
+  const bool optimize = use_feature_cache_;
   auto spill = [&](const char* split) -> std::string {
     if (!feature_cache_on_disk_) return "";
     return (std::filesystem::path(input_.work_dir) /
             absl::StrCat("features_", split, ".f32"))
         .string();
   };
-  ASSIGN_OR_RETURN(train_inputs_,
-                   Features(tensors_.train.images, &cancelled, spill("train")));
+  ASSIGN_OR_RETURN(train_inputs_, Features(tensors_.train.images, &cancelled,
+                                           method, optimize, spill("train")));
   if (cancelled) return false;
-  ASSIGN_OR_RETURN(val_inputs_,
-                   Features(tensors_.val.images, &cancelled, spill("val")));
+  ASSIGN_OR_RETURN(val_inputs_, Features(tensors_.val.images, &cancelled,
+                                         method, optimize, spill("val")));
   if (cancelled) return false;
   if (tensors_.test_is_val) {
     test_inputs_ = val_inputs_;
   } else {
     ASSIGN_OR_RETURN(test_inputs_,
-                     Features(tensors_.test.images, &cancelled, spill("test")));
+                     Features(tensors_.test.images, &cancelled, method,
+                              optimize, spill("test")));
     if (cancelled) return false;
   }
   const int64_t n = train_inputs_.size(0) + val_inputs_.size(0) +
                     (tensors_.test_is_val ? 0 : test_inputs_.size(0));
-  Log(absl::StrFormat("feature cache: %d samples, %.2f s", n,
-                      SecondsSince(start)));
+  if (use_feature_cache_) {
+    Log(absl::StrFormat("feature cache: %d samples, %.2f s", n,
+                        SecondsSince(start)));
+  } else {
+    Log(absl::StrFormat(
+        "activation cache: the backbone up to '%s' ran once over %d samples "
+        "(%.2f s); epochs train from there",
+        cut_.block, n, SecondsSince(start)));
+  }
   return true;
 }
 
 at::Tensor Trainer::Forward(const at::Tensor& inputs) {
   if (use_feature_cache_) return head_.forward({inputs}).toTensor();
+  if (use_activation_cache_) {
+    return classifier_.run_method("tl_from", inputs).toTensor();
+  }
   return classifier_.forward({inputs}).toTensor();
 }
 
@@ -635,7 +784,7 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
     const int64_t end = std::min(result.count, start + kEvalBatchSize);
     at::Tensor y = labels.slice(0, start, end).to(at::kLong);
     at::Tensor x = inputs.slice(0, start, end);
-    if (!use_feature_cache_) x = ToModelInput(x);
+    if (!InputsCached()) x = ToModelInput(x);
     at::Tensor logits = Forward(x);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, y,
@@ -695,7 +844,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   load.epoch = epoch;
   // Cached features need no preparing; images are cropped, flipped and
   // converted on loader threads while the model trains.
-  load.threads = use_feature_cache_ ? 0 : std::max(1, spec_.loader_threads());
+  load.threads = InputsCached() ? 0 : std::max(1, spec_.loader_threads());
   BatchLoader loader(std::move(load));
 
   double loss_sum = 0;
@@ -718,6 +867,9 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
       optimizer_->param_groups()[g].options().set_lr(base_lrs_[g] * factor);
     }
+    // Zeroed, not dropped (set_to_none): dropped gradients went back to the
+    // OS and every step paid page faults for fresh ones, about 20% slower
+    // per step on the CPU.
     optimizer_->zero_grad();
     at::Tensor logits = Forward(x);
     at::Tensor loss = torch::nn::functional::cross_entropy(
@@ -752,7 +904,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
                                       std::max(1e-9, SecondsSince(start)));
       callbacks_.on_progress(progress);
     }
-    // The epoch's end writes its own checkpoint.
+    // At the epoch's last batch the epoch's end decides.
     if (batch + 1 < steps_per_epoch_ &&
         SecondsSince(last_checkpoint_) >= checkpoint_every_seconds_) {
       TrainingCursor cursor;
@@ -923,7 +1075,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   }
 
   TrainJobOutput output;
-  if (use_feature_cache_) {
+  if (InputsCached()) {
     const Clock::time_point cache_start = Clock::now();
     ASSIGN_OR_RETURN(bool done, CacheFeatures());
     if (!done) {
@@ -965,9 +1117,17 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
     // Only early stopping rolls back to the best epoch, so only it pays
     // for keeping those weights.
     if (best && stopper.enabled()) best_weights_ = SnapshotWeights();
-    TrainingCursor cursor;
-    cursor.epoch = epoch;
-    RETURN_IF_ERROR(Checkpoint(cursor, &metrics));
+    // Time decides, not the epoch: a checkpoint of a full fine-tune is the
+    // model and two optimizer moments, and writing one every short epoch
+    // cost more than the job's whole lead over a plain PyTorch loop.
+    if (spec_.checkpoint_every_epoch() || (best && stopper.enabled()) ||
+        SecondsSince(last_checkpoint_) >= checkpoint_every_seconds_) {
+      TrainingCursor cursor;
+      cursor.epoch = epoch;
+      RETURN_IF_ERROR(Checkpoint(cursor, &metrics));
+    } else if (callbacks_.on_epoch_end) {
+      RETURN_IF_ERROR(callbacks_.on_epoch_end(metrics, ""));
+    }
     if (stopper.ShouldStop() && epoch < hyper_.epochs) {
       stopped_early = true;
       Log(absl::StrFormat(
@@ -983,7 +1143,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
       stopper.state().best_epoch != hyper_.epochs) {
     RETURN_IF_ERROR(RestoreWeights(best_weights_));
   }
-  if (!use_feature_cache_ && loader_wait_seconds_ > 0.05) {
+  if (!InputsCached() && loader_wait_seconds_ > 0.05) {
     Log(absl::StrFormat("data loader: training waited %.2f s for batches",
                         loader_wait_seconds_));
   }
@@ -1042,6 +1202,21 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
         "feature cache: backbone ran once (%.2f s) instead of every epoch; "
         "saved about %.1f s over %d epochs",
         feature_cache_seconds_, cache->seconds_saved(), epochs_run));
+  }
+  if (use_activation_cache_) {
+    Log(absl::StrFormat(
+        "activation cache: the backbone up to '%s' ran once (%.2f s) instead "
+        "of every epoch; saved about %.1f s over %d epochs",
+        cut_.block, feature_cache_seconds_,
+        std::max(0.0, feature_cache_seconds_ *
+                          static_cast<double>(train_inputs_.size(0) +
+                                              val_inputs_.size(0)) /
+                          std::max<double>(1, static_cast<double>(
+                                                  train_inputs_.size(0) +
+                                                  val_inputs_.size(0) +
+                                                  test_inputs_.size(0))) *
+                          (epochs_run - 1)),
+        epochs_run));
   }
   output.input_spec = input_spec_;
   output.class_names = tensors_.class_names;

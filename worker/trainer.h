@@ -21,8 +21,10 @@ namespace tlserve::worker {
 struct TrainerCallbacks {
   // After every batch (the caller throttles what it sends on).
   std::function<void(const tlserve::v1::Progress&)> on_progress;
-  // After every epoch, once the checkpoint file is written. An error stops
-  // the job with that error (e.g. the checkpoint could not be stored).
+  // After every epoch. `checkpoint_path` names the checkpoint written at
+  // its end, or is empty when this epoch's end took none (see
+  // JobSpec.checkpoint_every_seconds). An error stops the job with that
+  // error (e.g. the checkpoint could not be stored).
   std::function<absl::Status(const tlserve::v1::EpochMetrics&,
                              const std::string& checkpoint_path)>
       on_epoch_end;

@@ -170,7 +170,8 @@ TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
                         "--early-stop-metric=val_loss", "--schedule=step",
                         "--step-epochs=2", "--step-gamma=0.5",
                         "--feature-cache=off", "--augment=crop,flip",
-                        "--crop-scale-min=0.25"});
+                        "--crop-scale-min=0.25", "--loader-threads=3",
+                        "--checkpoint-every=60", "--checkpoint-every-epoch"});
   ASSERT_TRUE(spec.ok()) << spec.status();
   const v1::FreezePolicy& f = spec->freeze();
   ASSERT_EQ(f.gradual_unfreeze_size(), 3);
@@ -190,6 +191,9 @@ TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
   EXPECT_TRUE(spec->augment().random_resized_crop());
   EXPECT_TRUE(spec->augment().horizontal_flip());
   EXPECT_FLOAT_EQ(spec->augment().crop_scale_min(), 0.25f);
+  EXPECT_EQ(spec->loader_threads(), 3);
+  EXPECT_FLOAT_EQ(spec->checkpoint_every_seconds(), 60.0f);
+  EXPECT_TRUE(spec->checkpoint_every_epoch());
 
   auto bad = SpecFrom({"--unfreeze=3"});
   ASSERT_FALSE(bad.ok());

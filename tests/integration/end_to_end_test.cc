@@ -127,6 +127,7 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
   v1::Backbone backbone = UploadResNet18(32);
 
   JobSpec spec = FineTune(dataset, backbone.id(), {0, 1, 7}, 2);
+  spec.set_checkpoint_every_epoch(true);  // epochs here take a second
   spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
   spec.mutable_freeze()->set_n_blocks(1);
   auto created = cluster_.client().CreateJob(spec, "");
@@ -287,6 +288,7 @@ TEST_F(EndToEndTest, KilledWorkerJobResumesOnAnotherWorkerFromItsCheckpoint) {
   v1::Dataset dataset = Upload({0, 1}, 150, 20);
   v1::Backbone backbone = UploadResNet18(32);
   JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 4);
+  spec.set_checkpoint_every_epoch(true);  // epochs here take a second
   spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
   spec.mutable_freeze()->set_n_blocks(2);
   auto created = cluster_.client().CreateJob(spec, "");
@@ -332,6 +334,7 @@ TEST_F(EndToEndTest, KilledServerRestartsWithEveryAcknowledgedJob) {
   v1::Dataset dataset = Upload({0, 1}, 150, 20);
   v1::Backbone backbone = UploadResNet18(32);
   JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 3);
+  spec.set_checkpoint_every_epoch(true);  // epochs here take a second
   spec.mutable_freeze()->set_mode(v1::FreezePolicy::FULL);
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) {

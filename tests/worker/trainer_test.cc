@@ -45,8 +45,8 @@ struct Recorder {
     callbacks.on_epoch_end = [this](const tlserve::v1::EpochMetrics& m,
                                     const std::string& path) {
       epochs.push_back(m);
-      std::string kept = path;
-      if (!keep_dir.empty()) {
+      std::string kept = path;  // empty: no checkpoint at this epoch's end
+      if (!keep_dir.empty() && !path.empty()) {
         kept = absl::StrCat(keep_dir, "/epoch_", m.epoch(), ".pt");
         std::filesystem::copy_file(path, kept);
       }
@@ -209,6 +209,55 @@ TEST(TrainerTest, LastBlockOfResnet18TrainsOnlyLayer4) {
   }
   EXPECT_GT(changed, 0);
   EXPECT_TRUE(recorder.Logged("blocks: layer4"));
+  EXPECT_TRUE(recorder.Logged("activation cache: the backbone up to 'layer4'"));
+}
+
+// Training the last block on activations cached at its input gives the
+// run that computes the frozen blocks every step: same accuracy, losses
+// and weights up to float rounding (convolutions over batches of another
+// size), while the frozen part ran once.
+TEST(TrainerTest, ActivationCacheTrainsLikeTheUncachedRun) {
+  const std::string dir = testing::MakeTempDir("activation_cache");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::LAST_N_BLOCKS, 3, 8);
+  input.spec.mutable_freeze()->set_n_blocks(1);
+  input.spec.mutable_data()->set_validation_fraction(0.25f);
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+
+  input.work_dir = testing::MakeTempDir("activation_cache_on");
+  Recorder cached;
+  absl::StatusOr<TrainJobOutput> a = RunTrainingJob(input, data, cached.Callbacks());
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(cached.Logged("activation cache: the backbone up to 'layer3'"));
+  EXPECT_TRUE(cached.Logged("saved about"));
+
+  input.spec.mutable_feature_cache()->set_mode(tlserve::v1::FeatureCacheSpec::OFF);
+  input.work_dir = testing::MakeTempDir("activation_cache_off");
+  Recorder plain;
+  absl::StatusOr<TrainJobOutput> b = RunTrainingJob(input, data, plain.Callbacks());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(plain.Logged("activation cache"));
+
+  ASSERT_EQ(cached.epochs.size(), plain.epochs.size());
+  for (size_t i = 0; i < cached.epochs.size(); ++i) {
+    EXPECT_NEAR(cached.epochs[i].train_loss(), plain.epochs[i].train_loss(), 1e-4);
+    EXPECT_NEAR(cached.epochs[i].val_loss(), plain.epochs[i].val_loss(), 1e-4);
+  }
+  EXPECT_EQ(a->result.test_accuracy(), b->result.test_accuracy());
+  EXPECT_NEAR(a->result.test_loss(), b->result.test_loss(), 1e-4);
+  auto sa = StateMap(torch::jit::load(a->artifact_path));
+  auto sb = StateMap(torch::jit::load(b->artifact_path));
+  for (const auto& [name, tensor] : sa) {
+    EXPECT_TRUE(torch::allclose(tensor.to(at::kDouble), sb[name].to(at::kDouble),
+                                1e-4, 1e-5))
+        << name;
+  }
+  // Training moved the last block, so the comparison is not vacuous.
+  auto original = StateMap(torch::jit::load(input.backbone_path));
+  EXPECT_FALSE(torch::equal(original["layer3.conv1.weight"],
+                            sa["backbone.layer3.conv1.weight"]));
 }
 
 TEST(TrainerTest, ResumedRunMatchesUninterruptedRun) {
@@ -216,6 +265,7 @@ TEST(TrainerTest, ResumedRunMatchesUninterruptedRun) {
   DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
   TrainJobInput input;
   input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.set_checkpoint_every_epoch(true);
   input.spec.mutable_head()->add_hidden_sizes(16);
   input.spec.mutable_head()->set_dropout(0.3f);  // uses the torch RNG
   input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::SGD);
@@ -283,6 +333,7 @@ TEST(TrainerTest, StoppedMidEpochResumesToTheSameMetrics) {
   DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
   TrainJobInput input;
   input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.set_checkpoint_every_epoch(true);
   input.spec.mutable_head()->add_hidden_sizes(16);
   input.spec.mutable_head()->set_dropout(0.3f);  // uses the torch RNG
   input.spec.mutable_augment()->set_random_resized_crop(true);
@@ -380,6 +431,7 @@ TEST(TrainerTest, FrozenBackboneCheckpointsHoldOnlyWhatTrains) {
   DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
   TrainJobInput input;
   input.spec = FineTuneSpec(FreezePolicy::FROZEN, 3, 8);
+  input.spec.set_checkpoint_every_epoch(true);
   input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
   input.backbone_input_spec = testing::SimpleSpec(1, 12);
   input.work_dir = testing::MakeTempDir("slim_full");
@@ -403,6 +455,49 @@ TEST(TrainerTest, FrozenBackboneCheckpointsHoldOnlyWhatTrains) {
   auto sb = StateMap(torch::jit::load(b->artifact_path));
   for (const auto& [name, tensor] : sa) {
     EXPECT_TRUE(torch::equal(tensor, sb[name])) << name << " differs";
+  }
+}
+
+// Which epoch ends write a checkpoint: time decides by default (these
+// epochs take milliseconds, so none of 300 s), every epoch when asked, and
+// every new best epoch under early stopping.
+TEST(TrainerTest, EpochEndsCheckpointByTimeByRequestAndAtTheBest) {
+  const std::string dir = testing::MakeTempDir("cadence");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 4, 8);
+  input.spec.mutable_data()->set_validation_fraction(0.25f);
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+
+  auto run = [&](const std::string& name) {
+    input.work_dir = testing::MakeTempDir(name);
+    Recorder recorder;
+    absl::StatusOr<TrainJobOutput> out =
+        RunTrainingJob(input, data, recorder.Callbacks());
+    EXPECT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(recorder.epochs.size(), recorder.checkpoints.size());
+    return recorder;
+  };
+
+  Recorder by_time = run("cadence_time");
+  ASSERT_EQ(by_time.epochs.size(), 4u);
+  for (const std::string& path : by_time.checkpoints) EXPECT_EQ(path, "");
+
+  input.spec.set_checkpoint_every_epoch(true);
+  Recorder every = run("cadence_every");
+  ASSERT_EQ(every.checkpoints.size(), 4u);
+  for (const std::string& path : every.checkpoints) EXPECT_NE(path, "");
+
+  input.spec.set_checkpoint_every_epoch(false);
+  input.spec.mutable_early_stopping()->set_metric("val_loss");
+  input.spec.mutable_early_stopping()->set_patience(10);
+  Recorder best = run("cadence_best");
+  ASSERT_EQ(best.epochs.size(), 4u);
+  EXPECT_TRUE(best.epochs[0].best());
+  for (size_t i = 0; i < best.epochs.size(); ++i) {
+    EXPECT_EQ(best.checkpoints[i].empty(), !best.epochs[i].best())
+        << "epoch " << i + 1;
   }
 }
 
