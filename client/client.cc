@@ -545,6 +545,16 @@ absl::StatusOr<v1::PredictResponse> Client::Predict(
   return response;
 }
 
+absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request,
+                                                absl::Duration deadline) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Now() + deadline);
+  v1::EmbedResponse response;
+  grpc::Status status = inference_->Embed(&ctx, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 absl::Status Client::CheckHealth() {
   grpc::health::v1::HealthCheckRequest request;
   grpc::ClientContext ctx;

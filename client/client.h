@@ -113,6 +113,9 @@ class Client {
   // --- Inference ---
   absl::StatusOr<v1::PredictResponse> Predict(const v1::PredictRequest& request,
                                               absl::Duration deadline);
+  // The backbone's features for each input (the model's features()).
+  absl::StatusOr<v1::EmbedResponse> Embed(const v1::EmbedRequest& request,
+                                          absl::Duration deadline);
 
   // --- Health (grpc.health.v1) ---
   // OK iff the server reports SERVING for the whole server ("").

@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev libtorch-dev prometheus-cpp-dev libsqlite3-dev
   libgtest-dev libgmock-dev libssl-dev zlib1g-dev
   libpng-dev libturbojpeg0-dev libarchive-dev
-  python3-torch python3-torchvision
+  python3-torch python3-torchvision python3-grpcio python3-protobuf
   dataset-fashion-mnist
 )
 

@@ -1,176 +1,482 @@
 #include "server/inference_router.h"
 
+#include <algorithm>
 #include <limits>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace tlserve {
+namespace {
 
+using tlserve::v1::EmbedRequest;
+using tlserve::v1::EmbedResponse;
+using tlserve::v1::InferenceItem;
+using tlserve::v1::InferenceResult;
 using tlserve::v1::PredictRequest;
 using tlserve::v1::PredictResponse;
 
+// How stale the router's copy of the scheduler's worker list may get; a
+// lost worker is dropped at once through OnWorkerGone.
+constexpr absl::Duration kWorkerRefresh = absl::Milliseconds(100);
+// The deadline loop's tick when nothing is due sooner.
+constexpr absl::Duration kTick = absl::Milliseconds(10);
+
+// Rows the call sends: images, or the tensor's first dimension (a bad
+// shape counts as one; the worker rejects it).
+int64_t InputCount(const PredictRequest& request) {
+  if (request.images_size() > 0) return request.images_size();
+  if (request.tensor().shape_size() > 0 && request.tensor().shape(0) > 0) {
+    return request.tensor().shape(0);
+  }
+  return 1;
+}
+
+absl::Status CheckInputs(const std::string& model_id, int images,
+                         const tlserve::v1::RawTensor& tensor) {
+  if (model_id.empty()) return absl::InvalidArgumentError("model_id is required");
+  const bool has_tensor = tensor.shape_size() > 0 || !tensor.contents().empty();
+  if (images == 0 && !has_tensor) {
+    return absl::InvalidArgumentError(
+        "give inputs as images (PNG/JPEG bytes) or as a tensor");
+  }
+  if (images > 0 && has_tensor) {
+    return absl::InvalidArgumentError(
+        "give inputs as images or as a tensor, not both");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 InferenceRouter::InferenceRouter(Options options, Store* store,
                                  Scheduler* scheduler)
-    : options_(options), store_(store), scheduler_(scheduler) {}
+    : options_(options), store_(store), scheduler_(scheduler) {
+  options_.max_batch_size = std::max(1, options_.max_batch_size);
+  options_.max_queue_size = std::max(1, options_.max_queue_size);
+  options_.max_batches_per_worker = std::max(1, options_.max_batches_per_worker);
+}
 
 InferenceRouter::~InferenceRouter() {
-  std::map<std::string, Pending> left;
+  std::vector<Completion> left;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    left.swap(pending_);
+    auto fail = [&](const CallPtr& call) {
+      if (call->completed) return;
+      call->completed = true;
+      left.push_back({std::move(call->done),
+                      absl::UnavailableError("the server is shutting down")});
+    };
+    for (auto& [id, queue] : queues_) {
+      for (const CallPtr& call : queue.calls) fail(call);
+      queue.calls.clear();
+    }
+    for (auto& [id, batch] : in_flight_) {
+      for (const CallPtr& call : batch.calls) fail(call);
+    }
+    in_flight_.clear();
   }
   if (thread_.joinable()) thread_.join();
-  for (auto& [id, p] : left) {
-    p.done(absl::UnavailableError("the server is shutting down"));
-  }
+  Run(std::move(left));
 }
 
 void InferenceRouter::Start() { thread_ = std::thread([this] { Loop(); }); }
 
 void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline,
-                              Done done) {
-  if (request.model_id().empty()) {
-    done(absl::InvalidArgumentError("model_id is required"));
+                              PredictDone done) {
+  absl::Status ok =
+      CheckInputs(request.model_id(), request.images_size(), request.tensor());
+  if (ok.ok() && request.top_k() < 0) {
+    ok = absl::InvalidArgumentError(
+        absl::StrCat("top_k ", request.top_k(), " is negative"));
+  }
+  if (!ok.ok()) {
+    done(ok);
     return;
   }
-  if (request.images_size() == 0 && request.tensor().contents().empty()) {
-    done(absl::InvalidArgumentError(
-        "give inputs as images (PNG/JPEG bytes) or as a tensor"));
-    return;
-  }
-  if (request.top_k() < 0) {
-    done(absl::InvalidArgumentError("top_k must be >= 0"));
-    return;
-  }
-  auto model = store_->GetModel(request.model_id());
-  if (!model.ok()) {
-    done(model.status());
-    return;
-  }
-  if (deadline == absl::InfiniteFuture()) {
-    deadline = absl::Now() + options_.default_timeout;
-  }
+  InferenceItem item;
+  *item.mutable_request() = request;
+  item.mutable_request()->clear_model_id();
+  Submit(request.model_id(), std::move(item), deadline,
+         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
+           if (!result.ok()) return done(result.status());
+           done(std::move(*result->mutable_prediction()));
+         });
+}
 
-  // Least outstanding calls among workers that hold the model, else among all.
-  std::vector<Scheduler::WorkerSnapshot> workers = scheduler_->Workers();
-  std::string chosen;
-  std::string request_id;
+void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
+                            EmbedDone done) {
+  absl::Status ok =
+      CheckInputs(request.model_id(), request.images_size(), request.tensor());
+  if (!ok.ok()) {
+    done(ok);
+    return;
+  }
+  InferenceItem item;
+  item.set_embed(true);
+  *item.mutable_request()->mutable_images() = request.images();
+  if (request.has_tensor()) {
+    *item.mutable_request()->mutable_tensor() = request.tensor();
+  }
+  Submit(request.model_id(), std::move(item), deadline,
+         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
+           if (!result.ok()) return done(result.status());
+           done(std::move(*result->mutable_embedding()));
+         });
+}
+
+void InferenceRouter::Submit(const std::string& model_id, InferenceItem item,
+                             absl::Time deadline, ResultDone done) {
+  const absl::Time now = absl::Now();
+  if (deadline == absl::InfiniteFuture()) deadline = now + options_.default_timeout;
+  bool known = false;
   {
     absl::MutexLock lock(&mu_);
-    if (pending_.size() >= options_.max_pending) {
-      done(absl::ResourceExhaustedError(absl::StrFormat(
-          "%d inference calls pending, the limit; retry with backoff",
-          pending_.size())));
+    known = queues_.count(model_id) > 0;
+  }
+  tlserve::v1::InferenceModel model;
+  if (!known) {
+    // Models do not change once stored, so the store is read once per model.
+    absl::StatusOr<tlserve::v1::Model> stored = store_->GetModel(model_id);
+    if (!stored.ok()) {
+      done(stored.status());
       return;
     }
-    int best = std::numeric_limits<int>::max();
-    bool best_loaded = false;
-    for (const auto& w : workers) {
-      const bool loaded = w.loaded_models.count(request.model_id()) > 0;
-      const int load = outstanding_[w.id];
-      if ((loaded && !best_loaded) || (loaded == best_loaded && load < best)) {
-        chosen = w.id;
-        best = load;
-        best_loaded = loaded;
-      }
+    model.set_model_id(stored->id());
+    model.mutable_model()->set_sha256(stored->sha256());
+    model.mutable_model()->set_size_bytes(stored->size_bytes());
+    *model.mutable_input_spec() = stored->input_spec();
+    *model.mutable_class_names() = stored->class_names();
+  }
+
+  auto call = std::make_shared<Call>();
+  call->inputs = InputCount(item.request());
+  call->item = std::move(item);
+  call->deadline = deadline;
+  call->enqueued = now;
+  call->done = std::move(done);
+
+  absl::Status refused;
+  std::vector<Outgoing> outgoing;
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = queues_.try_emplace(model_id);
+    if (inserted) it->second.model = std::move(model);
+    ModelQueue& queue = it->second;
+    RefreshWorkersLocked(now, /*force=*/false);
+    if (stopping_) {
+      refused = absl::UnavailableError("the server is shutting down");
+    } else if (workers_.empty()) {
+      RefreshWorkersLocked(now, /*force=*/true);
     }
-    if (!chosen.empty()) {
-      request_id = absl::StrFormat("inf-%d", next_id_++);
-      pending_[request_id] = Pending{chosen, deadline, done};
-      ++outstanding_[chosen];
+    if (refused.ok() && workers_.empty()) {
+      refused = absl::UnavailableError(
+          "no worker is connected to serve the model; start a tlworker");
+    } else if (refused.ok() &&
+               queue.calls.size() >= static_cast<size_t>(options_.max_queue_size)) {
+      refused = absl::ResourceExhaustedError(absl::StrFormat(
+          "model %s has %d calls queued, the limit; retry with backoff or add "
+          "workers",
+          model_id, queue.calls.size()));
+    }
+    if (refused.ok()) {
+      queue.calls.push_back(call);
+      queue.queued_inputs += call->inputs;
+      outgoing = DispatchLocked(now);
     }
   }
-  if (chosen.empty()) {
-    done(absl::UnavailableError("no worker is connected to serve the model"));
+  if (!refused.ok()) {
+    call->done(refused);
     return;
   }
-  tlserve::v1::ServerMessage message;
-  auto* call = message.mutable_infer();
-  call->set_request_id(request_id);
-  call->set_model_id(model->id());
-  call->mutable_model()->set_sha256(model->sha256());
-  call->mutable_model()->set_size_bytes(model->size_bytes());
-  *call->mutable_input_spec() = model->input_spec();
-  *call->mutable_class_names() = model->class_names();
-  *call->mutable_request() = request;
-  call->set_timeout_ms(std::max<int64_t>(
-      1, absl::ToInt64Milliseconds(deadline - absl::Now())));
-  if (!scheduler_->SendTo(chosen, message)) {
-    OnInferenceReply(chosen, [&] {
-      tlserve::v1::InferenceReply reply;
-      reply.set_request_id(request_id);
-      reply.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
-      reply.set_message("the chosen worker disconnected; retry");
-      return reply;
-    }());
+  Send(std::move(outgoing));
+}
+
+void InferenceRouter::RefreshWorkersLocked(absl::Time now, bool force) {
+  if (!force && now - workers_refreshed_ < kWorkerRefresh) return;
+  workers_refreshed_ = now;
+  // Scheduler::Workers takes the scheduler's lock, never ours, so calling
+  // it under mu_ cannot deadlock.
+  std::set<std::string> seen;
+  for (const Scheduler::WorkerSnapshot& w : scheduler_->Workers()) {
+    WorkerState& state = workers_[w.id];
+    state.models.insert(w.loaded_models.begin(), w.loaded_models.end());
+    seen.insert(w.id);
+  }
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    // A worker with batches in flight stays until OnWorkerGone, so its
+    // batches are accounted for.
+    if (seen.count(it->first) == 0 && it->second.batches == 0) {
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
+    absl::Time now) {
+  std::vector<Outgoing> outgoing;
+  if (stopping_) return outgoing;
+  while (true) {
+    // The ready queue whose oldest call has waited longest goes first.
+    ModelQueue* next = nullptr;
+    for (auto& [id, queue] : queues_) {
+      if (queue.calls.empty()) continue;
+      const bool ready = queue.queued_inputs >= options_.max_batch_size ||
+                         now - queue.calls.front()->enqueued >=
+                             options_.max_queue_delay;
+      if (!ready) continue;
+      if (next == nullptr ||
+          queue.calls.front()->enqueued < next->calls.front()->enqueued) {
+        next = &queue;
+      }
+    }
+    if (next == nullptr) return outgoing;
+    const std::string& model_id = next->model.model_id();
+
+    // Least loaded holder with room; else a worker that does not hold the
+    // model: any with room when no worker holds it, an idle one otherwise.
+    std::string chosen;
+    int chosen_batches = std::numeric_limits<int>::max();
+    bool held_anywhere = false;
+    for (const auto& [id, w] : workers_) {
+      const bool holds = w.models.count(model_id) > 0;
+      held_anywhere = held_anywhere || holds;
+      if (holds && w.batches < options_.max_batches_per_worker &&
+          w.batches < chosen_batches) {
+        chosen = id;
+        chosen_batches = w.batches;
+      }
+    }
+    if (chosen.empty()) {
+      for (const auto& [id, w] : workers_) {
+        const int limit = held_anywhere ? 1 : options_.max_batches_per_worker;
+        if (w.batches < limit && w.batches < chosen_batches) {
+          chosen = id;
+          chosen_batches = w.batches;
+        }
+      }
+    }
+    if (chosen.empty()) {
+      // Every suitable worker is busy: this queue waits for a reply. Other
+      // models might still fit on other workers, but keeping strict oldest-
+      // first order is simpler and fair; a reply re-runs dispatch.
+      return outgoing;
+    }
+
+    Outgoing out;
+    out.worker_id = chosen;
+    out.batch_id = absl::StrCat("b-", next_batch_++);
+    tlserve::v1::InferenceCall* call_msg = out.message.mutable_infer();
+    call_msg->set_request_id(out.batch_id);
+    *call_msg->add_models() = next->model;
+    Batch batch;
+    batch.worker_id = chosen;
+    batch.model_id = model_id;
+    int64_t inputs = 0;
+    absl::Time latest = now;
+    while (!next->calls.empty()) {
+      const CallPtr& call = next->calls.front();
+      if (!batch.calls.empty() &&
+          inputs + call->inputs > options_.max_batch_size) {
+        break;
+      }
+      inputs += call->inputs;
+      latest = std::max(latest, call->deadline);
+      ++call->attempts;
+      *call_msg->add_items() = call->item;
+      batch.calls.push_back(call);
+      next->calls.pop_front();
+    }
+    next->queued_inputs -= inputs;
+    // The latest deadline: the worker must not drop a batch while any of
+    // its callers still waits; the router expires the others itself.
+    call_msg->set_timeout_ms(
+        std::max<int64_t>(1, absl::ToInt64Milliseconds(latest - now)));
+    WorkerState& worker = workers_[chosen];
+    ++worker.batches;
+    worker.models.insert(model_id);
+    in_flight_.emplace(out.batch_id, std::move(batch));
+    outgoing.push_back(std::move(out));
+  }
+}
+
+void InferenceRouter::Send(std::vector<Outgoing> outgoing) {
+  for (Outgoing& out : outgoing) {
+    if (scheduler_->SendTo(out.worker_id, out.message)) continue;
+    // The worker went away between the choice and the send: the same as
+    // losing it with the batch in flight.
+    tlserve::v1::InferenceReply lost;
+    lost.set_request_id(out.batch_id);
+    lost.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
+    lost.set_message(
+        absl::StrCat("worker ", out.worker_id, " disconnected before the batch "
+                     "reached it"));
+    OnInferenceReply(out.worker_id, lost);
+  }
+}
+
+void InferenceRouter::RequeueLocked(const std::string& model_id,
+                                    std::vector<CallPtr> calls,
+                                    const std::string& why,
+                                    std::vector<Completion>* completions) {
+  ModelQueue& queue = queues_[model_id];
+  // Back to the front, in their original order.
+  for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
+    const CallPtr& call = *it;
+    if (call->completed) continue;
+    if (call->attempts > options_.max_retries || stopping_) {
+      call->completed = true;
+      completions->push_back(
+          {std::move(call->done),
+           absl::UnavailableError(absl::StrCat(
+               why, "; the call was tried ", call->attempts,
+               " times, retry later"))});
+      continue;
+    }
+    queue.calls.push_front(call);
+    queue.queued_inputs += call->inputs;
   }
 }
 
 void InferenceRouter::OnInferenceReply(const std::string& worker_id,
                                        const tlserve::v1::InferenceReply& reply) {
-  Done done;
+  std::vector<Completion> completions;
+  std::vector<Outgoing> outgoing;
   {
     absl::MutexLock lock(&mu_);
-    auto it = pending_.find(reply.request_id());
-    if (it == pending_.end() || it->second.worker_id != worker_id) return;
-    done = std::move(it->second.done);
-    pending_.erase(it);
-    --outstanding_[worker_id];
+    auto it = in_flight_.find(reply.request_id());
+    if (it == in_flight_.end() || it->second.worker_id != worker_id) return;
+    Batch batch = std::move(it->second);
+    in_flight_.erase(it);
+    auto w = workers_.find(worker_id);
+    if (w != workers_.end()) --w->second.batches;
+
+    const auto code = static_cast<absl::StatusCode>(reply.code());
+    if (code == absl::StatusCode::kUnavailable ||
+        code == absl::StatusCode::kResourceExhausted) {
+      // The worker could not take the batch: another may.
+      RequeueLocked(batch.model_id, std::move(batch.calls),
+                    absl::StrCat("worker ", worker_id, ": ", reply.message()),
+                    &completions);
+    }
+    // Resolve each call.
+    const bool whole_batch_failed = code != absl::StatusCode::kOk;
+    const bool sizes_match =
+        static_cast<size_t>(reply.results_size()) == batch.calls.size();
+    for (size_t i = 0; i < batch.calls.size(); ++i) {
+      const CallPtr& call = batch.calls[i];
+      if (call->completed) continue;
+      call->completed = true;
+      absl::StatusOr<InferenceResult> result;
+      if (whole_batch_failed) {
+        result = absl::Status(code, reply.message());
+      } else if (!sizes_match) {
+        result = absl::InternalError(absl::StrFormat(
+            "worker %s answered %d results for a batch of %d", worker_id,
+            reply.results_size(), batch.calls.size()));
+      } else if (reply.results(i).code() != 0) {
+        result = absl::Status(
+            static_cast<absl::StatusCode>(reply.results(i).code()),
+            reply.results(i).message());
+      } else {
+        result = reply.results(i);
+      }
+      completions.push_back({std::move(call->done), std::move(result)});
+    }
+    outgoing = DispatchLocked(absl::Now());
   }
-  if (reply.code() != 0) {
-    done(absl::Status(static_cast<absl::StatusCode>(reply.code()), reply.message()));
-    return;
-  }
-  PredictResponse response = reply.response();
-  response.set_worker_id(worker_id);
-  done(std::move(response));
+  Send(std::move(outgoing));
+  Run(std::move(completions));
 }
 
 void InferenceRouter::OnWorkerGone(const std::string& worker_id) {
-  std::vector<Done> failed;
+  std::vector<Completion> completions;
+  std::vector<Outgoing> outgoing;
   {
     absl::MutexLock lock(&mu_);
-    for (auto it = pending_.begin(); it != pending_.end();) {
-      if (it->second.worker_id == worker_id) {
-        failed.push_back(std::move(it->second.done));
-        it = pending_.erase(it);
-      } else {
+    workers_.erase(worker_id);
+    for (auto it = in_flight_.begin(); it != in_flight_.end();) {
+      if (it->second.worker_id != worker_id) {
         ++it;
+        continue;
       }
+      RequeueLocked(it->second.model_id, std::move(it->second.calls),
+                    absl::StrCat("worker ", worker_id,
+                                 " went away while serving the call"),
+                    &completions);
+      in_flight_.erase(it++);
     }
-    outstanding_.erase(worker_id);
+    RefreshWorkersLocked(absl::Now(), /*force=*/true);
+    workers_.erase(worker_id);
+    outgoing = DispatchLocked(absl::Now());
   }
-  for (Done& done : failed) {
-    done(absl::UnavailableError(absl::StrFormat(
-        "worker %s went away while serving the call; retry", worker_id)));
-  }
+  Send(std::move(outgoing));
+  Run(std::move(completions));
+}
+
+void InferenceRouter::Run(std::vector<Completion> completions) {
+  for (Completion& c : completions) c.done(std::move(c.result));
 }
 
 void InferenceRouter::Loop() {
   while (true) {
-    std::vector<Done> expired;
+    std::vector<Completion> completions;
+    std::vector<Outgoing> outgoing;
     {
       absl::MutexLock lock(&mu_);
-      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
-      mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(10));
-      if (stopping_) return;
-      const absl::Time now = absl::Now();
-      for (auto it = pending_.begin(); it != pending_.end();) {
-        if (it->second.deadline <= now) {
-          --outstanding_[it->second.worker_id];
-          expired.push_back(std::move(it->second.done));
-          it = pending_.erase(it);
-        } else {
-          ++it;
+      // Wake for the next queue delay to run out, or at the tick.
+      // (A queue already past its delay waits for a worker's reply, which
+      // dispatches it.)
+      const absl::Time before = absl::Now();
+      absl::Time wake = before + kTick;
+      if (options_.max_queue_delay > absl::ZeroDuration()) {
+        for (const auto& [id, queue] : queues_) {
+          if (queue.calls.empty()) continue;
+          const absl::Time due =
+              queue.calls.front()->enqueued + options_.max_queue_delay;
+          if (due > before) wake = std::min(wake, due);
         }
       }
+      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+      mu_.AwaitWithDeadline(absl::Condition(&stop), wake);
+      if (stopping_) return;
+      const absl::Time now = absl::Now();
+      auto expire = [&](const CallPtr& call) {
+        if (call->completed || call->deadline > now) return false;
+        call->completed = true;
+        completions.push_back(
+            {std::move(call->done),
+             absl::DeadlineExceededError(absl::StrCat(
+                 "the deadline passed after ",
+                 absl::FormatDuration(now - call->enqueued),
+                 call->attempts == 0 ? " in the queue" : " on a worker",
+                 "; raise the deadline or add workers"))});
+        return true;
+      };
+      for (auto& [id, queue] : queues_) {
+        for (auto it = queue.calls.begin(); it != queue.calls.end();) {
+          if (expire(*it)) {
+            queue.queued_inputs -= (*it)->inputs;
+            it = queue.calls.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      // In flight: answered now; the worker's late reply is dropped.
+      for (auto& [id, batch] : in_flight_) {
+        for (const CallPtr& call : batch.calls) expire(call);
+      }
+      RefreshWorkersLocked(now, /*force=*/false);
+      outgoing = DispatchLocked(now);
     }
-    for (Done& done : expired) {
-      done(absl::DeadlineExceededError(
-          "the deadline passed before a worker answered"));
-    }
+    Send(std::move(outgoing));
+    Run(std::move(completions));
   }
 }
 

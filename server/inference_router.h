@@ -1,62 +1,143 @@
 #ifndef TLSERVE_SERVER_INFERENCE_ROUTER_H_
 #define TLSERVE_SERVER_INFERENCE_ROUTER_H_
 
+#include <deque>
 #include <functional>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/scheduler.h"
 #include "server/store.h"
 #include "tlserve/v1/inference.pb.h"
+#include "tlserve/v1/worker.pb.h"
 
 namespace tlserve {
 
-// Sends Predict calls down the stream of a worker that has the model loaded
-// (else the one with the fewest outstanding calls, which loads it) and
-// completes each call exactly once: with the worker's reply, UNAVAILABLE if
-// the worker goes away, DEADLINE_EXCEEDED when the deadline passes, or
-// RESOURCE_EXHAUSTED when too many calls are pending. Never hangs.
-// Thread-safe.
+// The dynamic batcher. Predict and Embed calls queue per model; whenever a
+// worker has room (fewer than max_batches_per_worker batches outstanding)
+// the oldest ready queue becomes one batch of up to max_batch_size inputs
+// and goes down the stream of the least loaded worker that holds the model
+// (a worker without it is used when none holds it, or when it is idle
+// and every holder is busy: it loads the model and shares the load). So at
+// low load a call goes out at once, alone, and under load batches grow to
+// what arrived while the workers were busy.
+//
+// Every call completes exactly once: with its result; NOT_FOUND for an
+// unknown model; RESOURCE_EXHAUSTED when the model's queue is full;
+// DEADLINE_EXCEEDED when its deadline passes, queued or in flight;
+// UNAVAILABLE when no worker is connected, or when its worker goes away
+// twice (the first loss re-queues it). Never hangs. Thread-safe.
 class InferenceRouter : public InferenceSink {
  public:
   struct Options {
-    size_t max_pending = 1024;
+    // Inputs (images or tensor rows) per batch. A call with more goes alone.
+    int max_batch_size = 64;
+    // How long the oldest queued call may wait for more to fill a batch
+    // while a worker has room. Zero: send at once.
+    absl::Duration max_queue_delay = absl::ZeroDuration();
+    // Calls waiting per model; more get RESOURCE_EXHAUSTED.
+    int max_queue_size = 1024;
+    // Batches in flight per worker: two keeps a worker busy while the
+    // next batch travels, without queueing work a free worker could take.
+    int max_batches_per_worker = 2;
     // Deadline for calls that come without one.
     absl::Duration default_timeout = absl::Seconds(30);
+    // Times a call is re-sent after its worker went away.
+    int max_retries = 1;
   };
-  using Done = std::function<void(absl::StatusOr<tlserve::v1::PredictResponse>)>;
+  using PredictDone =
+      std::function<void(absl::StatusOr<tlserve::v1::PredictResponse>)>;
+  using EmbedDone =
+      std::function<void(absl::StatusOr<tlserve::v1::EmbedResponse>)>;
 
   InferenceRouter(Options options, Store* store, Scheduler* scheduler);
   ~InferenceRouter() override;  // Fails what is pending with UNAVAILABLE.
 
   void Start();
-  // `done` runs exactly once, possibly before Predict returns.
+  // `done` runs exactly once, possibly before the call returns, on the
+  // caller's thread or one of the router's.
   void Predict(const tlserve::v1::PredictRequest& request, absl::Time deadline,
-               Done done);
+               PredictDone done);
+  void Embed(const tlserve::v1::EmbedRequest& request, absl::Time deadline,
+             EmbedDone done);
 
   void OnInferenceReply(const std::string& worker_id,
                         const tlserve::v1::InferenceReply& reply) override;
   void OnWorkerGone(const std::string& worker_id) override;
 
  private:
-  struct Pending {
-    std::string worker_id;
+  using ResultDone =
+      std::function<void(absl::StatusOr<tlserve::v1::InferenceResult>)>;
+  struct Call {
+    tlserve::v1::InferenceItem item;
+    int64_t inputs = 1;
     absl::Time deadline;
-    Done done;
+    absl::Time enqueued;
+    int attempts = 0;
+    bool completed = false;  // guarded by mu_
+    ResultDone done;
   };
+  using CallPtr = std::shared_ptr<Call>;
+  struct ModelQueue {
+    tlserve::v1::InferenceModel model;
+    std::deque<CallPtr> calls;
+    int64_t queued_inputs = 0;
+  };
+  struct Batch {
+    std::string worker_id;
+    std::string model_id;
+    std::vector<CallPtr> calls;
+  };
+  struct WorkerState {
+    int batches = 0;
+    std::set<std::string> models;
+  };
+  // A completion to run once mu_ is released.
+  struct Completion {
+    ResultDone done;
+    absl::StatusOr<tlserve::v1::InferenceResult> result;
+  };
+  struct Outgoing {
+    std::string worker_id;
+    std::string batch_id;
+    tlserve::v1::ServerMessage message;
+  };
+
+  void Submit(const std::string& model_id, tlserve::v1::InferenceItem item,
+              absl::Time deadline, ResultDone done);
+  // Forms every batch that can go now; the caller sends them unlocked.
+  std::vector<Outgoing> DispatchLocked(absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RefreshWorkersLocked(absl::Time now, bool force)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts the calls of a lost batch back at the front of their queue, or
+  // fails those out of retries.
+  void RequeueLocked(const std::string& model_id, std::vector<CallPtr> calls,
+                     const std::string& why,
+                     std::vector<Completion>* completions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Send(std::vector<Outgoing> outgoing);
+  static void Run(std::vector<Completion> completions);
   void Loop();
 
   Options options_;
   Store* store_;
   Scheduler* scheduler_;
   absl::Mutex mu_;
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::map<std::string, Pending> pending_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, int> outstanding_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_batch_ ABSL_GUARDED_BY(mu_) = 1;
+  // Ordered, so dispatch walks models in a stable order.
+  std::map<std::string, ModelQueue> queues_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Batch> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerState> workers_ ABSL_GUARDED_BY(mu_);
+  absl::Time workers_refreshed_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -1,25 +1,47 @@
 #include "server/inference_service.h"
 
+#include <chrono>
+
 #include "common/grpc_status.h"
 
 namespace tlserve {
+namespace {
+
+// The caller's deadline; a call without one carries the far future, which
+// stays infinite here (the router then applies its default).
+absl::Time CallDeadline(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
+    return absl::FromChrono(deadline);
+  }
+  return absl::InfiniteFuture();
+}
+
+}  // namespace
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Predict(
     grpc::CallbackServerContext* context,
     const tlserve::v1::PredictRequest* request,
     tlserve::v1::PredictResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Time deadline = absl::InfiniteFuture();
-  // A call without a deadline carries the far future; keep it infinite.
-  const auto chrono_deadline = context->deadline();
-  if (chrono_deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
-    deadline = absl::FromChrono(chrono_deadline);
-  }
-  router_->Predict(*request, deadline,
+  router_->Predict(*request, CallDeadline(context),
                    [reactor, response](absl::StatusOr<tlserve::v1::PredictResponse> r) {
                      if (r.ok()) *response = *std::move(r);
                      reactor->Finish(ToGrpcStatus(r.status()));
                    });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::Embed(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::EmbedRequest* request,
+    tlserve::v1::EmbedResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  router_->Embed(*request, CallDeadline(context),
+                 [reactor, response](absl::StatusOr<tlserve::v1::EmbedResponse> r) {
+                   if (r.ok()) *response = *std::move(r);
+                   reactor->Finish(ToGrpcStatus(r.status()));
+                 });
   return reactor;
 }
 

@@ -6,8 +6,8 @@
 
 namespace tlserve {
 
-// tlserve.v1.InferenceService: hands calls to the router with the
-// caller's deadline.
+// tlserve.v1.InferenceService: hands calls to the router (the batcher)
+// with the caller's deadline.
 class InferenceServiceImpl final
     : public tlserve::v1::InferenceService::CallbackService {
  public:
@@ -16,6 +16,9 @@ class InferenceServiceImpl final
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
                                     const tlserve::v1::PredictRequest* request,
                                     tlserve::v1::PredictResponse* response) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
+                                  const tlserve::v1::EmbedRequest* request,
+                                  tlserve::v1::EmbedResponse* response) override;
 
  private:
   InferenceRouter* router_;

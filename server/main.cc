@@ -17,6 +17,15 @@ ABSL_FLAG(int, local_workers, 0, "tlworker processes to start and supervise");
 ABSL_FLAG(std::string, worker_binary, "", "path of tlworker (default: beside tlserve)");
 ABSL_FLAG(int, worker_threads, 0, "LibTorch threads per local worker (0: all cores)");
 ABSL_FLAG(double, lease_seconds, 10, "a worker silent this long is lost");
+ABSL_FLAG(int, max_batch_size, 64,
+          "inference: inputs per batch sent to a worker (the dynamic batcher)");
+ABSL_FLAG(int, max_queue_delay_us, 0,
+          "inference: microseconds a call may wait for others to fill its "
+          "batch while a worker is free (0: send at once)");
+ABSL_FLAG(int, max_inference_queue, 1024,
+          "inference: calls queued per model before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, batches_per_worker, 2,
+          "inference: batches in flight per worker");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
 
 int main(int argc, char** argv) {
@@ -38,6 +47,12 @@ int main(int argc, char** argv) {
   options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
+  options.inference.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.inference.max_queue_delay =
+      absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.inference.max_queue_size = absl::GetFlag(FLAGS_max_inference_queue);
+  options.inference.max_batches_per_worker =
+      absl::GetFlag(FLAGS_batches_per_worker);
 
   auto server = tlserve::Server::Start(options);
   if (!server.ok()) {

@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   sched.lease = options.lease;
   s->scheduler_ = std::make_unique<Scheduler>(sched, s->jobs_.get());
   s->jobs_->set_dispatcher(s->scheduler_.get());
-  s->router_ = std::make_unique<InferenceRouter>(InferenceRouter::Options{},
+  s->router_ = std::make_unique<InferenceRouter>(options.inference,
                                                  s->store_.get(), s->scheduler_.get());
   s->scheduler_->set_inference_sink(s->router_.get());
   RETURN_IF_ERROR(s->jobs_->RecoverAfterRestart());

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "server/inference_router.h"
 #include "server/uploads.h"
 
 namespace tlserve {
@@ -14,7 +15,6 @@ namespace tlserve {
 class BlobStore;
 class DatasetServiceImpl;
 class EventHub;
-class InferenceRouter;
 class InferenceServiceImpl;
 class JobManager;
 class JobServiceImpl;
@@ -44,6 +44,8 @@ class Server {
     // A worker silent this long is lost and its job requeued.
     absl::Duration lease = absl::Seconds(10);
     UploadLimits limits;
+    // The dynamic batcher's settings.
+    InferenceRouter::Options inference;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> Start(Options options);

@@ -505,29 +505,39 @@ InferenceReply WorkerAgent::RunInference(const InferenceTask& task) {
             options_.worker_id, " before the model ran")));
   };
   if (absl::Now() > task.deadline) return expired();
+  const absl::Time start = absl::Now();
   try {
-    absl::StatusOr<std::string> path =
-        blob_cache_->Fetch(call.model().sha256());
-    if (!path.ok()) {
-      return ErrorReply(call.request_id(),
-                        Annotate(path.status(), absl::StrCat(
-                                                    "model ", call.model_id(),
-                                                    ": ")));
+    std::vector<InferenceRunner::ModelFile> models;
+    models.reserve(call.models_size());
+    for (const tlserve::v1::InferenceModel& m : call.models()) {
+      absl::StatusOr<std::string> path = blob_cache_->Fetch(m.model().sha256());
+      if (!path.ok()) {
+        return ErrorReply(call.request_id(),
+                          Annotate(path.status(),
+                                   absl::StrCat("model ", m.model_id(), ": ")));
+      }
+      InferenceRunner::ModelFile file;
+      file.model_id = m.model_id();
+      file.path = *std::move(path);
+      file.input_spec = m.input_spec();
+      file.class_names.assign(m.class_names().begin(), m.class_names().end());
+      models.push_back(std::move(file));
     }
     if (absl::Now() > task.deadline) return expired();
-    std::vector<std::string> class_names(call.class_names().begin(),
-                                         call.class_names().end());
-    absl::StatusOr<tlserve::v1::PredictResponse> response =
-        inference_runner_->Predict(call.model_id(), *path, call.input_spec(),
-                                   class_names, call.request());
-    if (!response.ok()) return ErrorReply(call.request_id(), response.status());
+    std::vector<tlserve::v1::InferenceResult> results =
+        inference_runner_->RunBatch(models, call.items());
     InferenceReply reply;
     reply.set_request_id(call.request_id());
-    *reply.mutable_response() = *std::move(response);
-    if (reply.response().model_id().empty()) {
-      reply.mutable_response()->set_model_id(call.model_id());
+    for (tlserve::v1::InferenceResult& result : results) {
+      if (result.has_prediction()) {
+        result.mutable_prediction()->set_worker_id(options_.worker_id);
+      }
+      if (result.has_embedding()) {
+        result.mutable_embedding()->set_worker_id(options_.worker_id);
+      }
+      *reply.add_results() = std::move(result);
     }
-    reply.mutable_response()->set_worker_id(options_.worker_id);
+    reply.set_compute_seconds(absl::ToDoubleSeconds(absl::Now() - start));
     return reply;
   } catch (const std::exception& e) {
     return ErrorReply(call.request_id(),

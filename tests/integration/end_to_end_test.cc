@@ -4,9 +4,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -202,15 +206,19 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
       "x=torch.from_numpy(numpy.fromfile('", cluster_.dir(),
       "/input.f32',dtype=numpy.float32).reshape(2,3,32,32))\n"
       "p=torch.softmax(m(x),dim=1)\n"
-      "print(' '.join('%.6f'%v for v in p.flatten().tolist()))\n");
+      "print(' '.join('%.6f'%v for v in p.flatten().tolist()))\n"
+      "f=m.features(x)\n"
+      "print(' '.join('%.6f'%v for v in f.abs().sum(1).tolist()))\n");
   ASSERT_OK(WriteFileAtomic(cluster_.dir() + "/check.py", script));
   const std::string out = cluster_.dir() + "/python.out";
   ASSERT_EQ(std::system(("/usr/bin/python3 " + cluster_.dir() + "/check.py > " + out +
                          " 2>&1").c_str()),
             0)
       << *ReadFile(out);
-  std::vector<std::string> values =
-      absl::StrSplit(absl::StripAsciiWhitespace(*ReadFile(out)), ' ');
+  std::vector<std::string> lines =
+      absl::StrSplit(absl::StripAsciiWhitespace(*ReadFile(out)), '\n');
+  ASSERT_EQ(lines.size(), 2u) << *ReadFile(out);
+  std::vector<std::string> values = absl::StrSplit(lines[0], ' ');
   ASSERT_EQ(values.size(), 6u) << *ReadFile(out);
   for (int row = 0; row < 2; ++row) {
     for (int c = 0; c < 3; ++c) {
@@ -218,6 +226,39 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
                   predicted->predictions(row).probabilities(c), 1e-4);
     }
   }
+
+  // Embed: the backbone's 512 features per row, as features() in Python.
+  v1::EmbedRequest embed;
+  embed.set_model_id(model->id());
+  *embed.mutable_tensor() = *tensor;
+  auto embedded = cluster_.client().Embed(embed, absl::Seconds(60));
+  ASSERT_OK(embedded.status());
+  ASSERT_EQ(embedded->embeddings_size(), 2);
+  std::vector<std::string> norms = absl::StrSplit(lines[1], ' ');
+  ASSERT_EQ(norms.size(), 2u);
+  for (int row = 0; row < 2; ++row) {
+    ASSERT_EQ(embedded->embeddings(row).values_size(), 512);
+    double l1 = 0;
+    for (float v : embedded->embeddings(row).values()) l1 += std::abs(v);
+    EXPECT_NEAR(l1, std::stod(norms[row]), 1e-3 * std::max(1.0, l1));
+  }
+
+  // 32 callers at once: the batcher merges them, and each still gets the
+  // answer it gets alone.
+  std::vector<std::thread> callers;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 32; ++t) {
+    callers.emplace_back([&] {
+      auto r = cluster_.client().Predict(request, absl::Seconds(60));
+      if (!r.ok() || r->predictions_size() != 2 ||
+          std::abs(r->predictions(1).probabilities(2) -
+                   predicted->predictions(1).probabilities(2)) > 1e-4) {
+        ++wrong;
+      }
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(wrong.load(), 0);
 
   // An unknown model is NOT_FOUND, not a hang.
   request.set_model_id("model-missing");

@@ -317,8 +317,10 @@ TEST_F(WorkerAgentTest, RepliesToInferenceWhoseModelIsMissing) {
   }));
   ServerMessage call;
   call.mutable_infer()->set_request_id("r1");
-  call.mutable_infer()->set_model_id("model-x");
-  call.mutable_infer()->mutable_model()->set_sha256(Sha256Hex("no model"));
+  tlserve::v1::InferenceModel* model = call.mutable_infer()->add_models();
+  model->set_model_id("model-x");
+  model->mutable_model()->set_sha256(Sha256Hex("no model"));
+  call.mutable_infer()->add_items()->mutable_request()->add_images("png");
   call.mutable_infer()->set_timeout_ms(10'000);
   ASSERT_TRUE(service_.Push(call));
   ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {

@@ -63,9 +63,19 @@ class InferenceRunnerTest : public ::testing::Test {
     delete classes_;
   }
 
+  static InferenceRunner::ModelFile File(const std::string& id,
+                                         const std::string& path) {
+    InferenceRunner::ModelFile file;
+    file.model_id = id;
+    file.path = path;
+    file.input_spec = *spec_;
+    file.class_names = *classes_;
+    return file;
+  }
+
   absl::StatusOr<tlserve::v1::PredictResponse> Predict(
       const tlserve::v1::PredictRequest& request) {
-    return runner_.Predict("m1", *model_path_, *spec_, *classes_, request);
+    return runner_.Predict(File("m1", *model_path_), request);
   }
 
   static std::string* model_path_;
@@ -219,14 +229,92 @@ TEST_F(InferenceRunnerTest, EvictsLeastRecentlyUsedModel) {
   *request.mutable_tensor() = ToRaw(torch::rand({1, 1, kSize, kSize}));
   for (const char* id : {"a", "b", "a", "c"}) {
     ASSERT_TRUE(
-        runner.Predict(id, *model_path_, *spec_, *classes_, request).ok());
+        runner.Predict(File(id, *model_path_), request).ok());
   }
   EXPECT_THAT(runner.LoadedModelIds(), ElementsAre("c", "a"));
   EXPECT_EQ(
-      runner.Predict("x", "/nonexistent/model.pt", *spec_, *classes_, request)
+      runner.Predict(File("x", "/nonexistent/model.pt"), request)
           .status()
           .code(),
       absl::StatusCode::kNotFound);
+}
+
+TEST_F(InferenceRunnerTest, EvictsByMemoryButKeepsTheModelInUse) {
+  tlserve::v1::PredictRequest request;
+  *request.mutable_tensor() = ToRaw(torch::rand({1, 1, kSize, kSize}));
+  InferenceRunner probe(InferenceRunner::Options{});
+  ASSERT_TRUE(probe.Predict(File("a", *model_path_), request).ok());
+  const int64_t bytes = probe.LoadedModels().at(0).bytes;
+  EXPECT_GT(bytes, 0);
+  // Room for two models' bytes: the third load drops the oldest.
+  InferenceRunner runner(
+      InferenceRunner::Options{.max_loaded_bytes = 2 * bytes + bytes / 2});
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_TRUE(runner.Predict(File(id, *model_path_), request).ok());
+  }
+  EXPECT_THAT(runner.LoadedModelIds(), ElementsAre("c", "b"));
+  // A bound below one model still serves it, holding that one alone.
+  InferenceRunner tiny(InferenceRunner::Options{.max_loaded_bytes = 1});
+  for (const char* id : {"a", "b"}) {
+    ASSERT_TRUE(tiny.Predict(File(id, *model_path_), request).ok());
+  }
+  EXPECT_THAT(tiny.LoadedModelIds(), ElementsAre("b"));
+}
+
+// One batch mixing Predict and Embed items and a bad image: the bad item
+// fails alone, and every other item gets what it would get on its own.
+TEST_F(InferenceRunnerTest, BatchMatchesItemsRunAlone) {
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  const at::Tensor x = torch::rand({3, 1, kSize, kSize});
+  {
+    auto* item = items.Add();
+    *item->mutable_request()->mutable_tensor() = ToRaw(x.slice(0, 0, 2));
+    item->mutable_request()->set_top_k(2);
+  }
+  items.Add()->mutable_request()->add_images("not an image");
+  {
+    auto* item = items.Add();
+    item->set_embed(true);
+    *item->mutable_request()->mutable_tensor() = ToRaw(x.slice(0, 2, 3));
+  }
+  {
+    auto* item = items.Add();
+    *item->mutable_request()->mutable_tensor() = ToRaw(x.slice(0, 2, 3));
+  }
+  std::vector<tlserve::v1::InferenceResult> results =
+      runner_.RunBatch({File("m1", *model_path_)}, items);
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_EQ(results[1].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(results[1].message(), HasSubstr("image 0"));
+  for (int i : {0, 2, 3}) ASSERT_EQ(results[i].code(), 0) << results[i].message();
+
+  ASSERT_EQ(results[0].prediction().predictions_size(), 2);
+  EXPECT_EQ(results[0].prediction().predictions(0).top_size(), 2);
+  ASSERT_EQ(results[3].prediction().predictions_size(), 1);
+
+  tlserve::v1::PredictRequest alone;
+  *alone.mutable_tensor() = ToRaw(x);
+  absl::StatusOr<tlserve::v1::PredictResponse> reference = Predict(alone);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(results[0].prediction().predictions(1).probabilities(c),
+                reference->predictions(1).probabilities(c), 1e-5);
+    EXPECT_NEAR(results[3].prediction().predictions(0).probabilities(c),
+                reference->predictions(2).probabilities(c), 1e-5);
+  }
+
+  tlserve::v1::EmbedRequest embed;
+  *embed.mutable_tensor() = ToRaw(x.slice(0, 2, 3));
+  absl::StatusOr<tlserve::v1::EmbedResponse> features =
+      runner_.Embed(File("m1", *model_path_), embed);
+  ASSERT_TRUE(features.ok()) << features.status();
+  ASSERT_EQ(features->embeddings_size(), 1);
+  ASSERT_EQ(results[2].embedding().embeddings_size(), 1);
+  const auto& got = results[2].embedding().embeddings(0).values();
+  const auto& want = features->embeddings(0).values();
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_GT(want.size(), 1);
+  for (int d = 0; d < want.size(); ++d) EXPECT_NEAR(got[d], want[d], 1e-5);
 }
 
 TEST_F(InferenceRunnerTest, ConcurrentPredictsAgree) {

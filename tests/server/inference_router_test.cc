@@ -1,0 +1,410 @@
+// The dynamic batcher against the real scheduler, with fake worker streams
+// the test answers by hand: batching under load, queue bounds, deadlines,
+// routing and retries on worker loss.
+#include "server/inference_router.h"
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/blob_store.h"
+#include "server/event_hub.h"
+#include "server/job_manager.h"
+#include "server/store.h"
+
+namespace tlserve {
+namespace {
+
+using ::testing::HasSubstr;
+using tlserve::v1::InferenceCall;
+using tlserve::v1::InferenceReply;
+using tlserve::v1::PredictRequest;
+using tlserve::v1::PredictResponse;
+using tlserve::v1::ServerMessage;
+
+// A worker stream that keeps the batches it is sent.
+class FakeWorker : public WorkerChannel {
+ public:
+  bool Send(const ServerMessage& message) override {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return false;
+    if (message.has_infer()) calls_.push_back(message.infer());
+    return true;
+  }
+  void Close(const absl::Status&) override {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  // The n-th batch (0-based), waiting up to 5 s for it.
+  std::optional<InferenceCall> Batch(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto has = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return calls_.size() > n; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&has), absl::Seconds(5))) {
+      return std::nullopt;
+    }
+    return calls_[n];
+  }
+  size_t BatchCount() {
+    absl::MutexLock lock(&mu_);
+    return calls_.size();
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<InferenceCall> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// Outcomes of calls, by a caller-chosen tag.
+class Outcomes {
+ public:
+  InferenceRouter::PredictDone Slot(int tag) {
+    return [this, tag](absl::StatusOr<PredictResponse> r) {
+      absl::MutexLock lock(&mu_);
+      EXPECT_EQ(results_.count(tag), 0u) << "call " << tag << " completed twice";
+      results_.emplace(tag, std::move(r));
+    };
+  }
+  // The outcome of `tag`, waiting up to `timeout`; nullopt if none came.
+  std::optional<absl::StatusOr<PredictResponse>> Get(
+      int tag, absl::Duration timeout = absl::Seconds(5)) {
+    absl::MutexLock lock(&mu_);
+    auto has = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return results_.count(tag) > 0;
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&has), timeout)) return std::nullopt;
+    return results_.at(tag);
+  }
+  bool Done(int tag) {
+    absl::MutexLock lock(&mu_);
+    return results_.count(tag) > 0;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<int, absl::StatusOr<PredictResponse>> results_ ABSL_GUARDED_BY(mu_);
+};
+
+// A request tagged by its top_k, which the fake answers echo back.
+PredictRequest Request(const std::string& model, int tag, int images = 1) {
+  PredictRequest request;
+  request.set_model_id(model);
+  request.set_top_k(tag);
+  for (int i = 0; i < images; ++i) request.add_images("png bytes");
+  return request;
+}
+
+// What a worker answers: per item, one prediction whose top class index is
+// the item's tag.
+InferenceReply Answer(const InferenceCall& call) {
+  InferenceReply reply;
+  reply.set_request_id(call.request_id());
+  for (const auto& item : call.items()) {
+    auto* result = reply.add_results();
+    result->mutable_prediction()->set_model_id(
+        call.models(item.model_index()).model_id());
+    result->mutable_prediction()->add_predictions()->add_top()->set_index(
+        item.request().top_k());
+  }
+  return reply;
+}
+
+std::vector<int> Tags(const InferenceCall& call) {
+  std::vector<int> tags;
+  for (const auto& item : call.items()) tags.push_back(item.request().top_k());
+  return tags;
+}
+
+class InferenceRouterTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = testing::TempDir() + "/router_XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    store_ = *Store::Open(dir_ + "/tlserve.db");
+    blobs_ = *BlobStore::Open(dir_ + "/blobs");
+    for (const char* id : {"m1", "m2"}) {
+      tlserve::v1::Model model;
+      model.set_id(id);
+      model.set_sha256(std::string(64, 'a'));
+      model.set_size_bytes(10);
+      model.add_class_names("a");
+      ASSERT_TRUE(store_->PutModel(model).ok());
+    }
+    jobs_ = std::make_unique<JobManager>(JobManager::Options{}, store_.get(),
+                                         blobs_.get(), &hub_);
+    scheduler_ = std::make_unique<Scheduler>(Scheduler::Options{}, jobs_.get());
+    jobs_->set_dispatcher(scheduler_.get());
+    scheduler_->Start();
+  }
+  void TearDown() override {
+    router_.reset();
+    scheduler_.reset();
+    jobs_.reset();
+    store_.reset();
+    ASSERT_EQ(std::system(("rm -rf '" + dir_ + "'").c_str()), 0);
+  }
+  void StartRouter(InferenceRouter::Options options) {
+    router_ = std::make_unique<InferenceRouter>(options, store_.get(),
+                                                scheduler_.get());
+    scheduler_->set_inference_sink(router_.get());
+    router_->Start();
+  }
+  std::shared_ptr<FakeWorker> Connect(const std::string& id) {
+    auto worker = std::make_shared<FakeWorker>();
+    tlserve::v1::RegisterWorker hello;
+    hello.set_worker_id(id);
+    hello.set_device("cpu");
+    EXPECT_TRUE(scheduler_->Connect(hello, worker).ok());
+    return worker;
+  }
+  void Disconnect(const std::string& id, const FakeWorker* worker) {
+    scheduler_->Disconnect(id, worker, "test");
+  }
+  void Predict(const PredictRequest& request, int tag,
+               absl::Duration timeout = absl::Seconds(30)) {
+    router_->Predict(request, absl::Now() + timeout, outcomes_.Slot(tag));
+  }
+
+  std::string dir_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<BlobStore> blobs_;
+  EventHub hub_;
+  std::unique_ptr<JobManager> jobs_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<InferenceRouter> router_;
+  Outcomes outcomes_;
+};
+
+TEST_F(InferenceRouterTest, SendsAtOnceWhenIdleAndBatchesWhatQueuesWhileBusy) {
+  InferenceRouter::Options options;
+  options.max_batch_size = 8;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> first = w1->Batch(0);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_THAT(Tags(*first), testing::ElementsAre(1));
+  ASSERT_EQ(first->models_size(), 1);
+  EXPECT_EQ(first->models(0).model_id(), "m1");
+  EXPECT_EQ(first->models(0).model().sha256(), std::string(64, 'a'));
+
+  // The worker is busy: 11 calls (12 inputs) queue.
+  Predict(Request("m1", 2, /*images=*/2), 2);
+  for (int tag = 3; tag <= 12; ++tag) Predict(Request("m1", tag), tag);
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(w1->BatchCount(), 1u);
+  EXPECT_FALSE(outcomes_.Done(2));
+
+  router_->OnInferenceReply("w1", Answer(*first));
+  auto one = outcomes_.Get(1);
+  ASSERT_TRUE(one.has_value() && one->ok());
+  EXPECT_EQ((*one)->predictions(0).top(0).index(), 1);
+
+  // 8 inputs: tag 2 (two images) and tags 3..8, in arrival order.
+  std::optional<InferenceCall> second = w1->Batch(1);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(Tags(*second), testing::ElementsAre(2, 3, 4, 5, 6, 7, 8));
+  router_->OnInferenceReply("w1", Answer(*second));
+  std::optional<InferenceCall> third = w1->Batch(2);
+  ASSERT_TRUE(third.has_value());
+  EXPECT_THAT(Tags(*third), testing::ElementsAre(9, 10, 11, 12));
+  router_->OnInferenceReply("w1", Answer(*third));
+  for (int tag = 2; tag <= 12; ++tag) {
+    auto r = outcomes_.Get(tag);
+    ASSERT_TRUE(r.has_value()) << tag;
+    ASSERT_TRUE(r->ok()) << r->status();
+    EXPECT_EQ((*r)->predictions(0).top(0).index(), tag);
+  }
+}
+
+TEST_F(InferenceRouterTest, QueueDelayWaitsToFillABatch) {
+  InferenceRouter::Options options;
+  options.max_batch_size = 4;
+  options.max_queue_delay = absl::Milliseconds(300);
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  const absl::Time start = absl::Now();
+  Predict(Request("m1", 1), 1);
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(w1->BatchCount(), 0u) << "went out before the queue delay";
+  for (int tag = 2; tag <= 4; ++tag) Predict(Request("m1", tag), tag);
+  // Full: goes at once, well before the delay runs out.
+  std::optional<InferenceCall> full = w1->Batch(0);
+  ASSERT_TRUE(full.has_value());
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(250));
+  EXPECT_THAT(Tags(*full), testing::ElementsAre(1, 2, 3, 4));
+  // A lone call goes when its delay runs out.
+  Predict(Request("m1", 5), 5);
+  const absl::Time lone = absl::Now();
+  std::optional<InferenceCall> late = w1->Batch(1);
+  ASSERT_TRUE(late.has_value());
+  EXPECT_GE(absl::Now() - lone, absl::Milliseconds(250));
+  EXPECT_THAT(Tags(*late), testing::ElementsAre(5));
+}
+
+TEST_F(InferenceRouterTest, RefusesWhatItCannotServe) {
+  InferenceRouter::Options options;
+  options.max_queue_size = 2;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+
+  // No worker at all.
+  Predict(Request("m1", 1), 1);
+  auto none = outcomes_.Get(1);
+  ASSERT_TRUE(none.has_value());
+  EXPECT_EQ(none->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(none->status().message(), HasSubstr("no worker"));
+
+  auto w1 = Connect("w1");
+  Predict(Request("nope", 2), 2);
+  EXPECT_EQ(outcomes_.Get(2)->status().code(), absl::StatusCode::kNotFound);
+  PredictRequest empty;
+  empty.set_model_id("m1");
+  Predict(empty, 3);
+  EXPECT_EQ(outcomes_.Get(3)->status().code(),
+            absl::StatusCode::kInvalidArgument);
+  PredictRequest both = Request("m1", 0);
+  both.mutable_tensor()->add_shape(1);
+  Predict(both, 4);
+  EXPECT_EQ(outcomes_.Get(4)->status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Predict(Request("m1", -1), 5);
+  EXPECT_EQ(outcomes_.Get(5)->status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // One in flight, two queued (the bound), the next is refused at once.
+  for (int tag = 10; tag <= 12; ++tag) Predict(Request("m1", tag), tag);
+  Predict(Request("m1", 13), 13);
+  auto full = outcomes_.Get(13, absl::Milliseconds(500));
+  ASSERT_TRUE(full.has_value());
+  EXPECT_EQ(full->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full->status().message(), HasSubstr("m1"));
+  EXPECT_FALSE(outcomes_.Done(11));
+}
+
+TEST_F(InferenceRouterTest, DeadlinesExpireQueuedAndInFlightCalls) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1, absl::Milliseconds(100));  // in flight
+  ASSERT_TRUE(w1->Batch(0).has_value());
+  Predict(Request("m1", 2), 2, absl::Milliseconds(100));  // queued
+  Predict(Request("m1", 3), 3, absl::Seconds(30));
+  for (int tag : {1, 2}) {
+    auto r = outcomes_.Get(tag, absl::Seconds(2));
+    ASSERT_TRUE(r.has_value()) << "call " << tag << " hung";
+    EXPECT_EQ(r->status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  EXPECT_THAT(outcomes_.Get(2)->status().message(), HasSubstr("in the queue"));
+  // The late reply for call 1 is dropped; the slot frees and 3 goes out.
+  router_->OnInferenceReply("w1", Answer(*w1->Batch(0)));
+  std::optional<InferenceCall> next = w1->Batch(1);
+  ASSERT_TRUE(next.has_value());
+  EXPECT_THAT(Tags(*next), testing::ElementsAre(3));
+}
+
+TEST_F(InferenceRouterTest, SpreadsLoadAndPrefersWorkersHoldingTheModel) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  auto w2 = Connect("w2");
+  // Nobody holds m1: it goes to one worker; the next call, with that one
+  // busy, goes to the idle other one, which then holds m1 too.
+  Predict(Request("m1", 1), 1);
+  Predict(Request("m1", 2), 2);
+  ASSERT_TRUE(w1->Batch(0).has_value());
+  ASSERT_TRUE(w2->Batch(0).has_value());
+  router_->OnInferenceReply("w1", Answer(*w1->Batch(0)));
+  router_->OnInferenceReply("w2", Answer(*w2->Batch(0)));
+  // Nobody holds m2: it goes to the first worker with room (w1). With w1
+  // busy on it, a call for m1 goes to w2, which holds m1 and is idle.
+  Predict(Request("m2", 3), 3);
+  std::optional<InferenceCall> m2 = w1->Batch(1);
+  ASSERT_TRUE(m2.has_value());
+  EXPECT_THAT(Tags(*m2), testing::ElementsAre(3));
+  Predict(Request("m1", 4), 4);
+  std::optional<InferenceCall> m1 = w2->Batch(1);
+  ASSERT_TRUE(m1.has_value());
+  EXPECT_THAT(Tags(*m1), testing::ElementsAre(4));
+  EXPECT_EQ(w1->BatchCount(), 2u);
+}
+
+TEST_F(InferenceRouterTest, RetriesOnceWhenAWorkerIsLostThenFails) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  ASSERT_TRUE(w1->Batch(0).has_value());
+  auto w2 = Connect("w2");
+  Disconnect("w1", w1.get());
+  // Re-sent to w2, answered there.
+  std::optional<InferenceCall> retried = w2->Batch(0);
+  ASSERT_TRUE(retried.has_value());
+  EXPECT_THAT(Tags(*retried), testing::ElementsAre(1));
+  router_->OnInferenceReply("w2", Answer(*retried));
+  auto ok = outcomes_.Get(1);
+  ASSERT_TRUE(ok.has_value() && ok->ok()) << (ok ? ok->status() : absl::OkStatus());
+
+  // Lost twice: UNAVAILABLE, not a hang.
+  Predict(Request("m1", 2), 2);
+  ASSERT_TRUE(w2->Batch(1).has_value());
+  auto w3 = Connect("w3");
+  Disconnect("w2", w2.get());
+  std::optional<InferenceCall> again = w3->Batch(0);
+  ASSERT_TRUE(again.has_value());
+  Disconnect("w3", w3.get());
+  auto failed = outcomes_.Get(2);
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_EQ(failed->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(failed->status().message(), HasSubstr("tried 2 times"));
+}
+
+TEST_F(InferenceRouterTest, PerItemErrorsStayWithTheirCall) {
+  StartRouter(InferenceRouter::Options{});
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> batch = w1->Batch(0);
+  ASSERT_TRUE(batch.has_value());
+  InferenceReply reply = Answer(*batch);
+  reply.mutable_results(0)->set_code(
+      static_cast<int>(absl::StatusCode::kInvalidArgument));
+  reply.mutable_results(0)->set_message("image 0: not a PNG or JPEG");
+  router_->OnInferenceReply("w1", reply);
+  auto bad = outcomes_.Get(1);
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ(bad->status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad->status().message(), HasSubstr("image 0"));
+}
+
+TEST_F(InferenceRouterTest, ShutdownFailsEverythingPending) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  Predict(Request("m1", 2), 2);
+  ASSERT_TRUE(w1->Batch(0).has_value());
+  scheduler_->set_inference_sink(nullptr);
+  router_.reset();
+  for (int tag : {1, 2}) {
+    auto r = outcomes_.Get(tag, absl::Milliseconds(100));
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->status().code(), absl::StatusCode::kUnavailable);
+  }
+}
+
+}  // namespace
+}  // namespace tlserve
