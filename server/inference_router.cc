@@ -100,11 +100,11 @@ void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline
   InferenceItem item;
   *item.mutable_request() = request;
   item.mutable_request()->clear_model_id();
-  Submit(request.model_id(), std::move(item), deadline,
-         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
-           if (!result.ok()) return done(result.status());
-           done(std::move(*result->mutable_prediction()));
-         });
+  Infer(request.model_id(), std::move(item), deadline,
+        [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
+          if (!result.ok()) return done(result.status());
+          done(std::move(*result->mutable_prediction()));
+        });
 }
 
 void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
@@ -121,15 +121,15 @@ void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
   if (request.has_tensor()) {
     *item.mutable_request()->mutable_tensor() = request.tensor();
   }
-  Submit(request.model_id(), std::move(item), deadline,
-         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
-           if (!result.ok()) return done(result.status());
-           done(std::move(*result->mutable_embedding()));
-         });
+  Infer(request.model_id(), std::move(item), deadline,
+        [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
+          if (!result.ok()) return done(result.status());
+          done(std::move(*result->mutable_embedding()));
+        });
 }
 
-void InferenceRouter::Submit(const std::string& model_id, InferenceItem item,
-                             absl::Time deadline, ResultDone done) {
+void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
+                            absl::Time deadline, ResultDone done) {
   const absl::Time now = absl::Now();
   if (deadline == absl::InfiniteFuture()) deadline = now + options_.default_timeout;
   bool known = false;
@@ -161,6 +161,7 @@ void InferenceRouter::Submit(const std::string& model_id, InferenceItem item,
 
   absl::Status refused;
   std::vector<Outgoing> outgoing;
+  std::vector<Completion> completions;
   {
     absl::MutexLock lock(&mu_);
     auto [it, inserted] = queues_.try_emplace(model_id);
@@ -186,13 +187,49 @@ void InferenceRouter::Submit(const std::string& model_id, InferenceItem item,
       queue.calls.push_back(call);
       queue.queued_inputs += call->inputs;
       outgoing = DispatchLocked(now);
+    } else {
+      FinishLocked(model_id, call, refused, now, &completions);
     }
   }
-  if (!refused.ok()) {
-    call->done(refused);
-    return;
-  }
   Send(std::move(outgoing));
+  Run(std::move(completions));
+}
+
+void InferenceRouter::FinishLocked(const std::string& model_id,
+                                   const CallPtr& call,
+                                   absl::StatusOr<InferenceResult> result,
+                                   absl::Time now,
+                                   std::vector<Completion>* completions) {
+  if (call->completed) return;
+  call->completed = true;
+  ModelStats& stats = queues_[model_id].stats;
+  if (result.ok()) {
+    stats.success.Add(now - call->enqueued);
+    stats.inference_count += static_cast<uint64_t>(call->inputs);
+    stats.last_inference = now;
+  } else {
+    stats.fail.Add(now - call->enqueued);
+  }
+  if (call->attempts > 0) stats.queue.Add(call->dispatched - call->enqueued);
+  completions->push_back({std::move(call->done), std::move(result)});
+}
+
+std::vector<InferenceRouter::ModelStats> InferenceRouter::Stats(
+    const std::string& model_id) {
+  absl::MutexLock lock(&mu_);
+  std::vector<ModelStats> out;
+  for (const auto& [id, queue] : queues_) {
+    if (!model_id.empty() && id != model_id) continue;
+    out.push_back(queue.stats);
+    out.back().model_id = id;
+  }
+  return out;
+}
+
+int InferenceRouter::ConnectedWorkers() {
+  absl::MutexLock lock(&mu_);
+  RefreshWorkersLocked(absl::Now(), /*force=*/true);
+  return static_cast<int>(workers_.size());
 }
 
 void InferenceRouter::RefreshWorkersLocked(absl::Time now, bool force) {
@@ -288,11 +325,13 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
       inputs += call->inputs;
       latest = std::max(latest, call->deadline);
       ++call->attempts;
+      call->dispatched = now;
       *call_msg->add_items() = call->item;
       batch.calls.push_back(call);
       next->calls.pop_front();
     }
     next->queued_inputs -= inputs;
+    batch.inputs = inputs;
     // The latest deadline: the worker must not drop a batch while any of
     // its callers still waits; the router expires the others itself.
     call_msg->set_timeout_ms(
@@ -325,17 +364,17 @@ void InferenceRouter::RequeueLocked(const std::string& model_id,
                                     const std::string& why,
                                     std::vector<Completion>* completions) {
   ModelQueue& queue = queues_[model_id];
+  const absl::Time now = absl::Now();
   // Back to the front, in their original order.
   for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
     const CallPtr& call = *it;
     if (call->completed) continue;
     if (call->attempts > options_.max_retries || stopping_) {
-      call->completed = true;
-      completions->push_back(
-          {std::move(call->done),
-           absl::UnavailableError(absl::StrCat(
-               why, "; the call was tried ", call->attempts,
-               " times, retry later"))});
+      FinishLocked(model_id, call,
+                   absl::UnavailableError(absl::StrCat(
+                       why, "; the call was tried ", call->attempts,
+                       " times, retry later")),
+                   now, completions);
       continue;
     }
     queue.calls.push_front(call);
@@ -365,13 +404,20 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
                     &completions);
     }
     // Resolve each call.
+    const absl::Time now = absl::Now();
     const bool whole_batch_failed = code != absl::StatusCode::kOk;
     const bool sizes_match =
         static_cast<size_t>(reply.results_size()) == batch.calls.size();
+    if (!whole_batch_failed) {
+      ModelStats& stats = queues_[batch.model_id].stats;
+      const absl::Duration compute = absl::Seconds(reply.compute_seconds());
+      ++stats.execution_count;
+      stats.compute.Add(compute);
+      stats.batches[batch.inputs].Add(compute);
+    }
     for (size_t i = 0; i < batch.calls.size(); ++i) {
       const CallPtr& call = batch.calls[i];
       if (call->completed) continue;
-      call->completed = true;
       absl::StatusOr<InferenceResult> result;
       if (whole_batch_failed) {
         result = absl::Status(code, reply.message());
@@ -386,9 +432,9 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
       } else {
         result = reply.results(i);
       }
-      completions.push_back({std::move(call->done), std::move(result)});
+      FinishLocked(batch.model_id, call, std::move(result), now, &completions);
     }
-    outgoing = DispatchLocked(absl::Now());
+    outgoing = DispatchLocked(now);
   }
   Send(std::move(outgoing));
   Run(std::move(completions));
@@ -446,21 +492,20 @@ void InferenceRouter::Loop() {
       mu_.AwaitWithDeadline(absl::Condition(&stop), wake);
       if (stopping_) return;
       const absl::Time now = absl::Now();
-      auto expire = [&](const CallPtr& call) {
+      auto expire = [&](const std::string& model_id, const CallPtr& call) {
         if (call->completed || call->deadline > now) return false;
-        call->completed = true;
-        completions.push_back(
-            {std::move(call->done),
-             absl::DeadlineExceededError(absl::StrCat(
-                 "the deadline passed after ",
-                 absl::FormatDuration(now - call->enqueued),
-                 call->attempts == 0 ? " in the queue" : " on a worker",
-                 "; raise the deadline or add workers"))});
+        FinishLocked(model_id, call,
+                     absl::DeadlineExceededError(absl::StrCat(
+                         "the deadline passed after ",
+                         absl::FormatDuration(now - call->enqueued),
+                         call->attempts == 0 ? " in the queue" : " on a worker",
+                         "; raise the deadline or add workers")),
+                     now, &completions);
         return true;
       };
       for (auto& [id, queue] : queues_) {
         for (auto it = queue.calls.begin(); it != queue.calls.end();) {
-          if (expire(*it)) {
+          if (expire(id, *it)) {
             queue.queued_inputs -= (*it)->inputs;
             it = queue.calls.erase(it);
           } else {
@@ -470,7 +515,7 @@ void InferenceRouter::Loop() {
       }
       // In flight: answered now; the worker's late reply is dropped.
       for (auto& [id, batch] : in_flight_) {
-        for (const CallPtr& call : batch.calls) expire(call);
+        for (const CallPtr& call : batch.calls) expire(batch.model_id, call);
       }
       RefreshWorkersLocked(now, /*force=*/false);
       outgoing = DispatchLocked(now);

@@ -3,6 +3,8 @@
 
 #include <deque>
 #include <functional>
+#include <algorithm>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <set>
@@ -53,6 +55,30 @@ class InferenceRouter : public InferenceSink {
     // Times a call is re-sent after its worker went away.
     int max_retries = 1;
   };
+  // What the router measured for one model since the server started
+  // (the KServe ModelStatistics extension and the metrics read it).
+  struct ModelStats {
+    std::string model_id;
+    struct Duration {
+      uint64_t count = 0;
+      uint64_t ns = 0;
+      void Add(absl::Duration d) {
+        ++count;
+        ns += static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(d)));
+      }
+    };
+    Duration success;  // arrival to answer, calls that succeeded
+    Duration fail;     // the same, calls that failed after queueing
+    Duration queue;    // arrival to leaving for a worker
+    Duration compute;  // worker time per batch
+    uint64_t inference_count = 0;  // inputs answered
+    uint64_t execution_count = 0;  // batches answered
+    absl::Time last_inference = absl::UnixEpoch();
+    // Batches by inputs per batch: count and worker time.
+    std::map<int64_t, Duration> batches;
+  };
+  using ResultDone =
+      std::function<void(absl::StatusOr<tlserve::v1::InferenceResult>)>;
   using PredictDone =
       std::function<void(absl::StatusOr<tlserve::v1::PredictResponse>)>;
   using EmbedDone =
@@ -69,18 +95,28 @@ class InferenceRouter : public InferenceSink {
   void Embed(const tlserve::v1::EmbedRequest& request, absl::Time deadline,
              EmbedDone done);
 
+  // Any item (what Predict and Embed build; the KServe API builds its
+  // own). The item's inputs are checked by the worker.
+  void Infer(const std::string& model_id, tlserve::v1::InferenceItem item,
+             absl::Time deadline, ResultDone done);
+
+  // Every model called so far, or one (empty if it was never called).
+  std::vector<ModelStats> Stats(const std::string& model_id = "");
+  const Options& options() const { return options_; }
+  // Workers the router can send to (a fresh look at the scheduler).
+  int ConnectedWorkers();
+
   void OnInferenceReply(const std::string& worker_id,
                         const tlserve::v1::InferenceReply& reply) override;
   void OnWorkerGone(const std::string& worker_id) override;
 
  private:
-  using ResultDone =
-      std::function<void(absl::StatusOr<tlserve::v1::InferenceResult>)>;
   struct Call {
     tlserve::v1::InferenceItem item;
     int64_t inputs = 1;
     absl::Time deadline;
     absl::Time enqueued;
+    absl::Time dispatched;  // last time it left for a worker
     int attempts = 0;
     bool completed = false;  // guarded by mu_
     ResultDone done;
@@ -90,10 +126,12 @@ class InferenceRouter : public InferenceSink {
     tlserve::v1::InferenceModel model;
     std::deque<CallPtr> calls;
     int64_t queued_inputs = 0;
+    ModelStats stats;
   };
   struct Batch {
     std::string worker_id;
     std::string model_id;
+    int64_t inputs = 0;
     std::vector<CallPtr> calls;
   };
   struct WorkerState {
@@ -111,8 +149,12 @@ class InferenceRouter : public InferenceSink {
     tlserve::v1::ServerMessage message;
   };
 
-  void Submit(const std::string& model_id, tlserve::v1::InferenceItem item,
-              absl::Time deadline, ResultDone done);
+  // Completes `call` (once) with `result`, counting it in the model's
+  // stats; the completion runs after mu_ is released.
+  void FinishLocked(const std::string& model_id, const CallPtr& call,
+                    absl::StatusOr<tlserve::v1::InferenceResult> result,
+                    absl::Time now, std::vector<Completion>* completions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forms every batch that can go now; the caller sends them unlocked.
   std::vector<Outgoing> DispatchLocked(absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -15,6 +15,7 @@
 #include "server/event_hub.h"
 #include "server/inference_router.h"
 #include "server/inference_service.h"
+#include "server/kserve_service.h"
 #include "server/job_manager.h"
 #include "server/job_service.h"
 #include "server/local_workers.h"
@@ -71,6 +72,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->job_service_ = std::make_unique<JobServiceImpl>(
       s->jobs_.get(), s->store_.get(), s->events_.get(), s->pool_.get());
   s->inference_service_ = std::make_unique<InferenceServiceImpl>(s->router_.get());
+  s->kserve_service_ =
+      std::make_unique<KServeServiceImpl>(s->store_.get(), s->router_.get());
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(
       s->scheduler_.get(), s->blobs_.get(), s->pool_.get(),
       options.limits.max_part_bytes);
@@ -86,6 +89,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   builder.RegisterService(s->model_service_.get());
   builder.RegisterService(s->job_service_.get());
   builder.RegisterService(s->inference_service_.get());
+  builder.RegisterService(s->kserve_service_.get());
   builder.RegisterService(s->worker_service_.get());
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->port_ == 0) {

@@ -16,6 +16,7 @@ class BlobStore;
 class DatasetServiceImpl;
 class EventHub;
 class InferenceServiceImpl;
+class KServeServiceImpl;
 class JobManager;
 class JobServiceImpl;
 class LocalWorkers;
@@ -73,6 +74,7 @@ class Server {
   std::unique_ptr<ModelServiceImpl> model_service_;
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::unique_ptr<KServeServiceImpl> kserve_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<LocalWorkers> local_workers_;

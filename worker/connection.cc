@@ -146,6 +146,7 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
 
   InferenceRunner::Options runner_options;
   runner_options.max_loaded_models = opts.max_loaded_models;
+  runner_options.num_threads = opts.num_threads;
   agent->inference_runner_ = std::make_unique<InferenceRunner>(runner_options);
 
   try {

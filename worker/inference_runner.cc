@@ -1,5 +1,6 @@
 #include "worker/inference_runner.h"
 
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -193,6 +194,10 @@ void FillPrediction(const float* row, int64_t num_classes, int64_t top_k,
   }
 }
 
+bool WantsPrediction(const tlserve::v1::InferenceItem& item) {
+  return !item.embed() || item.also_predict();
+}
+
 void SetError(const absl::Status& status, tlserve::v1::InferenceResult* result) {
   result->Clear();
   result->set_code(static_cast<int>(status.code()));
@@ -288,8 +293,12 @@ struct InferenceRunner::Impl {
     absl::StatusOr<std::shared_ptr<const LoadedModel>> model = Get(file);
     if (!model.ok()) return fail_all(model.status());
 
-    // InferenceMode is thread-local: set on the thread that runs the model.
+    // InferenceMode and the thread count are per thread: set both on the
+    // thread that runs the model.
     c10::InferenceMode inference_mode;
+    if (options.num_threads > 0 && at::get_num_threads() != options.num_threads) {
+      at::set_num_threads(options.num_threads);
+    }
     std::vector<at::Tensor> inputs;
     std::vector<int> ready;        // items whose inputs converted
     std::vector<int64_t> offsets;  // their first row in the batch
@@ -312,7 +321,7 @@ struct InferenceRunner::Impl {
         continue;
       }
       any_embed = any_embed || items[i].embed();
-      any_predict = any_predict || !items[i].embed();
+      any_predict = any_predict || WantsPrediction(items[i]);
       ready.push_back(i);
       offsets.push_back(rows);
       rows += t->size(0);
@@ -370,7 +379,7 @@ struct InferenceRunner::Impl {
           "model ", file.model_id, " outputs ", num_classes,
           " classes but has ", file.class_names.size(), " class names"));
       for (int i : ready) {
-        if (!items[i].embed()) SetError(mismatch, &(*results)[i]);
+        if (WantsPrediction(items[i])) SetError(mismatch, &(*results)[i]);
       }
     }
     std::vector<int> order;
@@ -388,8 +397,8 @@ struct InferenceRunner::Impl {
           out->add_embeddings()->mutable_values()->Add(data + r * dim,
                                                        data + (r + 1) * dim);
         }
-        continue;
       }
+      if (!WantsPrediction(items[i])) continue;
       const int top_k_asked = items[i].request().top_k();
       const int64_t top_k = std::min<int64_t>(
           top_k_asked == 0 ? kDefaultTopK : top_k_asked, num_classes);

@@ -29,6 +29,10 @@ class InferenceRunner {
     // not pay for lazy initialisation (and a model that cannot run fails
     // at load, not on a caller's inputs).
     bool warm_up = true;
+    // LibTorch intra-op threads for each batch (0: LibTorch's default).
+    // Set on every thread that runs a batch: in this LibTorch the count is
+    // per thread, so setting it once elsewhere would not reach them.
+    int num_threads = 0;
   };
 
   // A model of a batch: its id, its file on this worker and what the

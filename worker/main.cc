@@ -38,7 +38,7 @@ ABSL_FLAG(std::string, cache_dir, "",
           "blob cache and job scratch folder (default: "
           "./var/worker-cache/<worker_id>)");
 ABSL_FLAG(int, threads, static_cast<int>(std::thread::hardware_concurrency()),
-          "LibTorch threads for training (0: LibTorch's default)");
+          "LibTorch threads for training and for each inference batch (0: LibTorch's default)");
 ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
 
 int main(int argc, char** argv) {

@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster.h"
 #include "tests/integration/fixtures.h"
@@ -241,6 +243,66 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
     double l1 = 0;
     for (float v : embedded->embeddings(row).values()) l1 += std::abs(v);
     EXPECT_NEAR(l1, std::stod(norms[row]), 1e-3 * std::max(1.0, l1));
+  }
+
+  // The same model through the KServe v2 API, from a Python client
+  // generated from tlserve's proto: same probabilities, same features.
+  {
+    const std::string kserve_out = cluster_.dir() + "/kserve.json";
+    const std::string command = absl::StrCat(
+        "/usr/bin/python3 ", TLSERVE_SOURCE_DIR,
+        "/tests/integration/kserve_client.py --target ", cluster_.address(),
+        " --model ", model->id(), " --proto_dir ", TLSERVE_SOURCE_DIR,
+        "/proto --input ", cluster_.dir(), "/input.f32 --shape 2,3,32,32 > ",
+        kserve_out, " 2>&1");
+    ASSERT_EQ(std::system(command.c_str()), 0) << *ReadFile(kserve_out);
+    google::protobuf::Struct seen;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(*ReadFile(kserve_out),
+                                                            &seen)
+                    .ok())
+        << *ReadFile(kserve_out);
+    const auto& f = seen.fields();
+    EXPECT_TRUE(f.at("live").bool_value());
+    EXPECT_TRUE(f.at("ready").bool_value());
+    EXPECT_EQ(f.at("server_name").string_value(), "tlserve");
+    EXPECT_TRUE(f.at("model_ready").bool_value());
+    EXPECT_FALSE(f.at("unknown_model_ready").bool_value());
+    EXPECT_EQ(f.at("max_batch_size").number_value(), 64);
+    EXPECT_EQ(f.at("id").string_value(), "req-1");
+    const auto& shape = f.at("input_shape").list_value().values();
+    ASSERT_EQ(shape.size(), 4);
+    EXPECT_EQ(shape[0].number_value(), -1);
+    EXPECT_EQ(shape[1].number_value(), 3);
+    const auto& shapes = f.at("output_shapes").struct_value().fields();
+    EXPECT_EQ(shapes.at("probabilities").list_value().values(1).number_value(), 3);
+    EXPECT_EQ(shapes.at("features").list_value().values(1).number_value(), 512);
+    const auto& probabilities = f.at("probabilities").list_value().values();
+    ASSERT_EQ(probabilities.size(), 6);
+    for (int row = 0; row < 2; ++row) {
+      for (int c = 0; c < 3; ++c) {
+        EXPECT_NEAR(probabilities[row * 3 + c].number_value(),
+                    predicted->predictions(row).probabilities(c), 1e-5);
+      }
+    }
+    const auto& l1 = f.at("features_l1").list_value().values();
+    ASSERT_EQ(l1.size(), 2);
+    EXPECT_NEAR(l1[0].number_value(), std::stod(norms[0]),
+                1e-3 * std::max(1.0, l1[0].number_value()));
+    EXPECT_EQ(f.at("typed_outputs").list_value().values_size(), 1);
+    EXPECT_LT(f.at("typed_max_diff").number_value(), 1e-6);
+    const auto& errors = f.at("errors").struct_value().fields();
+    EXPECT_EQ(errors.at("unknown_model").string_value(), "NOT_FOUND");
+    EXPECT_EQ(errors.at("bad_version").string_value(), "NOT_FOUND");
+    EXPECT_EQ(errors.at("bad_datatype").string_value(), "INVALID_ARGUMENT");
+    EXPECT_EQ(errors.at("wrong_shape").string_value(), "INVALID_ARGUMENT");
+    EXPECT_EQ(errors.at("short_data").string_value(), "INVALID_ARGUMENT");
+    EXPECT_EQ(errors.at("unknown_output").string_value(), "INVALID_ARGUMENT");
+    const auto& stats = f.at("stats").struct_value().fields();
+    // Two good ModelInfers of 2 rows, plus the Predict and Embed above.
+    EXPECT_GE(stats.at("inference_count").number_value(), 4);
+    EXPECT_GE(stats.at("execution_count").number_value(), 1);
+    EXPECT_GE(stats.at("fail_count").number_value(), 2);  // the worker's refusals
+    EXPECT_GE(stats.at("batch_sizes").list_value().values_size(), 1);
   }
 
   // 32 callers at once: the batcher merges them, and each still gets the

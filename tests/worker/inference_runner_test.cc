@@ -275,6 +275,7 @@ TEST_F(InferenceRunnerTest, BatchMatchesItemsRunAlone) {
   {
     auto* item = items.Add();
     item->set_embed(true);
+    item->set_also_predict(true);
     *item->mutable_request()->mutable_tensor() = ToRaw(x.slice(0, 2, 3));
   }
   {
@@ -300,6 +301,9 @@ TEST_F(InferenceRunnerTest, BatchMatchesItemsRunAlone) {
     EXPECT_NEAR(results[0].prediction().predictions(1).probabilities(c),
                 reference->predictions(1).probabilities(c), 1e-5);
     EXPECT_NEAR(results[3].prediction().predictions(0).probabilities(c),
+                reference->predictions(2).probabilities(c), 1e-5);
+    // Embed with also_predict: the scores come with the features.
+    EXPECT_NEAR(results[2].prediction().predictions(0).probabilities(c),
                 reference->predictions(2).probabilities(c), 1e-5);
   }
 

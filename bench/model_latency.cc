@@ -1,0 +1,156 @@
+// model_latency: the in-process baseline for the inference benchmark. Loads
+// an exported TorchScript model (`tlctl model export`) and times forward
+// on one fixed input, over and over, on one thread under c10::InferenceMode:
+// no gRPC, no decoding, no queueing. Served latency at concurrency 1 minus
+// this is what the serving path costs.
+//
+//   build-bench/bench/model_latency --model=model.pt --shape=1,3,224,224
+//       --threads=2 --seconds=10
+//
+// Prints p50/p90/p99/max in ms and one `RESULT {json}` line shaped like
+// load_gen's (throughput_rps is forwards per second on this one thread).
+
+#include <ATen/Parallel.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "worker/torch_status.h"
+
+ABSL_FLAG(std::string, model, "", "TorchScript file from `tlctl model export`");
+ABSL_FLAG(std::vector<std::string>, shape,
+          std::vector<std::string>({"1", "3", "224", "224"}),
+          "input shape N,C,H,W (float in [0, 1])");
+ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads (at::set_num_threads)");
+ABSL_FLAG(double, warmup_seconds, 2, "forwards run before timing");
+ABSL_FLAG(double, seconds, 10, "timed forwards run this long");
+ABSL_FLAG(int, min_iters, 20, "and at least this many timed forwards");
+ABSL_FLAG(uint64_t, seed, 1, "seed of the input");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Timings {
+  std::vector<double> ms;
+  int64_t classes = 0;
+};
+
+absl::Status Run(const std::string& path, const std::vector<int64_t>& shape,
+                 Timings* timings) {
+  return tlserve::worker::TorchGuard(
+      absl::StrCat("timing model ", path), [&]() -> absl::Status {
+        torch::jit::Module module = torch::jit::load(path);
+        module.eval();
+        // InferenceMode is thread-local; this thread runs every forward.
+        c10::InferenceMode inference_mode;
+        at::manual_seed(absl::GetFlag(FLAGS_seed));
+        const at::Tensor input = at::rand(shape);
+        auto forward = [&] {
+          at::Tensor out = module.forward({input}).toTensor();
+          timings->classes = out.dim() == 2 ? out.size(1) : 0;
+        };
+        const auto seconds = [](double s) {
+          return std::chrono::duration_cast<Clock::duration>(
+              std::chrono::duration<double>(s));
+        };
+        const Clock::time_point warm_end =
+            Clock::now() + seconds(absl::GetFlag(FLAGS_warmup_seconds));
+        do {
+          forward();
+        } while (Clock::now() < warm_end);
+        const Clock::time_point end =
+            Clock::now() + seconds(absl::GetFlag(FLAGS_seconds));
+        const size_t min_iters = std::max(1, absl::GetFlag(FLAGS_min_iters));
+        while (Clock::now() < end || timings->ms.size() < min_iters) {
+          const Clock::time_point start = Clock::now();
+          forward();
+          timings->ms.push_back(
+              std::chrono::duration<double, std::milli>(Clock::now() - start)
+                  .count());
+        }
+        if (timings->classes == 0) {
+          return absl::FailedPreconditionError(
+              "the model does not return [N, classes] logits");
+        }
+        return absl::OkStatus();
+      });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "in-process forward latency of a TorchScript model (bench/model_latency.cc)");
+  absl::ParseCommandLine(argc, argv);
+  const std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty()) {
+    std::fprintf(stderr, "model_latency: --model is required\n");
+    return 2;
+  }
+  std::vector<int64_t> shape;
+  for (const std::string& part : absl::GetFlag(FLAGS_shape)) {
+    int64_t d = 0;
+    if (!absl::SimpleAtoi(part, &d) || d < 1) {
+      std::fprintf(stderr, "model_latency: --shape: '%s' is not a dimension\n",
+                   part.c_str());
+      return 2;
+    }
+    shape.push_back(d);
+  }
+  if (shape.size() != 4) {
+    std::fprintf(stderr, "model_latency: --shape must be N,C,H,W\n");
+    return 2;
+  }
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if (threads < 1) {
+    std::fprintf(stderr, "model_latency: --threads must be >= 1\n");
+    return 2;
+  }
+  at::set_num_threads(threads);
+
+  Timings timings;
+  if (absl::Status status = Run(path, shape, &timings); !status.ok()) {
+    std::fprintf(stderr, "model_latency: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  std::vector<double> sorted = timings.ms;
+  std::sort(sorted.begin(), sorted.end());
+  auto percentile = [&](double p) {
+    const size_t rank = static_cast<size_t>(std::ceil(p * sorted.size()));
+    return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+  };
+  double total = 0;
+  for (double v : sorted) total += v;
+  const double mean = total / sorted.size();
+  const double rps = 1000.0 / mean;
+  std::printf("model_latency: %s, input [%lld,%lld,%lld,%lld], %d threads, "
+              "%zu forwards, %lld classes\n",
+              path.c_str(), static_cast<long long>(shape[0]),
+              static_cast<long long>(shape[1]), static_cast<long long>(shape[2]),
+              static_cast<long long>(shape[3]), threads, sorted.size(),
+              static_cast<long long>(timings.classes));
+  std::printf("  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\n",
+              percentile(0.5), percentile(0.9), percentile(0.99), sorted.back(),
+              mean);
+  std::printf(
+      "RESULT {\"tool\":\"model_latency\",\"threads\":%d,\"batch\":%lld,"
+      "\"completed\":%zu,\"throughput_rps\":%.3f,\"throughput_ips\":%.3f,"
+      "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
+      "\"mean_ms\":%.3f}\n",
+      threads, static_cast<long long>(shape[0]), sorted.size(), rps,
+      rps * shape[0], percentile(0.5), percentile(0.9), percentile(0.99),
+      sorted.back(), mean);
+  return 0;
+}
