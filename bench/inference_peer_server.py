@@ -154,6 +154,24 @@ class InferencePeer:
                 pred.top.add(index=i, label=label, probability=p)
         return response
 
+    def Embed(self, request, context):
+        try:
+            if self.model_id and request.model_id != self.model_id:
+                raise PredictError(grpc.StatusCode.NOT_FOUND,
+                                   f"model {request.model_id} not found")
+            x = self.inputs(request)
+            with torch.inference_mode():
+                features = self.module.features(x).float()
+        except PredictError as e:
+            context.abort(e.code, str(e))
+        except Exception as e:  # a model error is the server's fault
+            context.abort(grpc.StatusCode.INTERNAL, f"running the model: {e}")
+        response = self.pb2.EmbedResponse(model_id=request.model_id,
+                                          worker_id="python-peer")
+        for row in features.tolist():
+            response.embeddings.add().values.extend(row)
+        return response
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,

@@ -37,6 +37,10 @@ ABSL_FLAG(double, warmup_seconds, 2, "forwards run before timing");
 ABSL_FLAG(double, seconds, 10, "timed forwards run this long");
 ABSL_FLAG(int, min_iters, 20, "and at least this many timed forwards");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the input");
+ABSL_FLAG(bool, channels_last, false, "module and input in channels_last layout");
+ABSL_FLAG(bool, optimize, false,
+          "freeze the module and run torch::jit::optimize_for_inference first "
+          "(as tlserve's worker does)");
 
 namespace {
 
@@ -53,10 +57,22 @@ absl::Status Run(const std::string& path, const std::vector<int64_t>& shape,
       absl::StrCat("timing model ", path), [&]() -> absl::Status {
         torch::jit::Module module = torch::jit::load(path);
         module.eval();
+        if (absl::GetFlag(FLAGS_optimize)) {
+          module = torch::jit::optimize_for_inference(module);
+        }
+        if (absl::GetFlag(FLAGS_channels_last)) {
+          for (at::Tensor p : module.parameters()) {
+            if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+          }
+        }
+        module.eval();
         // InferenceMode is thread-local; this thread runs every forward.
         c10::InferenceMode inference_mode;
         at::manual_seed(absl::GetFlag(FLAGS_seed));
-        const at::Tensor input = at::rand(shape);
+        const at::Tensor input =
+            absl::GetFlag(FLAGS_channels_last)
+                ? at::rand(shape).contiguous(at::MemoryFormat::ChannelsLast)
+                : at::rand(shape);
         auto forward = [&] {
           at::Tensor out = module.forward({input}).toTensor();
           timings->classes = out.dim() == 2 ? out.size(1) : 0;

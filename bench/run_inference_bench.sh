@@ -29,6 +29,8 @@
 #   BENCH_MODELS         which models ("compact resnet18")
 #   BENCH_TIMEOUT_MS     load_gen per-call deadline (20000)
 #   BENCH_MAX_SECONDS    the whole run is killed after this long (1800)
+#   BENCH_SERVER_FLAGS   extra tlserve flags, e.g. the batcher's
+#                        "--max_batch_size=16 --batches_per_worker=1" ("")
 #   BENCH_OUT            folder for logs, models, results (a new temp dir)
 #   BENCH_DATA_DIR       Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist)
 set -euo pipefail
@@ -122,7 +124,7 @@ LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
 log "output in $OUT; windows: warmup ${WARMUP}s + ${SECONDS_W}s, in-process ${LAT_SECONDS}s; threads $THREADS; input $INPUT"
 "$BUILD/server/tlserve" --listen=127.0.0.1:0 --port_file="$DATA_DIR/tlserve.port" \
   --data_dir="$DATA_DIR" --local_workers=1 --worker_binary="$BUILD/worker/tlworker" \
-  --worker_threads="$THREADS" 2> "$OUT/tlserve.log" &
+  --worker_threads="$THREADS" ${BENCH_SERVER_FLAGS:-} 2> "$OUT/tlserve.log" &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
 PORT="$(wait_port_file "$DATA_DIR/tlserve.port" "$SERVER_PID" "$OUT/tlserve.log")"

@@ -1274,7 +1274,11 @@ absl::StatusOr<int> ModelExport(Context& ctx, const Args& args) {
 
 // --- predict ---
 
-absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
+// The inputs of predict and embed: image files, or one random tensor at
+// the model's input size. `images` gets the file names.
+absl::StatusOr<v1::PredictRequest> InferenceInputs(Context& ctx,
+                                                   const Args& args,
+                                                   std::vector<std::string>* images_out) {
   std::string model_id = args.Get("model");
   if (model_id.empty()) return FlagError("model", "is required");
   ASSIGN_OR_RETURN(bool random, args.GetBool("random-tensor"));
@@ -1285,14 +1289,9 @@ absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
     return absl::InvalidArgumentError(
         "give --image FILE (one or more) or --random-tensor");
   }
-  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
-  ASSIGN_OR_RETURN(int64_t deadline_ms, args.GetInt("deadline-ms", 10000));
-  if (top_k < 0 || top_k > 1000) return FlagError("top-k", "must be 0..1000");
-  if (deadline_ms < 1) return FlagError("deadline-ms", "must be > 0");
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   v1::PredictRequest request;
   request.set_model_id(model_id);
-  request.set_top_k(static_cast<int32_t>(top_k));
   for (const std::string& path : images) {
     ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
     request.add_images(std::move(bytes));
@@ -1317,6 +1316,19 @@ absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
     tensor->set_contents(reinterpret_cast<const char*>(values.data()),
                          values.size() * sizeof(float));
   }
+  *images_out = std::move(images);
+  return request;
+}
+
+absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(int64_t deadline_ms, args.GetInt("deadline-ms", 10000));
+  if (top_k < 0 || top_k > 1000) return FlagError("top-k", "must be 0..1000");
+  if (deadline_ms < 1) return FlagError("deadline-ms", "must be > 0");
+  std::vector<std::string> images;
+  ASSIGN_OR_RETURN(v1::PredictRequest request, InferenceInputs(ctx, args, &images));
+  request.set_top_k(static_cast<int32_t>(top_k));
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   ASSIGN_OR_RETURN(v1::PredictResponse response,
                    client->Predict(request, absl::Milliseconds(deadline_ms)));
   if (ctx.json) {
@@ -1336,6 +1348,40 @@ absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
     }
     *ctx.out << FormatTable({"RANK", "CLASS", "INDEX", "PROBABILITY"}, rows);
   }
+  return 0;
+}
+
+absl::StatusOr<int> EmbedCommand(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(int64_t deadline_ms, args.GetInt("deadline-ms", 10000));
+  if (deadline_ms < 1) return FlagError("deadline-ms", "must be > 0");
+  std::vector<std::string> images;
+  ASSIGN_OR_RETURN(v1::PredictRequest inputs, InferenceInputs(ctx, args, &images));
+  v1::EmbedRequest request;
+  request.set_model_id(inputs.model_id());
+  *request.mutable_images() = std::move(*inputs.mutable_images());
+  if (inputs.has_tensor()) *request.mutable_tensor() = inputs.tensor();
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::EmbedResponse response,
+                   client->Embed(request, absl::Milliseconds(deadline_ms)));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (int i = 0; i < response.embeddings_size(); ++i) {
+    const auto& values = response.embeddings(i).values();
+    double l2 = 0;
+    for (float v : values) l2 += static_cast<double>(v) * v;
+    std::vector<std::string> head;
+    for (int d = 0; d < std::min(4, values.size()); ++d) {
+      head.push_back(absl::StrFormat("%.4f", values[d]));
+    }
+    rows.push_back({i < static_cast<int>(images.size()) ? images[i]
+                                                        : absl::StrCat("input ", i),
+                    absl::StrCat(values.size()), absl::StrFormat("%.4f", std::sqrt(l2)),
+                    absl::StrCat(absl::StrJoin(head, " "), " ...")});
+  }
+  *ctx.out << FormatTable({"INPUT", "DIM", "L2 NORM", "FIRST VALUES"}, rows);
   return 0;
 }
 
@@ -1509,6 +1555,18 @@ const std::vector<Command>& Commands() {
         {"seed"},
         {"deadline-ms"}},
        PredictCommand},
+      {"embed",
+       "",
+       "embed --model ID (--image F [--image F ...] | --random-tensor "
+       "[--seed N]) [--deadline-ms MS]   (the backbone's features; --json "
+       "prints them all)",
+       0,
+       {{"model"},
+        {"image", true, true},
+        {"random-tensor", false},
+        {"seed"},
+        {"deadline-ms"}},
+       EmbedCommand},
       {"health", "", "health [--wait SECONDS]", 0, {{"wait"}}, HealthCommand},
       {"demo",
        "",
@@ -1599,7 +1657,7 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
   }
   // `predict --image a.png b.png` puts extra files in positional.
   if (args->positional().size() != command->positional &&
-      command->run != PredictCommand) {
+      command->run != PredictCommand && command->run != EmbedCommand) {
     err << "usage: tlctl " << command->usage << "\n";
     return fail(absl::InvalidArgumentError(
         absl::StrCat("expected ", command->positional, " argument(s), got ",
