@@ -152,8 +152,17 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     *model.mutable_class_names() = stored->class_names();
   }
 
+  const int64_t bytes = static_cast<int64_t>(item.ByteSizeLong());
+  if (bytes > options_.max_batch_bytes) {
+    done(absl::InvalidArgumentError(absl::StrFormat(
+        "the call's inputs take %d bytes, over the %d-byte limit of one "
+        "batch; send fewer or smaller inputs per call",
+        bytes, options_.max_batch_bytes)));
+    return;
+  }
   auto call = std::make_shared<Call>();
   call->inputs = InputCount(item.request());
+  call->bytes = bytes;
   call->item = std::move(item);
   call->deadline = deadline;
   call->enqueued = now;
@@ -315,14 +324,17 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
     batch.worker_id = chosen;
     batch.model_id = model_id;
     int64_t inputs = 0;
+    int64_t bytes = 0;
     absl::Time latest = now;
     while (!next->calls.empty()) {
       const CallPtr& call = next->calls.front();
       if (!batch.calls.empty() &&
-          inputs + call->inputs > options_.max_batch_size) {
+          (inputs + call->inputs > options_.max_batch_size ||
+           bytes + call->bytes > options_.max_batch_bytes)) {
         break;
       }
       inputs += call->inputs;
+      bytes += call->bytes;
       latest = std::max(latest, call->deadline);
       ++call->attempts;
       call->dispatched = now;

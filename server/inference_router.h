@@ -45,6 +45,11 @@ class InferenceRouter : public InferenceSink {
     // How long the oldest queued call may wait for more to fill a batch
     // while a worker has room. Zero: send at once.
     absl::Duration max_queue_delay = absl::ZeroDuration();
+    // Serialized bytes per batch, so a batch always fits the worker stream
+    // (the server sends at most 64 MiB per message). A bigger call is
+    // refused with INVALID_ARGUMENT; a call that would overflow the batch
+    // waits for the next one.
+    int64_t max_batch_bytes = int64_t{48} << 20;
     // Calls waiting per model; more get RESOURCE_EXHAUSTED.
     int max_queue_size = 1024;
     // Batches in flight per worker: two keeps a worker busy while the
@@ -114,6 +119,7 @@ class InferenceRouter : public InferenceSink {
   struct Call {
     tlserve::v1::InferenceItem item;
     int64_t inputs = 1;
+    int64_t bytes = 0;  // item.ByteSizeLong()
     absl::Time deadline;
     absl::Time enqueued;
     absl::Time dispatched;  // last time it left for a worker

@@ -292,6 +292,39 @@ TEST_F(InferenceRouterTest, RefusesWhatItCannotServe) {
   EXPECT_FALSE(outcomes_.Done(11));
 }
 
+TEST_F(InferenceRouterTest, BatchesStayWithinTheByteLimit) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  options.max_batch_bytes = 1000;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  auto big = [](int tag, size_t bytes) {
+    PredictRequest request = Request("m1", tag, 0);
+    request.add_images(std::string(bytes, 'x'));
+    return request;
+  };
+  Predict(big(1, 100), 1);
+  ASSERT_TRUE(w1->Batch(0).has_value());
+  // Queued while w1 is busy: 600 + 600 bytes do not fit one batch.
+  Predict(big(2, 600), 2);
+  Predict(big(3, 600), 3);
+  // Over the limit alone: refused at once, never queued.
+  Predict(big(4, 2000), 4);
+  auto refused = outcomes_.Get(4, absl::Milliseconds(500));
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused->status().message(), HasSubstr("byte limit"));
+
+  router_->OnInferenceReply("w1", Answer(*w1->Batch(0)));
+  std::optional<InferenceCall> second = w1->Batch(1);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(Tags(*second), testing::ElementsAre(2));
+  router_->OnInferenceReply("w1", Answer(*second));
+  std::optional<InferenceCall> third = w1->Batch(2);
+  ASSERT_TRUE(third.has_value());
+  EXPECT_THAT(Tags(*third), testing::ElementsAre(3));
+}
+
 TEST_F(InferenceRouterTest, DeadlinesExpireQueuedAndInFlightCalls) {
   InferenceRouter::Options options;
   options.max_batches_per_worker = 1;
