@@ -29,12 +29,17 @@
 #   BENCH_MODELS         which models ("compact resnet18")
 #   BENCH_TIMEOUT_MS     load_gen per-call deadline (20000)
 #   BENCH_MAX_SECONDS    the whole run is killed after this long (1800)
+#   BENCH_MAX_BATCH_COMPACT, BENCH_MAX_BATCH_RESNET18
+#                        per-model max batch size, set with `tlctl model
+#                        deploy` ("" and 8: the server's default, 64, for
+#                        compact; 8 for resnet18)
 #   BENCH_SERVER_FLAGS   extra tlserve flags, e.g. the batcher's
 #                        "--max_batch_size=16 --batches_per_worker=1" ("")
 #   BENCH_OUT            folder for logs, models, results (a new temp dir)
 #   BENCH_DATA_DIR       Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist)
 set -euo pipefail
 BUILD="${1:-build}"
+BENCH_MAX_BATCH_RESNET18="${BENCH_MAX_BATCH_RESNET18-8}"
 cd "$(dirname "$0")/.."
 BUILD="$(cd "$BUILD" && pwd)"
 PY=/usr/bin/python3
@@ -199,6 +204,13 @@ for model in $MODELS; do
   tlctl --json model get "${MODEL_ID[$model]}" > "$OUT/$model.model.json"
   tlctl model export "${MODEL_ID[$model]}" --out "$OUT/$model.pt" > /dev/null
   log "model $model: ${MODEL_ID[$model]} exported to $OUT/$model.pt"
+  # Per-model batcher settings (tlctl model deploy): on 2 CPU cores
+  # resnet18 at 224 runs fewer images per second in big batches.
+  batch_var="BENCH_MAX_BATCH_${model^^}"
+  if [ -n "${!batch_var:-}" ]; then
+    tlctl model deploy "${MODEL_ID[$model]}" --max-batch-size "${!batch_var}" > /dev/null
+    log "model $model: deployed with --max-batch-size ${!batch_var}"
+  fi
 done
 
 # One input per model at its size: a test image of class Pullover (label 2).

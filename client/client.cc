@@ -344,6 +344,20 @@ absl::StatusOr<v1::Model> Client::GetModel(const std::string& id) {
   TLSERVE_UNARY_(models_, GetModel, request, v1::Model);
 }
 
+absl::StatusOr<v1::Model> Client::DeployModel(const std::string& id,
+                                              const v1::ServingConfig& serving) {
+  v1::DeployModelRequest request;
+  request.set_id(id);
+  *request.mutable_serving() = serving;
+  TLSERVE_UNARY_(models_, DeployModel, request, v1::Model);
+}
+
+absl::StatusOr<v1::Model> Client::UndeployModel(const std::string& id) {
+  v1::UndeployModelRequest request;
+  request.set_id(id);
+  TLSERVE_UNARY_(models_, UndeployModel, request, v1::Model);
+}
+
 absl::StatusOr<v1::ListModelsResponse> Client::ListModelsPage(
     int32_t page_size, const std::string& page_token) {
   v1::ListModelsRequest request;

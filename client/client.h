@@ -73,6 +73,11 @@ class Client {
   absl::StatusOr<v1::ListBackbonesResponse> ListBackbonesPage(
       int32_t page_size, const std::string& page_token);
   absl::StatusOr<v1::Model> GetModel(const std::string& id);
+  // (Re)deploys with these batcher settings (unset: the server's) and
+  // warms the model up; Undeploy stops serving it.
+  absl::StatusOr<v1::Model> DeployModel(const std::string& id,
+                                        const v1::ServingConfig& serving);
+  absl::StatusOr<v1::Model> UndeployModel(const std::string& id);
   absl::StatusOr<std::vector<v1::Model>> ListModels();
   absl::StatusOr<v1::ListModelsResponse> ListModelsPage(
       int32_t page_size, const std::string& page_token);

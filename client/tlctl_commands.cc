@@ -693,6 +693,22 @@ std::string TimeText(const google::protobuf::Timestamp& t) {
                           absl::LocalTimeZone());
 }
 
+// "batch 8, delay 500us" / "defaults" / "undeployed".
+std::string ServingText(const v1::ServingConfig& serving) {
+  if (serving.undeployed()) return "undeployed";
+  std::vector<std::string> parts;
+  if (serving.has_max_batch_size()) {
+    parts.push_back(absl::StrCat("batch ", serving.max_batch_size()));
+  }
+  if (serving.has_max_queue_delay_us()) {
+    parts.push_back(absl::StrCat("delay ", serving.max_queue_delay_us(), "us"));
+  }
+  if (serving.has_max_queue_size()) {
+    parts.push_back(absl::StrCat("queue ", serving.max_queue_size()));
+  }
+  return parts.empty() ? "deployed" : absl::StrCat("deployed (", absl::StrJoin(parts, ", "), ")");
+}
+
 std::string Bytes(int64_t n) {
   if (n >= (1 << 20)) return absl::StrFormat("%.1f MiB", n / 1048576.0);
   if (n >= (1 << 10)) return absl::StrFormat("%.1f KiB", n / 1024.0);
@@ -1252,10 +1268,47 @@ absl::StatusOr<int> ModelList(Context& ctx, const Args& args) {
   for (const v1::Model& m : response.models()) {
     rows.push_back({m.id(), m.job_id(), m.backbone_id(),
                     absl::StrCat(m.class_names_size()), Bytes(m.size_bytes()),
-                    TimeText(m.create_time())});
+                    ServingText(m.serving()), TimeText(m.create_time())});
   }
   *ctx.out << FormatTable(
-      {"ID", "JOB", "BACKBONE", "CLASSES", "SIZE", "CREATED"}, rows);
+      {"ID", "JOB", "BACKBONE", "CLASSES", "SIZE", "SERVING", "CREATED"}, rows);
+  return 0;
+}
+
+absl::StatusOr<int> ModelDeploy(Context& ctx, const Args& args) {
+  v1::ServingConfig serving;
+  if (args.Has("max-batch-size")) {
+    ASSIGN_OR_RETURN(int64_t v, args.GetInt("max-batch-size", 0));
+    serving.set_max_batch_size(static_cast<int32_t>(v));
+  }
+  if (args.Has("max-queue-delay-us")) {
+    ASSIGN_OR_RETURN(int64_t v, args.GetInt("max-queue-delay-us", 0));
+    serving.set_max_queue_delay_us(v);
+  }
+  if (args.Has("max-queue")) {
+    ASSIGN_OR_RETURN(int64_t v, args.GetInt("max-queue", 0));
+    serving.set_max_queue_size(static_cast<int32_t>(v));
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Model model,
+                   client->DeployModel(args.positional()[0], serving));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, model));
+  } else {
+    *ctx.out << "deployed " << model.id() << ": " << ServingText(model.serving())
+             << "\n";
+  }
+  return 0;
+}
+
+absl::StatusOr<int> ModelUndeploy(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Model model, client->UndeployModel(args.positional()[0]));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, model));
+  } else {
+    *ctx.out << "undeployed " << model.id() << "\n";
+  }
   return 0;
 }
 
@@ -1536,6 +1589,14 @@ const std::vector<Command>& Commands() {
        {{"plot-curves"}, {"plot-confusion"}},
        JobMetrics},
       {"model", "list", "model list", 0, {}, ModelList},
+      {"model",
+       "deploy",
+       "model deploy ID [--max-batch-size N] [--max-queue-delay-us US] "
+       "[--max-queue N]   (batcher settings; unset: the server's flags)",
+       1,
+       {{"max-batch-size"}, {"max-queue-delay-us"}, {"max-queue"}},
+       ModelDeploy},
+      {"model", "undeploy", "model undeploy ID", 1, {}, ModelUndeploy},
       {"model", "get", "model get ID", 1, {}, ModelGet},
       {"model",
        "export",

@@ -138,6 +138,7 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     known = queues_.count(model_id) > 0;
   }
   tlserve::v1::InferenceModel model;
+  tlserve::v1::ServingConfig serving;
   if (!known) {
     // Models do not change once stored, so the store is read once per model.
     absl::StatusOr<tlserve::v1::Model> stored = store_->GetModel(model_id);
@@ -150,6 +151,7 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     model.mutable_model()->set_size_bytes(stored->size_bytes());
     *model.mutable_input_spec() = stored->input_spec();
     *model.mutable_class_names() = stored->class_names();
+    serving = stored->serving();
   }
 
   const int64_t bytes = static_cast<int64_t>(item.ByteSizeLong());
@@ -174,11 +176,18 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
   {
     absl::MutexLock lock(&mu_);
     auto [it, inserted] = queues_.try_emplace(model_id);
-    if (inserted) it->second.model = std::move(model);
+    if (inserted) {
+      it->second.model = std::move(model);
+      it->second.serving = std::move(serving);
+    }
     ModelQueue& queue = it->second;
     RefreshWorkersLocked(now, /*force=*/false);
     if (stopping_) {
       refused = absl::UnavailableError("the server is shutting down");
+    } else if (queue.serving.undeployed()) {
+      refused = absl::FailedPreconditionError(absl::StrCat(
+          "model ", model_id, " is undeployed; deploy it again with `tlctl "
+          "model deploy ", model_id, "`"));
     } else if (workers_.empty()) {
       RefreshWorkersLocked(now, /*force=*/true);
     }
@@ -186,7 +195,7 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
       refused = absl::UnavailableError(
           "no worker is connected to serve the model; start a tlworker");
     } else if (refused.ok() &&
-               queue.calls.size() >= static_cast<size_t>(options_.max_queue_size)) {
+               queue.calls.size() >= MaxQueue(queue)) {
       refused = absl::ResourceExhaustedError(absl::StrFormat(
           "model %s has %d calls queued, the limit; retry with backoff or add "
           "workers",
@@ -241,6 +250,148 @@ int InferenceRouter::ConnectedWorkers() {
   return static_cast<int>(workers_.size());
 }
 
+int64_t InferenceRouter::MaxBatch(const ModelQueue& queue) const {
+  return queue.serving.has_max_batch_size() ? queue.serving.max_batch_size()
+                                            : options_.max_batch_size;
+}
+
+absl::Duration InferenceRouter::MaxDelay(const ModelQueue& queue) const {
+  return queue.serving.has_max_queue_delay_us()
+             ? absl::Microseconds(queue.serving.max_queue_delay_us())
+             : options_.max_queue_delay;
+}
+
+size_t InferenceRouter::MaxQueue(const ModelQueue& queue) const {
+  return static_cast<size_t>(queue.serving.has_max_queue_size()
+                                 ? queue.serving.max_queue_size()
+                                 : options_.max_queue_size);
+}
+
+absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
+    const std::string& model_id, const tlserve::v1::ServingConfig& serving) {
+  if (model_id.empty()) return absl::InvalidArgumentError("id: a model id is required");
+  if (serving.has_max_batch_size() &&
+      (serving.max_batch_size() < 1 || serving.max_batch_size() > 4096)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "serving.max_batch_size ", serving.max_batch_size(),
+        " is outside 1..4096"));
+  }
+  if (serving.has_max_queue_delay_us() &&
+      (serving.max_queue_delay_us() < 0 ||
+       serving.max_queue_delay_us() > 10'000'000)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "serving.max_queue_delay_us ", serving.max_queue_delay_us(),
+        " is outside 0..10000000 (10 s)"));
+  }
+  if (serving.has_max_queue_size() &&
+      (serving.max_queue_size() < 1 || serving.max_queue_size() > 1'000'000)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "serving.max_queue_size ", serving.max_queue_size(),
+        " is outside 1..1000000"));
+  }
+  absl::MutexLock lifecycle(&lifecycle_mu_);
+  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id);
+  if (!model.ok()) return model.status();
+  *model->mutable_serving() = serving;
+  model->mutable_serving()->set_undeployed(false);
+  if (absl::Status stored = store_->PutModel(*model); !stored.ok()) {
+    return stored;
+  }
+  std::vector<Outgoing> outgoing;
+  {
+    absl::MutexLock lock(&mu_);
+    ModelQueue& queue = queues_[model_id];
+    queue.model.set_model_id(model->id());
+    queue.model.mutable_model()->set_sha256(model->sha256());
+    queue.model.mutable_model()->set_size_bytes(model->size_bytes());
+    *queue.model.mutable_input_spec() = model->input_spec();
+    *queue.model.mutable_class_names() = model->class_names();
+    queue.serving = model->serving();
+    // Warm-up: a batch with the model and no items makes the least loaded
+    // worker load it now, so the first caller does not wait for that.
+    RefreshWorkersLocked(absl::Now(), /*force=*/true);
+    std::string chosen;
+    int fewest = std::numeric_limits<int>::max();
+    for (const auto& [id, w] : workers_) {
+      if (w.models.count(model_id) > 0) {
+        chosen.clear();  // already held somewhere: no warm-up needed
+        break;
+      }
+      if (w.batches < fewest) {
+        chosen = id;
+        fewest = w.batches;
+      }
+    }
+    if (!chosen.empty()) {
+      Outgoing out;
+      out.worker_id = chosen;
+      out.batch_id = absl::StrCat("b-", next_batch_++);
+      out.message.mutable_infer()->set_request_id(out.batch_id);
+      out.message.mutable_infer()->set_timeout_ms(60'000);
+      *out.message.mutable_infer()->add_models() = queue.model;
+      Batch batch;
+      batch.worker_id = chosen;
+      batch.model_id = model_id;
+      WorkerState& worker = workers_[chosen];
+      ++worker.batches;
+      worker.models.insert(model_id);
+      in_flight_.emplace(out.batch_id, std::move(batch));
+      outgoing.push_back(std::move(out));
+    }
+    std::vector<Outgoing> more = DispatchLocked(absl::Now());
+    for (Outgoing& o : more) outgoing.push_back(std::move(o));
+  }
+  Send(std::move(outgoing));
+  return model;
+}
+
+absl::StatusOr<tlserve::v1::Model> InferenceRouter::Undeploy(
+    const std::string& model_id) {
+  if (model_id.empty()) return absl::InvalidArgumentError("id: a model id is required");
+  absl::MutexLock lifecycle(&lifecycle_mu_);
+  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id);
+  if (!model.ok()) return model.status();
+  model->mutable_serving()->set_undeployed(true);
+  if (absl::Status stored = store_->PutModel(*model); !stored.ok()) {
+    return stored;
+  }
+  std::vector<Completion> completions;
+  std::vector<Outgoing> outgoing;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    auto it = queues_.find(model_id);
+    if (it != queues_.end()) {
+      ModelQueue& queue = it->second;
+      queue.serving = model->serving();
+      for (const CallPtr& call : queue.calls) {
+        FinishLocked(model_id, call,
+                     absl::FailedPreconditionError(absl::StrCat(
+                         "model ", model_id, " was undeployed while the call "
+                         "waited")),
+                     now, &completions);
+      }
+      it->second.calls.clear();
+      it->second.queued_inputs = 0;
+    }
+    // Every worker that holds it drops it (no reply is awaited).
+    RefreshWorkersLocked(now, /*force=*/true);
+    for (auto& [id, w] : workers_) {
+      if (w.models.erase(model_id) == 0) continue;
+      Outgoing out;
+      out.worker_id = id;
+      out.batch_id = absl::StrCat("unload-", next_batch_++);
+      out.message.mutable_infer()->set_request_id(out.batch_id);
+      out.message.mutable_infer()->add_unload_model_ids(model_id);
+      outgoing.push_back(std::move(out));
+    }
+  }
+  // An unload the worker never gets (it went away) needs no retry.
+  for (Outgoing& out : outgoing) scheduler_->SendTo(out.worker_id, out.message);
+  Run(std::move(completions));
+  return model;
+}
+
 void InferenceRouter::RefreshWorkersLocked(absl::Time now, bool force) {
   if (!force && now - workers_refreshed_ < kWorkerRefresh) return;
   workers_refreshed_ = now;
@@ -272,9 +423,8 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
     ModelQueue* next = nullptr;
     for (auto& [id, queue] : queues_) {
       if (queue.calls.empty()) continue;
-      const bool ready = queue.queued_inputs >= options_.max_batch_size ||
-                         now - queue.calls.front()->enqueued >=
-                             options_.max_queue_delay;
+      const bool ready = queue.queued_inputs >= MaxBatch(queue) ||
+                         now - queue.calls.front()->enqueued >= MaxDelay(queue);
       if (!ready) continue;
       if (next == nullptr ||
           queue.calls.front()->enqueued < next->calls.front()->enqueued) {
@@ -329,7 +479,7 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
     while (!next->calls.empty()) {
       const CallPtr& call = next->calls.front();
       if (!batch.calls.empty() &&
-          (inputs + call->inputs > options_.max_batch_size ||
+          (inputs + call->inputs > MaxBatch(*next) ||
            bytes + call->bytes > options_.max_batch_bytes)) {
         break;
       }
@@ -420,7 +570,7 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
     const bool whole_batch_failed = code != absl::StatusCode::kOk;
     const bool sizes_match =
         static_cast<size_t>(reply.results_size()) == batch.calls.size();
-    if (!whole_batch_failed) {
+    if (!whole_batch_failed && !batch.calls.empty()) {
       ModelStats& stats = queues_[batch.model_id].stats;
       const absl::Duration compute = absl::Seconds(reply.compute_seconds());
       ++stats.execution_count;
@@ -492,13 +642,12 @@ void InferenceRouter::Loop() {
       // dispatches it.)
       const absl::Time before = absl::Now();
       absl::Time wake = before + kTick;
-      if (options_.max_queue_delay > absl::ZeroDuration()) {
-        for (const auto& [id, queue] : queues_) {
-          if (queue.calls.empty()) continue;
-          const absl::Time due =
-              queue.calls.front()->enqueued + options_.max_queue_delay;
-          if (due > before) wake = std::min(wake, due);
+      for (const auto& [id, queue] : queues_) {
+        if (queue.calls.empty() || MaxDelay(queue) <= absl::ZeroDuration()) {
+          continue;
         }
+        const absl::Time due = queue.calls.front()->enqueued + MaxDelay(queue);
+        if (due > before) wake = std::min(wake, due);
       }
       auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
       mu_.AwaitWithDeadline(absl::Condition(&stop), wake);

@@ -105,6 +105,16 @@ class InferenceRouter : public InferenceSink {
   void Infer(const std::string& model_id, tlserve::v1::InferenceItem item,
              absl::Time deadline, ResultDone done);
 
+  // Model lifecycle (ModelService.DeployModel / UndeployModel): stores the
+  // model's serving settings and applies them to its queue at once.
+  // Deploy validates `serving` (INVALID_ARGUMENT naming the field) and
+  // warms the model up on the least loaded worker; Undeploy fails the
+  // model's queued calls with FAILED_PRECONDITION and has every worker
+  // that holds it drop it. NOT_FOUND for an unknown model.
+  absl::StatusOr<tlserve::v1::Model> Deploy(
+      const std::string& model_id, const tlserve::v1::ServingConfig& serving);
+  absl::StatusOr<tlserve::v1::Model> Undeploy(const std::string& model_id);
+
   // Every model called so far, or one (empty if it was never called).
   std::vector<ModelStats> Stats(const std::string& model_id = "");
   const Options& options() const { return options_; }
@@ -130,6 +140,7 @@ class InferenceRouter : public InferenceSink {
   using CallPtr = std::shared_ptr<Call>;
   struct ModelQueue {
     tlserve::v1::InferenceModel model;
+    tlserve::v1::ServingConfig serving;
     std::deque<CallPtr> calls;
     int64_t queued_inputs = 0;
     ModelStats stats;
@@ -164,6 +175,10 @@ class InferenceRouter : public InferenceSink {
   // Forms every batch that can go now; the caller sends them unlocked.
   std::vector<Outgoing> DispatchLocked(absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The model's settings, or the server's where the model sets none.
+  int64_t MaxBatch(const ModelQueue& queue) const;
+  absl::Duration MaxDelay(const ModelQueue& queue) const;
+  size_t MaxQueue(const ModelQueue& queue) const;
   void RefreshWorkersLocked(absl::Time now, bool force)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts the calls of a lost batch back at the front of their queue, or
@@ -179,6 +194,8 @@ class InferenceRouter : public InferenceSink {
   Options options_;
   Store* store_;
   Scheduler* scheduler_;
+  // Serialises Deploy/Undeploy's read-modify-write of the stored model.
+  absl::Mutex lifecycle_mu_;
   absl::Mutex mu_;
   uint64_t next_batch_ ABSL_GUARDED_BY(mu_) = 1;
   // Ordered, so dispatch walks models in a stable order.

@@ -191,7 +191,10 @@ inference::ModelConfig Config(const tlserve::v1::Model& model,
   config.set_name(model.id());
   config.set_platform(kPlatform);
   config.set_backend("tlserve");
-  config.set_max_batch_size(batcher.max_batch_size);
+  const tlserve::v1::ServingConfig& serving = model.serving();
+  config.set_max_batch_size(serving.has_max_batch_size()
+                                ? serving.max_batch_size()
+                                : batcher.max_batch_size);
   auto* input = config.add_input();
   input->set_name(kInputName);
   input->set_data_type(inference::TYPE_FP32);
@@ -209,7 +212,9 @@ inference::ModelConfig Config(const tlserve::v1::Model& model,
   features->set_data_type(inference::TYPE_FP32);
   features->add_dims(-1);
   config.mutable_dynamic_batching()->set_max_queue_delay_microseconds(
-      static_cast<uint64_t>(absl::ToInt64Microseconds(batcher.max_queue_delay)));
+      static_cast<uint64_t>(serving.has_max_queue_delay_us()
+                                ? serving.max_queue_delay_us()
+                                : absl::ToInt64Microseconds(batcher.max_queue_delay)));
   return config;
 }
 

@@ -44,6 +44,7 @@ absl::StatusOr<inference::ModelInferResponse> InferResponse(
     const tlserve::v1::InferenceResult& result);
 
 inference::ModelMetadataResponse Metadata(const tlserve::v1::Model& model);
+// The model's own serving settings where it has them, else `batcher`'s.
 inference::ModelConfig Config(const tlserve::v1::Model& model,
                               const InferenceRouter::Options& batcher);
 inference::ModelStatistics Statistics(const InferenceRouter::ModelStats& stats);

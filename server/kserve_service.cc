@@ -57,7 +57,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
   if (!model.ok() && !absl::IsNotFound(model.status())) {
     return Done(context, model.status());
   }
-  response->set_ready(model.ok() && router_->ConnectedWorkers() > 0);
+  response->set_ready(model.ok() && !model->serving().undeployed() &&
+                      router_->ConnectedWorkers() > 0);
   return Done(context, absl::OkStatus());
 }
 

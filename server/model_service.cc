@@ -51,6 +51,24 @@ grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(
                           [this, id = request->id()] { return store_->GetModel(id); });
 }
 
+grpc::ServerUnaryReactor* ModelServiceImpl::DeployModel(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::DeployModelRequest* request, Model* response) {
+  // The stored model is rewritten (fsync): off the reactor thread.
+  return RunOnPool<Model>(
+      context, pool_, response,
+      [this, id = request->id(), serving = request->serving()] {
+        return router_->Deploy(id, serving);
+      });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::UndeployModel(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::UndeployModelRequest* request, Model* response) {
+  return RunOnPool<Model>(context, pool_, response,
+                          [this, id = request->id()] { return router_->Undeploy(id); });
+}
+
 grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListModelsRequest* request,

@@ -2,6 +2,7 @@
 #define TLSERVE_SERVER_MODEL_SERVICE_H_
 
 #include "server/blob_store.h"
+#include "server/inference_router.h"
 #include "server/store.h"
 #include "server/uploads.h"
 #include "server/work_pool.h"
@@ -13,8 +14,12 @@ namespace tlserve {
 class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService {
  public:
   ModelServiceImpl(Store* store, BlobStore* blobs, WorkPool* pool,
-                   UploadLimits limits)
-      : store_(store), blobs_(blobs), pool_(pool), limits_(limits) {}
+                   UploadLimits limits, InferenceRouter* router)
+      : store_(store),
+        blobs_(blobs),
+        pool_(pool),
+        limits_(limits),
+        router_(router) {}
 
   grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>* UploadBackbone(
       grpc::CallbackServerContext* context,
@@ -37,12 +42,21 @@ class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService
   grpc::ServerWriteReactor<tlserve::v1::ExportModelChunk>* ExportModel(
       grpc::CallbackServerContext* context,
       const tlserve::v1::ExportModelRequest* request) override;
+  grpc::ServerUnaryReactor* DeployModel(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::DeployModelRequest* request,
+      tlserve::v1::Model* response) override;
+  grpc::ServerUnaryReactor* UndeployModel(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::UndeployModelRequest* request,
+      tlserve::v1::Model* response) override;
 
  private:
   Store* store_;
   BlobStore* blobs_;
   WorkPool* pool_;
   UploadLimits limits_;
+  InferenceRouter* router_;
 };
 
 }  // namespace tlserve

@@ -68,7 +68,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->dataset_service_ = std::make_unique<DatasetServiceImpl>(
       s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits);
   s->model_service_ = std::make_unique<ModelServiceImpl>(
-      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits);
+      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits,
+      s->router_.get());
   s->job_service_ = std::make_unique<JobServiceImpl>(
       s->jobs_.get(), s->store_.get(), s->events_.get(), s->pool_.get());
   s->inference_service_ = std::make_unique<InferenceServiceImpl>(s->router_.get());

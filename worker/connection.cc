@@ -505,6 +505,9 @@ InferenceReply WorkerAgent::RunInference(const InferenceTask& task) {
             "the call's ", call.timeout_ms(), " ms ran out on worker ",
             options_.worker_id, " before the model ran")));
   };
+  for (const std::string& id : call.unload_model_ids()) {
+    inference_runner_->Unload(id);
+  }
   if (absl::Now() > task.deadline) return expired();
   const absl::Time start = absl::Now();
   try {

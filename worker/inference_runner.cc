@@ -428,6 +428,15 @@ InferenceRunner::InferenceRunner(Options options)
 
 InferenceRunner::~InferenceRunner() = default;
 
+void InferenceRunner::Unload(const std::string& model_id) {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->models.find(model_id);
+  if (it == impl_->models.end()) return;
+  impl_->loaded_bytes -= it->second->bytes;
+  impl_->models.erase(it);
+  impl_->lru.remove(model_id);
+}
+
 std::vector<std::string> InferenceRunner::LoadedModelIds() const {
   absl::MutexLock lock(&impl_->mu);
   return std::vector<std::string>(impl_->lru.begin(), impl_->lru.end());
@@ -466,6 +475,9 @@ std::vector<tlserve::v1::InferenceResult> InferenceRunner::RunBatch(
   for (size_t m = 0; m < models.size(); ++m) {
     if (!by_model[m].empty()) {
       impl_->RunModel(models[m], items, by_model[m], &results);
+    } else {
+      // A warm-up (the model was just deployed): load it, nobody waits.
+      (void)impl_->Get(models[m]);
     }
   }
   return results;

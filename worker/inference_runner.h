@@ -58,11 +58,15 @@ class InferenceRunner {
   // of all its items: forward() for Predict items, features() (the
   // backbone, before the head) for Embed items, and when both are present
   // features() once and the head on the Predict rows. Returns one result
-  // per item, in order. A model that fails to load fails its items.
+  // per item, in order. A model that fails to load fails its items. A model
+  // with no items is only loaded and warmed up.
   std::vector<tlserve::v1::InferenceResult> RunBatch(
       const std::vector<ModelFile>& models,
       const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
           items);
+
+  // Drops a loaded model (undeployed); batches running on it finish.
+  void Unload(const std::string& model_id);
 
   // One-item conveniences over RunBatch.
   absl::StatusOr<tlserve::v1::PredictResponse> Predict(

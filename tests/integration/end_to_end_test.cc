@@ -322,6 +322,24 @@ TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {
   for (std::thread& caller : callers) caller.join();
   EXPECT_EQ(wrong.load(), 0);
 
+  // Undeployed: refused with what to do; deployed again with its own
+  // batch size: served, and the setting is stored.
+  ASSERT_OK(cluster_.client().UndeployModel(model->id()).status());
+  auto refused = cluster_.client().Predict(request, absl::Seconds(10));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "deploy"))
+      << refused.status();
+  v1::ServingConfig serving;
+  serving.set_max_batch_size(4);
+  auto redeployed = cluster_.client().DeployModel(model->id(), serving);
+  ASSERT_OK(redeployed.status());
+  EXPECT_EQ(redeployed->serving().max_batch_size(), 4);
+  ASSERT_OK(cluster_.client().Predict(request, absl::Seconds(60)).status());
+  EXPECT_EQ(cluster_.client().GetModel(model->id())->serving().max_batch_size(), 4);
+  serving.set_max_batch_size(100000);
+  EXPECT_EQ(cluster_.client().DeployModel(model->id(), serving).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
   // An unknown model is NOT_FOUND, not a hang.
   request.set_model_id("model-missing");
   EXPECT_EQ(cluster_.client().Predict(request, absl::Seconds(10)).status().code(),

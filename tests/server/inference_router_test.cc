@@ -405,6 +405,85 @@ TEST_F(InferenceRouterTest, RetriesOnceWhenAWorkerIsLostThenFails) {
   EXPECT_THAT(failed->status().message(), HasSubstr("tried 2 times"));
 }
 
+TEST_F(InferenceRouterTest, DeployAppliesPerModelSettingsAndWarmsUp) {
+  InferenceRouter::Options options;
+  options.max_batch_size = 64;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  tlserve::v1::ServingConfig serving;
+  serving.set_max_batch_size(2);
+  absl::StatusOr<tlserve::v1::Model> deployed = router_->Deploy("m1", serving);
+  ASSERT_TRUE(deployed.ok()) << deployed.status();
+  EXPECT_EQ(deployed->serving().max_batch_size(), 2);
+  EXPECT_EQ(store_->GetModel("m1")->serving().max_batch_size(), 2);
+  // The warm-up: the model, no items.
+  std::optional<InferenceCall> warm = w1->Batch(0);
+  ASSERT_TRUE(warm.has_value());
+  ASSERT_EQ(warm->models_size(), 1);
+  EXPECT_EQ(warm->items_size(), 0);
+  router_->OnInferenceReply("w1", Answer(*warm));
+
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> first = w1->Batch(1);
+  ASSERT_TRUE(first.has_value());
+  for (int tag = 2; tag <= 4; ++tag) Predict(Request("m1", tag), tag);
+  router_->OnInferenceReply("w1", Answer(*first));
+  std::optional<InferenceCall> second = w1->Batch(2);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(Tags(*second), testing::ElementsAre(2, 3));  // 2, not 64
+
+  tlserve::v1::ServingConfig bad;
+  bad.set_max_batch_size(0);
+  EXPECT_EQ(router_->Deploy("m1", bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(router_->Deploy("nope", serving).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(InferenceRouterTest, UndeployRefusesCallsAndUnloadsWorkers) {
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> running = w1->Batch(0);
+  ASSERT_TRUE(running.has_value());
+  Predict(Request("m1", 2), 2);  // queued
+  absl::StatusOr<tlserve::v1::Model> undeployed = router_->Undeploy("m1");
+  ASSERT_TRUE(undeployed.ok()) << undeployed.status();
+  EXPECT_TRUE(store_->GetModel("m1")->serving().undeployed());
+  auto queued = outcomes_.Get(2);
+  ASSERT_TRUE(queued.has_value());
+  EXPECT_EQ(queued->status().code(), absl::StatusCode::kFailedPrecondition);
+  std::optional<InferenceCall> unload = w1->Batch(1);
+  ASSERT_TRUE(unload.has_value());
+  EXPECT_THAT(unload->unload_model_ids(), testing::ElementsAre("m1"));
+  // The batch in flight still completes.
+  router_->OnInferenceReply("w1", Answer(*running));
+  ASSERT_TRUE(outcomes_.Get(1).has_value() && outcomes_.Get(1)->ok());
+  Predict(Request("m1", 3), 3);
+  auto refused = outcomes_.Get(3);
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused->status().message(), HasSubstr("tlctl model deploy"));
+  // Deployed again: served again.
+  ASSERT_TRUE(router_->Deploy("m1", {}).ok());
+  Predict(Request("m1", 4), 4);
+  bool sent = false;
+  for (size_t n = 2; n < 4 && !sent; ++n) {
+    std::optional<InferenceCall> call = w1->Batch(n);
+    if (!call.has_value()) break;
+    if (call->items_size() == 0) {  // a warm-up
+      router_->OnInferenceReply("w1", Answer(*call));
+      continue;
+    }
+    EXPECT_THAT(Tags(*call), testing::ElementsAre(4));
+    sent = true;
+  }
+  EXPECT_TRUE(sent);
+}
+
 TEST_F(InferenceRouterTest, PerItemErrorsStayWithTheirCall) {
   StartRouter(InferenceRouter::Options{});
   auto w1 = Connect("w1");
