@@ -143,6 +143,10 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     // Models do not change once stored, so the store is read once per model.
     absl::StatusOr<tlserve::v1::Model> stored = store_->GetModel(model_id);
     if (!stored.ok()) {
+      if (metrics_ != nullptr) {
+        metrics_->Call(InferenceMetrics::kUnknownModel, stored.status().code(),
+                       absl::Now() - now, nullptr);
+      }
       done(stored.status());
       return;
     }
@@ -229,6 +233,11 @@ void InferenceRouter::FinishLocked(const std::string& model_id,
     stats.fail.Add(now - call->enqueued);
   }
   if (call->attempts > 0) stats.queue.Add(call->dispatched - call->enqueued);
+  if (metrics_ != nullptr) {
+    const absl::Duration queued = call->dispatched - call->enqueued;
+    metrics_->Call(model_id, result.status().code(), now - call->enqueued,
+                   call->attempts > 0 ? &queued : nullptr);
+  }
   completions->push_back({std::move(call->done), std::move(result)});
 }
 
@@ -576,6 +585,7 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
       ++stats.execution_count;
       stats.compute.Add(compute);
       stats.batches[batch.inputs].Add(compute);
+      if (metrics_ != nullptr) metrics_->Batch(batch.model_id, batch.inputs, compute);
     }
     for (size_t i = 0; i < batch.calls.size(); ++i) {
       const CallPtr& call = batch.calls[i];

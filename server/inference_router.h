@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/inference_metrics.h"
 #include "server/scheduler.h"
 #include "server/store.h"
 #include "tlserve/v1/inference.pb.h"
@@ -92,6 +93,8 @@ class InferenceRouter : public InferenceSink {
   InferenceRouter(Options options, Store* store, Scheduler* scheduler);
   ~InferenceRouter() override;  // Fails what is pending with UNAVAILABLE.
 
+  // Optional; set before Start. Not owned.
+  void set_metrics(InferenceMetrics* metrics) { metrics_ = metrics; }
   void Start();
   // `done` runs exactly once, possibly before the call returns, on the
   // caller's thread or one of the router's.
@@ -204,6 +207,7 @@ class InferenceRouter : public InferenceSink {
   std::map<std::string, WorkerState> workers_ ABSL_GUARDED_BY(mu_);
   absl::Time workers_refreshed_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  InferenceMetrics* metrics_ = nullptr;
   std::thread thread_;
 };
 

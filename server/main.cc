@@ -26,6 +26,8 @@ ABSL_FLAG(int, max_inference_queue, 1024,
           "inference: calls queued per model before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, batches_per_worker, 2,
           "inference: batches in flight per worker");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Prometheus /metrics address, e.g. 0.0.0.0:9464 (empty: none)");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
 
 int main(int argc, char** argv) {
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
   options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.inference.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.inference.max_queue_delay =
       absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));

@@ -63,6 +63,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->router_ = std::make_unique<InferenceRouter>(options.inference,
                                                  s->store_.get(), s->scheduler_.get());
   s->scheduler_->set_inference_sink(s->router_.get());
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->inference_metrics_ = std::make_unique<InferenceMetrics>(*s->registry_);
+  s->router_->set_metrics(s->inference_metrics_.get());
+  if (!options.metrics_listen.empty()) {
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on ", options.metrics_listen, ": ", e.what(),
+          "; pick another with --metrics_listen"));
+    }
+    s->exposer_->RegisterCollectable(s->registry_);
+    const std::vector<int> ports = s->exposer_->GetListeningPorts();
+    s->metrics_port_ = ports.empty() ? 0 : ports[0];
+  }
   RETURN_IF_ERROR(s->jobs_->RecoverAfterRestart());
 
   s->dataset_service_ = std::make_unique<DatasetServiceImpl>(
@@ -124,14 +139,16 @@ void Server::Wait() { grpc_server_->Wait(); }
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   local_workers_.reset();
+  // Null when Start failed before serving.
+  if (grpc_server_ == nullptr) return;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 
 Server::~Server() {
   Shutdown();
-  grpc_server_->Wait();
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
   // Threads that call into the store stop before it closes.
   router_.reset();
   scheduler_.reset();

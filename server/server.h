@@ -7,6 +7,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/inference_metrics.h"
 #include "server/inference_router.h"
 #include "server/uploads.h"
 
@@ -47,12 +50,17 @@ class Server {
     UploadLimits limits;
     // The dynamic batcher's settings.
     InferenceRouter::Options inference;
+    // Prometheus text endpoint (/metrics), e.g. "0.0.0.0:9464" or
+    // "127.0.0.1:0" (any free port); empty: none.
+    std::string metrics_listen;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> Start(Options options);
   ~Server();
 
   int port() const { return port_; }
+  // The /metrics port (0 without an endpoint).
+  int metrics_port() const { return metrics_port_; }
   // Blocks until Shutdown() from another thread.
   void Wait();
   // Stops accepting calls, gives running ones `grace` to end, stops workers.
@@ -69,6 +77,10 @@ class Server {
   std::unique_ptr<WorkPool> pool_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<InferenceMetrics> inference_metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int metrics_port_ = 0;
   std::unique_ptr<InferenceRouter> router_;
   std::unique_ptr<DatasetServiceImpl> dataset_service_;
   std::unique_ptr<ModelServiceImpl> model_service_;

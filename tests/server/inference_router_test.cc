@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,8 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
 #include "server/blob_store.h"
 #include "server/event_hub.h"
 #include "server/job_manager.h"
@@ -482,6 +485,49 @@ TEST_F(InferenceRouterTest, UndeployRefusesCallsAndUnloadsWorkers) {
     sent = true;
   }
   EXPECT_TRUE(sent);
+}
+
+// The Prometheus series move with calls and batches, and unknown model
+// ids do not become labels.
+TEST_F(InferenceRouterTest, MetricsCountCallsByModelAndCodeAndBatches) {
+  prometheus::Registry registry;
+  InferenceMetrics metrics(registry);
+  router_ = std::make_unique<InferenceRouter>(InferenceRouter::Options{},
+                                              store_.get(), scheduler_.get());
+  scheduler_->set_inference_sink(router_.get());
+  router_->set_metrics(&metrics);
+  router_->Start();
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1, /*images=*/3), 1);
+  std::optional<InferenceCall> batch = w1->Batch(0);
+  ASSERT_TRUE(batch.has_value());
+  InferenceReply reply = Answer(*batch);
+  reply.set_compute_seconds(0.25);
+  router_->OnInferenceReply("w1", reply);
+  ASSERT_TRUE(outcomes_.Get(1).has_value());
+  Predict(Request("no-such-model-1", 2), 2);
+  Predict(Request("no-such-model-2", 3), 3);
+  ASSERT_TRUE(outcomes_.Get(3).has_value());
+
+  std::ostringstream text;
+  prometheus::TextSerializer().Serialize(text, registry.Collect());
+  const std::string out = text.str();
+  EXPECT_THAT(out, HasSubstr(
+      "tlserve_inference_requests_total{code=\"OK\",model=\"m1\"} 1"));
+  EXPECT_THAT(out, HasSubstr("tlserve_inference_requests_total{code=\"NOT_FOUND\","
+                             "model=\"_unknown\"} 2"));
+  EXPECT_THAT(out, testing::Not(HasSubstr("no-such-model")));
+  EXPECT_THAT(out, HasSubstr(
+      "tlserve_inference_batch_size_sum{model=\"m1\"} 3"));
+  EXPECT_THAT(out, HasSubstr(
+      "tlserve_inference_compute_duration_seconds_sum{model=\"m1\"} 0.25"));
+  EXPECT_THAT(out, HasSubstr(
+      "tlserve_inference_request_duration_seconds_count{model=\"m1\"} 1"));
+  EXPECT_THAT(out, HasSubstr(
+      "tlserve_inference_queue_duration_seconds_count{model=\"m1\"} 1"));
+  // The router goes before the metrics it writes to.
+  scheduler_->set_inference_sink(nullptr);
+  router_.reset();
 }
 
 TEST_F(InferenceRouterTest, PerItemErrorsStayWithTheirCall) {
