@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -402,6 +403,55 @@ TEST_F(EndToEndTest, CancelStopsARunningJobAndFreesTheWorker) {
   Job stopped = *cluster_.client().GetJob(long_job->id());
   EXPECT_EQ(stopped.state(), v1::CANCELLED);
   EXPECT_LT(stopped.metrics_size(), 200);
+}
+
+// A worker killed with a batch in flight: the call is re-queued, waits for
+// the next worker and is answered there, not lost and not hung.
+TEST_F(EndToEndTest, InferenceOnAKilledWorkerIsAnsweredByTheNextOne) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 40, 10);
+  v1::Backbone backbone = UploadResNet18(32);
+  JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 1);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::FROZEN);
+  auto created = cluster_.client().CreateJob(spec, "");
+  ASSERT_OK(created.status());
+  Job job = WaitDone(created->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+
+  // 2048 rows at 32x32: seconds of work for one LibTorch thread.
+  constexpr int kRows = 2048;
+  std::vector<float> pixels(static_cast<size_t>(kRows) * 3 * 32 * 32);
+  for (size_t i = 0; i < pixels.size(); ++i) {
+    pixels[i] = static_cast<float>((i * 13) % 97) / 96.0f;
+  }
+  v1::PredictRequest request;
+  request.set_model_id(job.result().model_id());
+  for (int d : {kRows, 3, 32, 32}) request.mutable_tensor()->add_shape(d);
+  request.mutable_tensor()->set_dtype("FP32");
+  request.mutable_tensor()->set_contents(std::string(
+      reinterpret_cast<const char*>(pixels.data()), pixels.size() * sizeof(float)));
+  v1::PredictRequest first_row = request;
+  first_row.mutable_tensor()->set_shape(0, 1);
+  first_row.mutable_tensor()->set_contents(
+      request.tensor().contents().substr(0, 3 * 32 * 32 * sizeof(float)));
+  auto alone = cluster_.client().Predict(first_row, absl::Seconds(60));
+  ASSERT_OK(alone.status());
+  EXPECT_EQ(alone->worker_id(), "w1");
+
+  absl::StatusOr<v1::PredictResponse> big;
+  std::thread caller(
+      [&] { big = cluster_.client().Predict(request, absl::Seconds(120)); });
+  absl::SleepFor(absl::Milliseconds(700));
+  cluster_.KillWorker("w1", SIGKILL);
+  ASSERT_OK(cluster_.StartWorker("w2", 1));
+  caller.join();
+  ASSERT_OK(big.status());
+  EXPECT_EQ(big->worker_id(), "w2");
+  ASSERT_EQ(big->predictions_size(), kRows);
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_NEAR(big->predictions(0).probabilities(c),
+                alone->predictions(0).probabilities(c), 1e-4);
+  }
 }
 
 TEST_F(EndToEndTest, KilledWorkerJobResumesOnAnotherWorkerFromItsCheckpoint) {
