@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
@@ -485,6 +487,36 @@ absl::StatusOr<int64_t> FeatureDim(Module backbone,
         return out.toTensor().size(1);
       },
       absl::StatusCode::kInvalidArgument);
+}
+
+absl::StatusOr<std::string> WeightsDigest(const Module& module) {
+  return TorchGuardOr<std::string>(
+      "hashing the module's weights", [&]() -> absl::StatusOr<std::string> {
+        Sha256 hasher;
+        // Length prefixes keep field boundaries unambiguous.
+        auto field = [&hasher](std::string_view data) {
+          hasher.Update(absl::StrCat(data.size(), ":"));
+          hasher.Update(data);
+        };
+        auto tensor = [&](std::string_view kind, const std::string& name,
+                          const torch::Tensor& value) {
+          field(kind);
+          field(name);
+          field(c10::toString(value.scalar_type()));
+          field(absl::StrJoin(value.sizes(), ","));
+          const torch::Tensor bytes =
+              value.detach().to(torch::kCPU).contiguous();
+          field(std::string_view(static_cast<const char*>(bytes.data_ptr()),
+                                 bytes.nbytes()));
+        };
+        for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+          tensor("parameter", p.name, p.value);
+        }
+        for (const auto& b : module.named_buffers(/*recurse=*/true)) {
+          tensor("buffer", b.name, b.value);
+        }
+        return hasher.FinalHex();
+      });
 }
 
 }  // namespace tlserve::worker

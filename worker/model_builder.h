@@ -132,6 +132,16 @@ absl::Status ReinitializeParameters(torch::jit::Module module, uint64_t seed);
 absl::StatusOr<int64_t> FeatureDim(torch::jit::Module backbone,
                                    const tlserve::v1::InputSpec& spec);
 
+// SHA-256 (64 lowercase hex digits) of a module's weights: its named
+// parameters, then its named buffers (both recursive, in the module's
+// order), each hashed as its dotted name, dtype, shape and contiguous CPU
+// bytes (host byte order), every field length-prefixed. Equal digests mean
+// equal names, dtypes, shapes and values; the code, class names and
+// training flags are not part of it. The trainer compares the backbone's
+// digest before and after a job to tell whether training left it
+// unchanged.
+absl::StatusOr<std::string> WeightsDigest(const torch::jit::Module& module);
+
 }  // namespace tlserve::worker
 
 #endif  // TLSERVE_WORKER_MODEL_BUILDER_H_

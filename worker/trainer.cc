@@ -23,6 +23,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/classification_metrics.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "worker/backbone_split.h"
 #include "worker/batch_loader.h"
@@ -60,6 +62,28 @@ constexpr int kDefaultBaseWidth = 16;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// JobResult.frozen_backbone_digest: the backbone's weights digest and the
+// input normalisation the exported model bakes in (mean/std buffers), so
+// two models share a backbone at serving time only when features() is
+// the same function for both. Floats as %.9g, which round-trips a float.
+std::string FrozenBackboneDigest(const std::string& weights_digest,
+                                 const tlserve::v1::InputSpec& spec) {
+  Sha256 hasher;
+  hasher.Update(absl::StrCat("tlserve frozen backbone v1\nweights ",
+                             weights_digest, "\n"));
+  hasher.Update(absl::StrFormat("channels %d\nheight %d\nwidth %d\n",
+                                spec.channels(), spec.height(), spec.width()));
+  auto values = [&hasher](std::string_view name,
+                          const google::protobuf::RepeatedField<float>& v) {
+    hasher.Update(name);
+    for (float x : v) hasher.Update(absl::StrFormat(" %.9g", x));
+    hasher.Update("\n");
+  };
+  values("mean", spec.mean());
+  values("std", spec.std());
+  return hasher.FinalHex();
 }
 
 // The job's hyper-parameters with defaults filled in.
@@ -347,6 +371,9 @@ class Trainer {
   double loader_wait_seconds_ = 0;
   int64_t steps_per_epoch_ = 0;
   int64_t feature_dim_ = 0;
+  // FINE_TUNE: WeightsDigest of the backbone as loaded (after a RANDOM
+  // re-init), before any training or checkpoint resume; Export compares.
+  std::string initial_backbone_digest_;
   // For the ETA: time and batches of the epochs run in this attempt.
   double train_seconds_ = 0;
   int64_t batches_done_ = 0;
@@ -366,6 +393,7 @@ absl::Status Trainer::BuildModel() {
     if (spec_.backbone_init() == v1::RANDOM) {
       RETURN_IF_ERROR(ReinitializeParameters(backbone_, seed));
     }
+    ASSIGN_OR_RETURN(initial_backbone_digest_, WeightsDigest(backbone_));
     blocks_ = Blocks(backbone_);
     for (const auto& step : spec_.freeze().gradual_unfreeze()) {
       if (step.n_blocks() > static_cast<int>(blocks_.size())) {
@@ -973,6 +1001,16 @@ absl::Status Trainer::Export(TrainJobOutput* output) {
     output->artifact_path =
         (std::filesystem::path(input_.work_dir) / "model.pt").string();
     classifier_.save(output->artifact_path);
+    // Only a backbone that training left exactly as loaded (weights and
+    // BatchNorm statistics) can be shared with other models at serving.
+    ASSIGN_OR_RETURN(const std::string final_digest, WeightsDigest(backbone_));
+    if (!initial_backbone_digest_.empty() &&
+        final_digest == initial_backbone_digest_) {
+      output->result.set_frozen_backbone_digest(
+          FrozenBackboneDigest(final_digest, input_spec_));
+    } else {
+      output->result.clear_frozen_backbone_digest();
+    }
   } else {
     output->artifact_path =
         (std::filesystem::path(input_.work_dir) / "backbone.pt").string();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
@@ -456,6 +457,59 @@ TEST(TrainerTest, FrozenBackboneCheckpointsHoldOnlyWhatTrains) {
   for (const auto& [name, tensor] : sa) {
     EXPECT_TRUE(torch::equal(tensor, sb[name])) << name << " differs";
   }
+  // The digest is of the backbone file, not of the checkpoint resumed.
+  EXPECT_TRUE(IsSha256Hex(a->result.frozen_backbone_digest()));
+  EXPECT_EQ(a->result.frozen_backbone_digest(),
+            b->result.frozen_backbone_digest());
+}
+
+// JobResult.frozen_backbone_digest: the same for every job that leaves one
+// backbone untouched under the same normalisation, whatever the head and
+// seed; different under other normalisation; empty when the weights or
+// the BatchNorm statistics of the backbone trained.
+TEST(TrainerTest, FrozenBackboneDigestOnlyWhenTheBackboneStaysAsLoaded) {
+  const std::string dir = testing::MakeTempDir("digest");
+  const std::string backbone = testing::SaveCompactBackbone(dir, 1, 4, 3);
+  DecodedDataset data = testing::SyntheticDataset(3, 6, 2, 12, 1, 5);
+  auto run = [&](JobSpec spec, const tlserve::v1::InputSpec& input_spec) {
+    TrainJobInput input;
+    input.spec = std::move(spec);
+    input.work_dir = testing::MakeTempDir("digest_job");
+    input.backbone_path = backbone;
+    input.backbone_input_spec = input_spec;
+    absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, {});
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? out->result.frozen_backbone_digest() : "error";
+  };
+  const tlserve::v1::InputSpec spec = testing::SimpleSpec(1, 12);
+  JobSpec frozen = FineTuneSpec(FreezePolicy::FROZEN, 1, 8);
+  frozen.mutable_freeze()->set_batchnorm_stats(FreezePolicy::FROZEN_ALL);
+  const std::string a = run(frozen, spec);
+  EXPECT_TRUE(IsSha256Hex(a)) << a;
+
+  // Another seed and head, trained through the backbone (no feature
+  // cache): the backbone runs in eval mode, so it is the same.
+  JobSpec other_head = frozen;
+  other_head.set_seed(7);
+  other_head.mutable_head()->add_hidden_sizes(8);
+  other_head.mutable_feature_cache()->set_mode(
+      tlserve::v1::FeatureCacheSpec::OFF);
+  EXPECT_EQ(run(other_head, spec), a);
+
+  tlserve::v1::InputSpec other_norm = spec;
+  other_norm.set_mean(0, 0.4f);
+  const std::string b = run(frozen, other_norm);
+  EXPECT_TRUE(IsSha256Hex(b)) << b;
+  EXPECT_NE(b, a);
+
+  JobSpec last_block = FineTuneSpec(FreezePolicy::LAST_N_BLOCKS, 1, 8);
+  last_block.mutable_freeze()->set_n_blocks(1);
+  EXPECT_EQ(run(last_block, spec), "");
+  EXPECT_EQ(run(FineTuneSpec(FreezePolicy::FULL, 1, 8), spec), "");
+  // Frozen weights, but BatchNorm statistics that follow the new data.
+  JobSpec bn_updates = frozen;
+  bn_updates.mutable_freeze()->set_batchnorm_stats(FreezePolicy::UPDATE_ALL);
+  EXPECT_EQ(run(bn_updates, spec), "");
 }
 
 // Which epoch ends write a checkpoint: time decides by default (these
