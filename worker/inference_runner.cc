@@ -4,6 +4,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -31,13 +32,32 @@ namespace {
 constexpr int64_t kMaxForwardBatch = 256;
 constexpr int kDefaultTopK = 5;
 
+// The backbone that the models with one ModelFile.shared_backbone key run
+// on: the first such model's whole TlClassifier, whose features() serves
+// them all. That model's head stays in it, uncounted, until the backbone
+// goes (when the last model using it is dropped and no batch holds it).
+struct SharedBackbone {
+  std::string key;
+  torch::jit::Module module;
+  // The `backbone` submodule's parameters and buffers plus mean and std.
+  int64_t bytes = 0;
+};
+
 struct LoadedModel {
   std::string path;
+  // ModelFile.shared_backbone it was loaded with; asked with another key,
+  // the model loads again.
+  std::string requested_key;
+  // Standalone: the whole module. On a shared backbone: its head only (the
+  // rest of its file is dropped).
   torch::jit::Module module;
+  // Standalone: all parameters and buffers. Shared: the head's.
   int64_t bytes = 0;
   // Exported by tlserve (TlClassifier): features() and a "head" submodule,
   // so Embed works.
   bool has_features = false;
+  // Null when standalone.
+  std::shared_ptr<const SharedBackbone> backbone;
 };
 
 bool IsLittleEndian() {
@@ -194,6 +214,69 @@ void FillPrediction(const float* row, int64_t num_classes, int64_t top_k,
   }
 }
 
+// Laid out like MakeClassifier's TlClassifier: features(), submodules
+// backbone and head, tensors mean and std.
+bool IsClassifier(const torch::jit::Module& module) {
+  auto has = [&module](const char* name, bool want_module) {
+    if (!module.hasattr(name)) return false;
+    const torch::jit::IValue value = module.attr(name);
+    return want_module ? value.isModule() : value.isTensor();
+  };
+  return module.find_method("features").has_value() && has("backbone", true) &&
+         has("head", true) && has("mean", false) && has("std", false);
+}
+
+bool SameTensor(const at::Tensor& a, const at::Tensor& b) {
+  return a.scalar_type() == b.scalar_type() && a.sizes().equals(b.sizes()) &&
+         a.device() == b.device() && at::equal(a, b);
+}
+
+// The parameters, then the buffers, of a module, with their names.
+std::vector<std::pair<std::string, at::Tensor>> NamedWeights(
+    const torch::jit::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+    out.emplace_back(absl::StrCat("parameter ", p.name), p.value);
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) {
+    out.emplace_back(absl::StrCat("buffer ", b.name), b.value);
+  }
+  return out;
+}
+
+// Two TlClassifiers: the same backbone parameters and buffers (names,
+// dtypes, shapes, values) and the same mean and std.
+bool SameBackboneWeights(const torch::jit::Module& a,
+                         const torch::jit::Module& b) {
+  const auto wa = NamedWeights(a.attr("backbone").toModule());
+  const auto wb = NamedWeights(b.attr("backbone").toModule());
+  if (wa.size() != wb.size()) return false;
+  for (size_t i = 0; i < wa.size(); ++i) {
+    if (wa[i].first != wb[i].first || !SameTensor(wa[i].second, wb[i].second)) {
+      return false;
+    }
+  }
+  return SameTensor(a.attr("mean").toTensor(), b.attr("mean").toTensor()) &&
+         SameTensor(a.attr("std").toTensor(), b.attr("std").toTensor());
+}
+
+// A fixed input in [0, 1) of two rows shaped by `spec` (valid), varied
+// enough that different functions give different outputs.
+at::Tensor ProbeInput(const tlserve::v1::InputSpec& spec) {
+  const int64_t n = 2 * spec.channels() * spec.height() * spec.width();
+  return at::frac(at::arange(n, at::kDouble).mul_(0.6180339887498949))
+      .to(at::kFloat)
+      .reshape({2, spec.channels(), spec.height(), spec.width()});
+}
+
+// Both tensors of the same shape and equal to float rounding.
+bool Close(const torch::jit::IValue& a, const torch::jit::IValue& b) {
+  if (!a.isTensor() || !b.isTensor()) return false;
+  const at::Tensor x = a.toTensor().to(at::kFloat);
+  const at::Tensor y = b.toTensor().to(at::kFloat);
+  return x.sizes().equals(y.sizes()) && at::allclose(x, y, 1e-4, 1e-5);
+}
+
 bool WantsPrediction(const tlserve::v1::InferenceItem& item) {
   return !item.embed() || item.also_predict();
 }
@@ -214,22 +297,55 @@ absl::Status ResultStatus(const tlserve::v1::InferenceResult& result) {
 struct InferenceRunner::Impl {
   explicit Impl(Options o) : options(o) {}
 
-  // The model for model_id, loading (and evicting the least recently used)
-  // when needed. The returned pointer keeps the module alive while a
-  // batch runs, even if it is evicted meanwhile.
+  // One model's part of a batch.
+  struct ModelRun {
+    const ModelFile* file = nullptr;
+    std::vector<int> indices;  // its items
+    std::shared_ptr<const LoadedModel> model;
+    std::vector<at::Tensor> inputs;  // of the items in `ready`
+    std::vector<int> ready;          // items whose inputs converted
+    std::vector<int64_t> offsets;    // their first row among this model's
+    int64_t rows = 0;
+    bool any_embed = false;
+    bool any_predict = false;
+    at::Tensor features;       // [rows, D] when computed
+    at::Tensor probabilities;  // [rows, K] when any_predict
+  };
+
+  // The model for file.model_id, loading (and evicting the least recently
+  // used) when needed. The returned pointer keeps the module (and its
+  // shared backbone) alive while a batch runs, even if it is evicted
+  // meanwhile.
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Get(const ModelFile& file) {
-    {
-      absl::MutexLock lock(&mu);
-      auto it = models.find(file.model_id);
-      if (it != models.end() && it->second->path == file.path) {
-        lru.remove(file.model_id);
-        lru.push_front(file.model_id);
-        return std::shared_ptr<const LoadedModel>(it->second);
-      }
+    if (auto hit = Lookup(file)) return hit;
+    // Loading takes a while (0.15 s for resnet18): done outside `mu` so
+    // batches for loaded models are not held up, but one at a time, so two
+    // first loads of models on one backbone cannot both become its copy.
+    absl::MutexLock load_lock(&load_mu);
+    if (auto hit = Lookup(file)) return hit;  // loaded while we waited
+    ASSIGN_OR_RETURN(std::shared_ptr<LoadedModel> loaded, Load(file));
+    absl::MutexLock lock(&mu);
+    Insert(file.model_id, loaded);
+    return std::shared_ptr<const LoadedModel>(loaded);
+  }
+
+  // The loaded model for `file` (same path and key), marked most recently
+  // used; null when not loaded.
+  std::shared_ptr<const LoadedModel> Lookup(const ModelFile& file) {
+    absl::MutexLock lock(&mu);
+    auto it = models.find(file.model_id);
+    if (it == models.end() || it->second->path != file.path ||
+        it->second->requested_key != file.shared_backbone) {
+      return nullptr;
     }
-    // Loading takes a while (0.15 s for resnet18): done outside the lock so
-    // batches for loaded models are not held up. Two concurrent first
-    // batches may both load; the second insert wins, which is harmless.
+    lru.remove(file.model_id);
+    lru.push_front(file.model_id);
+    return it->second;
+  }
+
+  // Reads the file; on the key's shared backbone when Share allows, else
+  // standalone (warmed up when options.warm_up). Caller holds load_mu.
+  absl::StatusOr<std::shared_ptr<LoadedModel>> Load(const ModelFile& file) {
     std::error_code error;
     if (!std::filesystem::exists(file.path, error)) {
       return absl::NotFoundError(absl::StrCat(
@@ -237,162 +353,307 @@ struct InferenceRunner::Impl {
     }
     auto loaded = std::make_shared<LoadedModel>();
     loaded->path = file.path;
+    loaded->requested_key = file.shared_backbone;
+    torch::jit::Module module;
+    int64_t bytes = 0;
     RETURN_IF_ERROR(TorchGuard(
         absl::StrCat("loading model ", file.model_id, " from ", file.path),
         [&] {
-          loaded->module = torch::jit::load(file.path);
-          loaded->module.eval();
-          loaded->bytes = ModuleBytes(loaded->module);
-          loaded->has_features =
-              loaded->module.find_method("features").has_value() &&
-              loaded->module.hasattr("head");
+          module = torch::jit::load(file.path);
+          module.eval();
+          bytes = ModuleBytes(module);
+          loaded->has_features = module.find_method("features").has_value() &&
+                                 module.hasattr("head");
           return absl::OkStatus();
         }));
+    if (!file.shared_backbone.empty() && loaded->has_features) {
+      ASSIGN_OR_RETURN(const bool shared, Share(file, module, loaded.get()));
+      if (shared) return loaded;
+    }
+    loaded->module = module;
+    loaded->bytes = bytes;
     if (options.warm_up) {
       RETURN_IF_ERROR(TorchGuard(
           absl::StrCat("warming up model ", file.model_id), [&] {
             c10::InferenceMode inference_mode;
             const auto& spec = file.input_spec;
-            torch::jit::Module module = loaded->module;
             module.forward(
                 {at::zeros({1, spec.channels(), spec.height(), spec.width()})});
             return absl::OkStatus();
           }));
     }
-    absl::MutexLock lock(&mu);
-    auto old = models.find(file.model_id);
-    if (old != models.end()) loaded_bytes -= old->second->bytes;
-    models[file.model_id] = loaded;
+    return loaded;
+  }
+
+  // Puts `loaded` on the shared backbone of file.shared_backbone: the one
+  // loaded for that key if `module` matches it (same backbone weights and
+  // buffers, mean and std; and on a probe input, its features() equal the
+  // shared ones and its forward() equals its head over them), or else
+  // `module` itself becomes the key's backbone (if its forward() is its
+  // head over its features()). The probe also warms the model up. False,
+  // with `loaded` untouched, when the model must run standalone. Caller
+  // holds load_mu, so the key's entry cannot be replaced meanwhile.
+  absl::StatusOr<bool> Share(const ModelFile& file, torch::jit::Module module,
+                             LoadedModel* loaded) {
+    if (!ValidateInputSpec(file.input_spec).ok()) return false;
+    std::shared_ptr<const SharedBackbone> existing;
+    {
+      absl::MutexLock lock(&mu);
+      auto it = shared.find(file.shared_backbone);
+      if (it != shared.end()) existing = it->second.backbone;
+    }
+    return TorchGuardOr<bool>(
+        absl::StrCat("checking model ", file.model_id, " for shared backbone '",
+                     file.shared_backbone, "'"),
+        [&]() -> absl::StatusOr<bool> {
+          if (!IsClassifier(module)) return false;
+          if (existing != nullptr &&
+              !SameBackboneWeights(module, existing->module)) {
+            return false;
+          }
+          torch::jit::Module head = module.attr("head").toModule();
+          {
+            c10::InferenceMode inference_mode;
+            const at::Tensor probe = ProbeInput(file.input_spec);
+            torch::jit::Module reference =
+                existing != nullptr ? existing->module : module;
+            const torch::jit::IValue features =
+                reference.run_method("features", probe);
+            if (!features.isTensor()) return false;
+            if (existing != nullptr &&
+                !Close(module.run_method("features", probe), features)) {
+              return false;
+            }
+            if (!Close(module.forward({probe}), head.forward({features}))) {
+              return false;
+            }
+          }
+          std::shared_ptr<const SharedBackbone> backbone = existing;
+          if (backbone == nullptr) {
+            auto created = std::make_shared<SharedBackbone>();
+            created->key = file.shared_backbone;
+            created->module = module;
+            created->bytes = ModuleBytes(module.attr("backbone").toModule()) +
+                             module.attr("mean").toTensor().nbytes() +
+                             module.attr("std").toTensor().nbytes();
+            backbone = std::move(created);
+          }
+          loaded->module = head;
+          loaded->bytes = ModuleBytes(head);
+          loaded->backbone = std::move(backbone);
+          return true;
+        });
+  }
+
+  // Adds a loaded model (replacing an older load of the same id) and
+  // evicts past the bounds, never the model just added.
+  void Insert(const std::string& model_id, std::shared_ptr<LoadedModel> loaded)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto old = models.find(model_id);
+    if (old != models.end()) {
+      Release(*old->second);
+      models.erase(old);
+    }
     loaded_bytes += loaded->bytes;
-    lru.remove(file.model_id);
-    lru.push_front(file.model_id);
+    if (loaded->backbone != nullptr) {
+      // Only loads (serialised) add entries, so an entry for this key
+      // holds this backbone; one removed since Share looked is re-added.
+      SharedUse& use = shared[loaded->backbone->key];
+      if (use.users == 0) {
+        use.backbone = loaded->backbone;
+        loaded_bytes += use.backbone->bytes;
+      }
+      ++use.users;
+    }
+    models[model_id] = std::move(loaded);
+    lru.remove(model_id);
+    lru.push_front(model_id);
     while (lru.size() > 1 &&
            (lru.size() > std::max<size_t>(1, options.max_loaded_models) ||
             loaded_bytes > options.max_loaded_bytes)) {
       auto victim = models.find(lru.back());
-      loaded_bytes -= victim->second->bytes;
+      Release(*victim->second);
       models.erase(victim);
       lru.pop_back();
     }
-    return std::shared_ptr<const LoadedModel>(loaded);
   }
 
-  // Runs `model` over the items at `indices` (all for this model).
-  void RunModel(const ModelFile& file,
-                const google::protobuf::RepeatedPtrField<
-                    tlserve::v1::InferenceItem>& items,
-                const std::vector<int>& indices,
-                std::vector<tlserve::v1::InferenceResult>* results) {
-    auto fail_all = [&](const absl::Status& status) {
-      for (int i : indices) SetError(status, &(*results)[i]);
-    };
-    absl::Status spec_ok = Annotate(ValidateInputSpec(file.input_spec),
-                                    absl::StrCat("model ", file.model_id));
-    if (!spec_ok.ok()) return fail_all(spec_ok);
-    // Loaded outside InferenceMode so the module's tensors are ordinary ones.
-    absl::StatusOr<std::shared_ptr<const LoadedModel>> model = Get(file);
-    if (!model.ok()) return fail_all(model.status());
-
-    // InferenceMode and the thread count are per thread: set both on the
-    // thread that runs the model.
-    c10::InferenceMode inference_mode;
-    if (options.num_threads > 0 && at::get_num_threads() != options.num_threads) {
-      at::set_num_threads(options.num_threads);
+  // Takes a model's bytes off the count, and its shared backbone's when it
+  // was the last loaded model using it.
+  void Release(const LoadedModel& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    loaded_bytes -= model.bytes;
+    if (model.backbone == nullptr) return;
+    auto it = shared.find(model.backbone->key);
+    if (it == shared.end() || it->second.backbone != model.backbone) return;
+    if (--it->second.users == 0) {
+      loaded_bytes -= model.backbone->bytes;
+      shared.erase(it);
     }
-    std::vector<at::Tensor> inputs;
-    std::vector<int> ready;        // items whose inputs converted
-    std::vector<int64_t> offsets;  // their first row in the batch
-    int64_t rows = 0;
-    bool any_embed = false;
-    bool any_predict = false;
-    for (int i : indices) {
+  }
+
+  // Converts the inputs of run->indices; an item that fails gets its
+  // error.
+  void PrepareInputs(
+      const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
+          items,
+      ModelRun* run, std::vector<tlserve::v1::InferenceResult>* results) {
+    for (int i : run->indices) {
       absl::StatusOr<at::Tensor> t =
-          ItemInputs(items[i].request(), file.input_spec);
+          ItemInputs(items[i].request(), run->file->input_spec);
       if (!t.ok()) {
         SetError(t.status(), &(*results)[i]);
         continue;
       }
-      if (items[i].embed() && !(*model)->has_features) {
+      if (items[i].embed() && !run->model->has_features) {
         SetError(absl::FailedPreconditionError(absl::StrCat(
-                     "model ", file.model_id,
+                     "model ", run->file->model_id,
                      " was not exported by tlserve (no features() method), "
                      "so it cannot embed; use Predict")),
                  &(*results)[i]);
         continue;
       }
-      any_embed = any_embed || items[i].embed();
-      any_predict = any_predict || WantsPrediction(items[i]);
-      ready.push_back(i);
-      offsets.push_back(rows);
-      rows += t->size(0);
-      inputs.push_back(*std::move(t));
+      run->any_embed = run->any_embed || items[i].embed();
+      run->any_predict = run->any_predict || WantsPrediction(items[i]);
+      run->ready.push_back(i);
+      run->offsets.push_back(run->rows);
+      run->rows += t->size(0);
+      run->inputs.push_back(*std::move(t));
     }
-    if (ready.empty()) return;
+  }
 
-    at::Tensor features;
-    at::Tensor probabilities;
-    absl::Status ran = TorchGuard(
-        absl::StrCat("running model ", file.model_id), [&]() -> absl::Status {
-          at::Tensor batch = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
+  static void FailReady(const ModelRun& run, const absl::Status& status,
+                        std::vector<tlserve::v1::InferenceResult>* results) {
+    for (int i : run.ready) SetError(status, &(*results)[i]);
+  }
+
+  // A model on its own backbone: forward() for Predict items, features()
+  // for Embed items, and when both are present features() once and the
+  // head on its rows.
+  void RunStandalone(ModelRun* run,
+                     std::vector<tlserve::v1::InferenceResult>* results) {
+    const std::string& id = run->file->model_id;
+    backbone_runs.fetch_add(1, std::memory_order_relaxed);
+    absl::Status ran =
+        TorchGuard(absl::StrCat("running model ", id), [&]() -> absl::Status {
+          at::Tensor batch =
+              run->inputs.size() == 1 ? run->inputs[0] : at::cat(run->inputs);
           // forward() is not const, but running a TorchScript module in eval
           // mode from several threads at once is safe.
-          torch::jit::Module module = (*model)->module;
+          torch::jit::Module module = run->model->module;
           at::Tensor logits;
-          if (any_embed) {
+          if (run->any_embed) {
             ASSIGN_OR_RETURN(
-                features,
-                RunChunked(batch, absl::StrCat("model ", file.model_id,
-                                               " features()"),
+                run->features,
+                RunChunked(batch, absl::StrCat("model ", id, " features()"),
                            [&](const at::Tensor& x) {
                              return module.run_method("features", x);
                            }));
-            if (any_predict) {
+            if (run->any_predict) {
               torch::jit::Module head = module.attr("head").toModule();
               ASSIGN_OR_RETURN(
-                  logits, RunChunked(features,
-                                     absl::StrCat("model ", file.model_id,
-                                                  " head"),
-                                     [&](const at::Tensor& x) {
-                                       return head.forward({x});
-                                     }));
+                  logits,
+                  RunChunked(
+                      run->features, absl::StrCat("model ", id, " head"),
+                      [&](const at::Tensor& x) { return head.forward({x}); }));
             }
           } else {
-            ASSIGN_OR_RETURN(
-                logits,
-                RunChunked(batch, absl::StrCat("model ", file.model_id),
-                           [&](const at::Tensor& x) {
-                             return module.forward({x});
-                           }));
+            ASSIGN_OR_RETURN(logits,
+                             RunChunked(batch, absl::StrCat("model ", id),
+                                        [&](const at::Tensor& x) {
+                                          return module.forward({x});
+                                        }));
           }
-          if (any_predict) probabilities = logits.softmax(1).contiguous();
+          if (run->any_predict) {
+            run->probabilities = logits.softmax(1).contiguous();
+          }
+          return absl::OkStatus();
+        });
+    if (!ran.ok()) FailReady(*run, ran, results);
+  }
+
+  // Models on one shared backbone with the same input spec: its
+  // features() once over all their rows, then each head on its own rows.
+  void RunShared(const std::vector<ModelRun*>& group,
+                 std::vector<tlserve::v1::InferenceResult>* results) {
+    const SharedBackbone& backbone = *group[0]->model->backbone;
+    std::vector<std::string> ids;
+    std::vector<at::Tensor> inputs;
+    for (const ModelRun* run : group) {
+      ids.push_back(run->file->model_id);
+      inputs.insert(inputs.end(), run->inputs.begin(), run->inputs.end());
+    }
+    const std::string what =
+        absl::StrCat("shared backbone '", backbone.key, "' of models ",
+                     absl::StrJoin(ids, ", "));
+    backbone_runs.fetch_add(1, std::memory_order_relaxed);
+    at::Tensor features;
+    absl::Status ran =
+        TorchGuard(absl::StrCat("running the ", what), [&]() -> absl::Status {
+          at::Tensor batch = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
+          torch::jit::Module module = backbone.module;
+          ASSIGN_OR_RETURN(features,
+                           RunChunked(batch, absl::StrCat(what, " features()"),
+                                      [&](const at::Tensor& x) {
+                                        return module.run_method("features", x);
+                                      }));
           return absl::OkStatus();
         });
     if (!ran.ok()) {
-      for (int i : ready) SetError(ran, &(*results)[i]);
+      for (const ModelRun* run : group) FailReady(*run, ran, results);
       return;
     }
+    int64_t start = 0;
+    for (ModelRun* run : group) {
+      run->features = features.slice(0, start, start + run->rows);
+      start += run->rows;
+      if (!run->any_predict) continue;
+      const std::string& id = run->file->model_id;
+      absl::Status head_ran = TorchGuard(
+          absl::StrCat("running the head of model ", id),
+          [&]() -> absl::Status {
+            torch::jit::Module head = run->model->module;
+            ASSIGN_OR_RETURN(
+                at::Tensor logits,
+                RunChunked(
+                    run->features, absl::StrCat("model ", id, " head"),
+                    [&](const at::Tensor& x) { return head.forward({x}); }));
+            run->probabilities = logits.softmax(1).contiguous();
+            return absl::OkStatus();
+          });
+      if (!head_ran.ok()) FailReady(*run, head_ran, results);
+    }
+  }
 
-    const int64_t num_classes = any_predict ? probabilities.size(1) : 0;
-    if (any_predict && !file.class_names.empty() &&
+  // Results of the items of `run` that have not failed.
+  static void FillResults(
+      const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
+          items,
+      const ModelRun& run, std::vector<tlserve::v1::InferenceResult>* results) {
+    const ModelFile& file = *run.file;
+    const int64_t num_classes = run.any_predict && run.probabilities.defined()
+                                    ? run.probabilities.size(1)
+                                    : 0;
+    if (num_classes > 0 && !file.class_names.empty() &&
         static_cast<int64_t>(file.class_names.size()) != num_classes) {
       const absl::Status mismatch = absl::FailedPreconditionError(absl::StrCat(
           "model ", file.model_id, " outputs ", num_classes,
           " classes but has ", file.class_names.size(), " class names"));
-      for (int i : ready) {
+      for (int i : run.ready) {
         if (WantsPrediction(items[i])) SetError(mismatch, &(*results)[i]);
       }
     }
     std::vector<int> order;
-    for (size_t k = 0; k < ready.size(); ++k) {
-      const int i = ready[k];
+    for (size_t k = 0; k < run.ready.size(); ++k) {
+      const int i = run.ready[k];
       tlserve::v1::InferenceResult& result = (*results)[i];
       if (result.code() != 0) continue;
-      const int64_t n = inputs[k].size(0);
+      const int64_t n = run.inputs[k].size(0);
       if (items[i].embed()) {
         tlserve::v1::EmbedResponse* out = result.mutable_embedding();
         out->set_model_id(file.model_id);
-        const int64_t dim = features.size(1);
-        const float* data = features.data_ptr<float>() + offsets[k] * dim;
+        const int64_t dim = run.features.size(1);
+        const float* data =
+            run.features.data_ptr<float>() + run.offsets[k] * dim;
         for (int64_t r = 0; r < n; ++r) {
           out->add_embeddings()->mutable_values()->Add(data + r * dim,
                                                        data + (r + 1) * dim);
@@ -405,7 +666,7 @@ struct InferenceRunner::Impl {
       tlserve::v1::PredictResponse* out = result.mutable_prediction();
       out->set_model_id(file.model_id);
       const float* data =
-          probabilities.data_ptr<float>() + offsets[k] * num_classes;
+          run.probabilities.data_ptr<float>() + run.offsets[k] * num_classes;
       for (int64_t r = 0; r < n; ++r) {
         FillPrediction(data + r * num_classes, num_classes, top_k,
                        file.class_names, &order, out->add_predictions());
@@ -413,14 +674,109 @@ struct InferenceRunner::Impl {
     }
   }
 
+  std::vector<tlserve::v1::InferenceResult> Run(
+      const std::vector<ModelFile>& files,
+      const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
+          items) {
+    std::vector<tlserve::v1::InferenceResult> results(items.size());
+    std::vector<ModelRun> runs(files.size());
+    for (int i = 0; i < items.size(); ++i) {
+      const int m = items[i].model_index();
+      if (m < 0 || m >= static_cast<int>(files.size())) {
+        SetError(
+            absl::InternalError(absl::StrCat("batch item ", i, " names model ",
+                                             m, " of ", files.size())),
+            &results[i]);
+        continue;
+      }
+      runs[m].indices.push_back(i);
+    }
+    // Loaded outside InferenceMode so the modules' tensors are ordinary
+    // ones.
+    for (size_t m = 0; m < files.size(); ++m) {
+      ModelRun& run = runs[m];
+      run.file = &files[m];
+      if (run.indices.empty()) {
+        // A warm-up (the model was just deployed): load it, nobody waits.
+        (void)Get(files[m]);
+        continue;
+      }
+      auto fail_all = [&](const absl::Status& status) {
+        for (int i : run.indices) SetError(status, &results[i]);
+      };
+      absl::Status spec_ok =
+          Annotate(ValidateInputSpec(files[m].input_spec),
+                   absl::StrCat("model ", files[m].model_id));
+      if (!spec_ok.ok()) {
+        fail_all(spec_ok);
+        continue;
+      }
+      absl::StatusOr<std::shared_ptr<const LoadedModel>> model = Get(files[m]);
+      if (!model.ok()) {
+        fail_all(model.status());
+        continue;
+      }
+      run.model = *std::move(model);
+    }
+
+    // InferenceMode and the thread count are per thread: set both on the
+    // thread that runs the models.
+    c10::InferenceMode inference_mode;
+    if (options.num_threads > 0 &&
+        at::get_num_threads() != options.num_threads) {
+      at::set_num_threads(options.num_threads);
+    }
+    for (ModelRun& run : runs) {
+      if (run.model != nullptr) PrepareInputs(items, &run, &results);
+    }
+    std::vector<bool> grouped(runs.size(), false);
+    for (size_t m = 0; m < runs.size(); ++m) {
+      ModelRun& run = runs[m];
+      if (run.model == nullptr || run.ready.empty() || grouped[m]) continue;
+      if (run.model->backbone == nullptr) {
+        RunStandalone(&run, &results);
+        continue;
+      }
+      std::vector<ModelRun*> group = {&run};
+      const std::string spec = run.file->input_spec.SerializeAsString();
+      for (size_t n = m + 1; n < runs.size(); ++n) {
+        ModelRun& other = runs[n];
+        if (other.model != nullptr && !other.ready.empty() && !grouped[n] &&
+            other.model->backbone == run.model->backbone &&
+            other.file->input_spec.SerializeAsString() == spec) {
+          group.push_back(&other);
+          grouped[n] = true;
+        }
+      }
+      RunShared(group, &results);
+    }
+    for (const ModelRun& run : runs) {
+      if (run.model != nullptr && !run.ready.empty()) {
+        FillResults(items, run, &results);
+      }
+    }
+    return results;
+  }
+
+  // A shared backbone in use by `users` loaded models.
+  struct SharedUse {
+    std::shared_ptr<const SharedBackbone> backbone;
+    int users = 0;
+  };
+
   const Options options;
+  // Serialises loads; taken before `mu`, never while holding it.
+  absl::Mutex load_mu;
   mutable absl::Mutex mu;
   absl::flat_hash_map<std::string, std::shared_ptr<LoadedModel>> models
       ABSL_GUARDED_BY(mu);
+  // Shared backbones by key, while a loaded model uses them.
+  absl::flat_hash_map<std::string, SharedUse> shared ABSL_GUARDED_BY(mu);
   int64_t loaded_bytes ABSL_GUARDED_BY(mu) = 0;
   // Most recently used first. Short (max_loaded_models), so list::remove
   // is fine.
   std::list<std::string> lru ABSL_GUARDED_BY(mu);
+  std::atomic<int64_t> backbone_runs{0};
 };
 
 InferenceRunner::InferenceRunner(Options options)
@@ -432,7 +788,7 @@ void InferenceRunner::Unload(const std::string& model_id) {
   absl::MutexLock lock(&impl_->mu);
   auto it = impl_->models.find(model_id);
   if (it == impl_->models.end()) return;
-  impl_->loaded_bytes -= it->second->bytes;
+  impl_->Release(*it->second);
   impl_->models.erase(it);
   impl_->lru.remove(model_id);
 }
@@ -447,40 +803,30 @@ std::vector<InferenceRunner::LoadedModelInfo> InferenceRunner::LoadedModels()
   absl::MutexLock lock(&impl_->mu);
   std::vector<LoadedModelInfo> out;
   for (const std::string& id : impl_->lru) {
+    const LoadedModel& model = *impl_->models.at(id);
     LoadedModelInfo info;
     info.model_id = id;
-    info.bytes = impl_->models.at(id)->bytes;
+    info.bytes = model.bytes;
+    if (model.backbone != nullptr) info.shared_backbone = model.backbone->key;
     out.push_back(std::move(info));
   }
   return out;
+}
+
+int64_t InferenceRunner::LoadedBytes() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->loaded_bytes;
+}
+
+int64_t InferenceRunner::BackboneRuns() const {
+  return impl_->backbone_runs.load(std::memory_order_relaxed);
 }
 
 std::vector<tlserve::v1::InferenceResult> InferenceRunner::RunBatch(
     const std::vector<ModelFile>& models,
     const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
         items) {
-  std::vector<tlserve::v1::InferenceResult> results(items.size());
-  std::vector<std::vector<int>> by_model(models.size());
-  for (int i = 0; i < items.size(); ++i) {
-    const int m = items[i].model_index();
-    if (m < 0 || m >= static_cast<int>(models.size())) {
-      SetError(absl::InternalError(absl::StrCat(
-                   "batch item ", i, " names model ", m, " of ",
-                   models.size())),
-               &results[i]);
-      continue;
-    }
-    by_model[m].push_back(i);
-  }
-  for (size_t m = 0; m < models.size(); ++m) {
-    if (!by_model[m].empty()) {
-      impl_->RunModel(models[m], items, by_model[m], &results);
-    } else {
-      // A warm-up (the model was just deployed): load it, nobody waits.
-      (void)impl_->Get(models[m]);
-    }
-  }
-  return results;
+  return impl_->Run(models, items);
 }
 
 absl::StatusOr<tlserve::v1::PredictResponse> InferenceRunner::Predict(

@@ -16,7 +16,18 @@ namespace tlserve::worker {
 // Runs batches of Predict and Embed items on exported models (TorchScript
 // files), keeping the most recently used ones loaded within a memory
 // bound. Thread-safe: batches for the same or different models may run
-// concurrently. No torch types in this header.
+// concurrently; loads are serialised (they are rare). No torch types in
+// this header.
+//
+// Shared backbones: models fine-tuned from one frozen backbone come with
+// the same ModelFile.shared_backbone key. The first such model loaded
+// becomes the key's backbone (its features() runs for all of them); a
+// later one joins only after a check that its `backbone` weights and
+// buffers and its mean/std equal the shared ones and that on a probe input
+// its features() and forward() agree with the shared features() and its
+// own head. It then keeps only its `head`; a model that fails the check is
+// served on its own, as without a key. In a batch, the models on one
+// backbone with the same input spec run it once over all their rows.
 class InferenceRunner {
  public:
   struct Options {
@@ -27,7 +38,8 @@ class InferenceRunner {
     int64_t max_loaded_bytes = int64_t{4} << 30;
     // Run one forward on zeros when a model loads, so its first caller does
     // not pay for lazy initialisation (and a model that cannot run fails
-    // at load, not on a caller's inputs).
+    // at load, not on a caller's inputs). A model that shares a backbone
+    // runs on a probe input at load regardless: that is its check.
     bool warm_up = true;
     // LibTorch intra-op threads for each batch (0: LibTorch's default).
     // Set on every thread that runs a batch: in this LibTorch the count is
@@ -42,11 +54,19 @@ class InferenceRunner {
     std::string path;
     tlserve::v1::InputSpec input_spec;
     std::vector<std::string> class_names;
+    // InferenceModel.shared_backbone: models with the same non-empty key
+    // may share one backbone (checked at load). Empty: not shared.
+    std::string shared_backbone;
   };
 
   struct LoadedModelInfo {
     std::string model_id;
+    // The model's own parameter and buffer bytes: its head's when it
+    // shares a backbone (the backbone is counted once, in LoadedBytes).
     int64_t bytes = 0;
+    // The key of the backbone it runs on; empty when it runs alone (no
+    // key, or the check at load found a different backbone).
+    std::string shared_backbone;
   };
 
   explicit InferenceRunner(Options options);
@@ -57,15 +77,18 @@ class InferenceRunner {
   // the input, not the batch); then each model runs once over the inputs
   // of all its items: forward() for Predict items, features() (the
   // backbone, before the head) for Embed items, and when both are present
-  // features() once and the head on the Predict rows. Returns one result
-  // per item, in order. A model that fails to load fails its items. A model
-  // with no items is only loaded and warmed up.
+  // features() once and the head on the Predict rows. Models that share a
+  // loaded backbone and have the same input spec run its features() once
+  // over the rows of all of them, then each head on its own rows. Returns
+  // one result per item, in order. A model that fails to load fails its
+  // items. A model with no items is only loaded and warmed up.
   std::vector<tlserve::v1::InferenceResult> RunBatch(
       const std::vector<ModelFile>& models,
       const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
           items);
 
-  // Drops a loaded model (undeployed); batches running on it finish.
+  // Drops a loaded model (undeployed); batches running on it finish. A
+  // shared backbone goes with the last loaded model that uses it.
   void Unload(const std::string& model_id);
 
   // One-item conveniences over RunBatch.
@@ -77,6 +100,14 @@ class InferenceRunner {
   // Most recently used first.
   std::vector<std::string> LoadedModelIds() const;
   std::vector<LoadedModelInfo> LoadedModels() const;
+  // Bytes held against Options.max_loaded_bytes: each loaded model's own
+  // bytes plus each shared backbone in use once.
+  int64_t LoadedBytes() const;
+  // Backbone runs over a batch's rows so far: one per standalone model
+  // with items per batch, one per group of models sharing a backbone
+  // (however many chunks each run takes). Load-time warm-ups and checks
+  // are not counted.
+  int64_t BackboneRuns() const;
 
  private:
   struct Impl;

@@ -2,8 +2,13 @@
 
 #include <torch/script.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -15,6 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
+#include "worker/model_builder.h"
 #include "worker/trainer.h"
 
 namespace tlserve::worker {
@@ -341,6 +347,376 @@ TEST_F(InferenceRunnerTest, ConcurrentPredictsAgree) {
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+// Classifiers built like the trainer exports them (MakeClassifier) on one
+// backbone with different heads, plus two that must not share it: the
+// same backbone with one weight changed, and the same backbone with other
+// normalisation (mean/std buffers).
+class SharedBackboneTest : public ::testing::Test {
+ protected:
+  enum Model { kA, kB, kC, kPerturbed, kOtherNorm, kNumModels };
+
+  static void SetUpTestSuite() {
+    paths_ = new std::vector<std::string>(kNumModels);
+    specs_ = new std::vector<tlserve::v1::InputSpec>(kNumModels);
+    const std::string dir = testing::MakeTempDir("shared_backbone");
+    const tlserve::v1::InputSpec spec = testing::SimpleSpec(1, kSize);
+    tlserve::v1::InputSpec other_norm = spec;
+    other_norm.set_mean(0, 0.4f);
+    absl::StatusOr<torch::jit::Module> backbone = MakeCompactResNet(1, 8, 11);
+    absl::StatusOr<torch::jit::Module> perturbed = MakeCompactResNet(1, 8, 11);
+    ASSERT_TRUE(backbone.ok() && perturbed.ok());
+    {
+      torch::NoGradGuard no_grad;
+      (*perturbed->parameters().begin()).add_(0.05);
+    }
+    auto save = [&](Model m, torch::jit::Module b,
+                    const std::vector<int64_t>& hidden, uint64_t head_seed,
+                    const tlserve::v1::InputSpec& s) {
+      absl::StatusOr<torch::jit::Module> head =
+          MakeHead(32, hidden, 0.0, 3, head_seed);
+      ASSERT_TRUE(head.ok()) << head.status();
+      absl::StatusOr<torch::jit::Module> classifier =
+          MakeClassifier(b, *head, s);
+      ASSERT_TRUE(classifier.ok()) << classifier.status();
+      classifier->eval();
+      (*paths_)[m] = absl::StrCat(dir, "/model_", m, ".pt");
+      (*specs_)[m] = s;
+      classifier->save((*paths_)[m]);
+    };
+    save(kA, *backbone, {16}, 1, spec);
+    save(kB, *backbone, {}, 2, spec);
+    save(kC, *backbone, {8}, 3, spec);
+    // a's head: had it been put on the shared backbone, its results would
+    // be a's.
+    save(kPerturbed, *perturbed, {16}, 1, spec);
+    save(kOtherNorm, *backbone, {16}, 1, other_norm);
+  }
+  static void TearDownTestSuite() {
+    delete paths_;
+    delete specs_;
+  }
+
+  static InferenceRunner::ModelFile File(Model m, const std::string& key) {
+    InferenceRunner::ModelFile file;
+    file.model_id = absl::StrCat("model_", m);
+    file.path = (*paths_)[m];
+    file.input_spec = (*specs_)[m];
+    file.shared_backbone = key;
+    return file;
+  }
+  static std::vector<InferenceRunner::ModelFile> Files(
+      const std::vector<Model>& models, const std::string& key) {
+    std::vector<InferenceRunner::ModelFile> files;
+    for (Model m : models) files.push_back(File(m, key));
+    return files;
+  }
+
+  static void AddItem(
+      google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>* items,
+      int model_index, const at::Tensor& x, bool embed, bool also_predict) {
+    tlserve::v1::InferenceItem* item = items->Add();
+    item->set_model_index(model_index);
+    item->set_embed(embed);
+    item->set_also_predict(also_predict);
+    *item->mutable_request()->mutable_tensor() = ToRaw(x);
+  }
+
+  // The reference: each model of the batch run alone, without a key, on
+  // its own items.
+  static std::vector<tlserve::v1::InferenceResult> RunEachModelAlone(
+      InferenceRunner& runner,
+      const std::vector<InferenceRunner::ModelFile>& files,
+      const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem>&
+          items) {
+    std::vector<tlserve::v1::InferenceResult> out(items.size());
+    for (size_t m = 0; m < files.size(); ++m) {
+      google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> subset;
+      std::vector<int> where;
+      for (int i = 0; i < items.size(); ++i) {
+        if (items[i].model_index() != static_cast<int>(m)) continue;
+        tlserve::v1::InferenceItem* item = subset.Add();
+        *item = items[i];
+        item->set_model_index(0);
+        where.push_back(i);
+      }
+      if (where.empty()) continue;
+      InferenceRunner::ModelFile alone = files[m];
+      alone.shared_backbone.clear();
+      std::vector<tlserve::v1::InferenceResult> results =
+          runner.RunBatch({alone}, subset);
+      for (size_t k = 0; k < where.size(); ++k) out[where[k]] = results[k];
+    }
+    return out;
+  }
+
+  static void ExpectSameResults(
+      const std::vector<tlserve::v1::InferenceResult>& got,
+      const std::vector<tlserve::v1::InferenceResult>& want) {
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      SCOPED_TRACE(absl::StrCat("item ", i));
+      ASSERT_EQ(got[i].code(), want[i].code()) << got[i].message();
+      const auto& gp = got[i].prediction().predictions();
+      const auto& wp = want[i].prediction().predictions();
+      ASSERT_EQ(got[i].has_prediction(), want[i].has_prediction());
+      ASSERT_EQ(gp.size(), wp.size());
+      for (int r = 0; r < gp.size(); ++r) {
+        ASSERT_EQ(gp[r].probabilities_size(), wp[r].probabilities_size());
+        for (int c = 0; c < gp[r].probabilities_size(); ++c) {
+          EXPECT_NEAR(gp[r].probabilities(c), wp[r].probabilities(c), 1e-5);
+        }
+      }
+      const auto& ge = got[i].embedding().embeddings();
+      const auto& we = want[i].embedding().embeddings();
+      ASSERT_EQ(got[i].has_embedding(), want[i].has_embedding());
+      ASSERT_EQ(ge.size(), we.size());
+      for (int r = 0; r < ge.size(); ++r) {
+        ASSERT_EQ(ge[r].values_size(), we[r].values_size());
+        for (int d = 0; d < ge[r].values_size(); ++d) {
+          EXPECT_NEAR(ge[r].values(d), we[r].values(d), 1e-5);
+        }
+      }
+    }
+  }
+
+  // The largest difference between two results' first prediction and
+  // first embedding.
+  static float MaxDifference(const tlserve::v1::InferenceResult& a,
+                             const tlserve::v1::InferenceResult& b) {
+    float diff = 0;
+    const auto& pa = a.prediction().predictions(0).probabilities();
+    const auto& pb = b.prediction().predictions(0).probabilities();
+    for (int c = 0; c < std::min(pa.size(), pb.size()); ++c) {
+      diff = std::max(diff, std::abs(pa[c] - pb[c]));
+    }
+    if (a.has_embedding() && b.has_embedding()) {
+      const auto& ea = a.embedding().embeddings(0).values();
+      const auto& eb = b.embedding().embeddings(0).values();
+      for (int d = 0; d < std::min(ea.size(), eb.size()); ++d) {
+        diff = std::max(diff, std::abs(ea[d] - eb[d]));
+      }
+    }
+    return diff;
+  }
+
+  static std::vector<std::string>* paths_;
+  static std::vector<tlserve::v1::InputSpec>* specs_;
+};
+
+std::vector<std::string>* SharedBackboneTest::paths_ = nullptr;
+std::vector<tlserve::v1::InputSpec>* SharedBackboneTest::specs_ = nullptr;
+
+TEST_F(SharedBackboneTest, SharedBatchMatchesEachModelRunAlone) {
+  const at::Tensor x = torch::rand({5, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  AddItem(&items, 0, x.slice(0, 0, 2), false, false);
+  AddItem(&items, 1, x.slice(0, 2, 3), true, true);
+  AddItem(&items, 2, x.slice(0, 1, 4), false, false);
+  AddItem(&items, 0, x.slice(0, 3, 5), true, false);
+  AddItem(&items, 2, x.slice(0, 0, 1), true, false);
+  AddItem(&items, 1, x, false, false);
+  const std::vector<InferenceRunner::ModelFile> files =
+      Files({kA, kB, kC}, "backbone-1");
+
+  InferenceRunner shared(InferenceRunner::Options{});
+  std::vector<tlserve::v1::InferenceResult> got = shared.RunBatch(files, items);
+  EXPECT_EQ(shared.BackboneRuns(), 1);
+  for (const auto& info : shared.LoadedModels()) {
+    EXPECT_EQ(info.shared_backbone, "backbone-1") << info.model_id;
+  }
+  // Loaded now: still one run for the three models.
+  ExpectSameResults(shared.RunBatch(files, items), got);
+  EXPECT_EQ(shared.BackboneRuns(), 2);
+
+  InferenceRunner alone(InferenceRunner::Options{});
+  std::vector<tlserve::v1::InferenceResult> want =
+      RunEachModelAlone(alone, files, items);
+  EXPECT_EQ(alone.BackboneRuns(), 3);
+  ExpectSameResults(got, want);
+  // The same models without a key in one batch: one run each.
+  ExpectSameResults(alone.RunBatch(Files({kA, kB, kC}, ""), items), want);
+  EXPECT_EQ(alone.BackboneRuns(), 6);
+  for (const auto& info : alone.LoadedModels()) {
+    EXPECT_EQ(info.shared_backbone, "") << info.model_id;
+  }
+  // Each model kept its own head: item 5 (b) and item 0 (a) see row 0.
+  EXPECT_GT(MaxDifference(got[5], got[0]), 1e-4);
+}
+
+TEST_F(SharedBackboneTest, LoadedBytesCountTheBackboneOnce) {
+  const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
+  InferenceRunner shared(InferenceRunner::Options{});
+  shared.RunBatch(Files({kA, kB, kC}, "backbone-1"), none);
+  InferenceRunner alone(InferenceRunner::Options{});
+  alone.RunBatch(Files({kA, kB, kC}, ""), none);
+  ASSERT_EQ(shared.LoadedModels().size(), 3u);
+  ASSERT_EQ(alone.LoadedModels().size(), 3u);
+
+  int64_t heads = 0;
+  int64_t full = 0;
+  for (const auto& info : shared.LoadedModels()) heads += info.bytes;
+  for (const auto& info : alone.LoadedModels()) full += info.bytes;
+  const int64_t backbone = shared.LoadedBytes() - heads;
+  EXPECT_EQ(alone.LoadedBytes(), full);
+  // A full model is the backbone (with mean/std) plus its head.
+  for (const auto& info : alone.LoadedModels()) {
+    int64_t head = -1;
+    for (const auto& s : shared.LoadedModels()) {
+      if (s.model_id == info.model_id) head = s.bytes;
+    }
+    EXPECT_EQ(info.bytes, backbone + head) << info.model_id;
+  }
+  EXPECT_GT(backbone, 10 * heads);
+  EXPECT_LT(shared.LoadedBytes() * 2, alone.LoadedBytes());
+  std::cout << "loaded bytes of 3 models: shared " << shared.LoadedBytes()
+            << " (backbone " << backbone << " + heads " << heads
+            << "), standalone " << alone.LoadedBytes() << "\n";
+}
+
+TEST_F(SharedBackboneTest, DifferentWeightsOrNormalisationAreNotShared) {
+  const at::Tensor x = torch::rand({2, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  for (int m = 0; m < 3; ++m) AddItem(&items, m, x, true, true);
+  const std::vector<InferenceRunner::ModelFile> files =
+      Files({kA, kPerturbed, kOtherNorm}, "backbone-1");
+  InferenceRunner runner(InferenceRunner::Options{});
+  std::vector<tlserve::v1::InferenceResult> got = runner.RunBatch(files, items);
+  EXPECT_EQ(runner.BackboneRuns(), 3);
+  std::map<std::string, InferenceRunner::LoadedModelInfo> loaded;
+  for (const auto& info : runner.LoadedModels()) loaded[info.model_id] = info;
+  ASSERT_EQ(loaded.size(), 3u);
+  EXPECT_EQ(loaded["model_0"].shared_backbone, "backbone-1");
+  EXPECT_EQ(loaded["model_3"].shared_backbone, "");
+  EXPECT_EQ(loaded["model_4"].shared_backbone, "");
+  // Standalone: the whole file counts, far more than a's head.
+  EXPECT_GT(loaded["model_3"].bytes, 10 * loaded["model_0"].bytes);
+
+  InferenceRunner alone(InferenceRunner::Options{});
+  ExpectSameResults(got, RunEachModelAlone(alone, files, items));
+  // Same head as a, so only the backbone or normalisation tells them apart.
+  EXPECT_GT(MaxDifference(got[1], got[0]), 1e-4);
+  EXPECT_GT(MaxDifference(got[2], got[0]), 1e-4);
+}
+
+TEST_F(SharedBackboneTest, UnloadingAndEvictingTheLastUserReleaseTheBackbone) {
+  tlserve::v1::PredictRequest request;
+  *request.mutable_tensor() = ToRaw(torch::rand({2, 1, kSize, kSize}));
+  const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
+  InferenceRunner runner(InferenceRunner::Options{});
+  runner.RunBatch(Files({kA, kB}, "backbone-1"), none);
+  int64_t head_a = 0, head_b = 0;
+  for (const auto& info : runner.LoadedModels()) {
+    (info.model_id == "model_0" ? head_a : head_b) = info.bytes;
+  }
+  const int64_t backbone = runner.LoadedBytes() - head_a - head_b;
+  EXPECT_GT(backbone, 10 * (head_a + head_b));
+
+  // a brought the backbone; b keeps it after a goes, and still predicts.
+  runner.Unload("model_0");
+  EXPECT_EQ(runner.LoadedBytes(), backbone + head_b);
+  absl::StatusOr<tlserve::v1::PredictResponse> b =
+      runner.Predict(File(kB, "backbone-1"), request);
+  ASSERT_TRUE(b.ok()) << b.status();
+  InferenceRunner alone(InferenceRunner::Options{});
+  absl::StatusOr<tlserve::v1::PredictResponse> b_alone =
+      alone.Predict(File(kB, ""), request);
+  ASSERT_TRUE(b_alone.ok()) << b_alone.status();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(b->predictions(1).probabilities(c),
+                b_alone->predictions(1).probabilities(c), 1e-5);
+  }
+  runner.Unload("model_1");
+  EXPECT_EQ(runner.LoadedBytes(), 0);
+  EXPECT_TRUE(runner.LoadedModels().empty());
+
+  // One model at most: each load evicts the previous one.
+  InferenceRunner one(InferenceRunner::Options{.max_loaded_models = 1});
+  ASSERT_TRUE(one.Predict(File(kA, "backbone-1"), request).ok());
+  EXPECT_EQ(one.LoadedBytes(), backbone + head_a);
+  ASSERT_TRUE(one.Predict(File(kB, "backbone-1"), request).ok());
+  EXPECT_EQ(one.LoadedBytes(), backbone + head_b);
+  ASSERT_EQ(one.LoadedModels().size(), 1u);
+  EXPECT_EQ(one.LoadedModels()[0].shared_backbone, "backbone-1");
+  ASSERT_TRUE(one.Predict(File(kC, ""), request).ok());
+  ASSERT_EQ(one.LoadedModels().size(), 1u);
+  EXPECT_EQ(one.LoadedBytes(), one.LoadedModels()[0].bytes);
+  EXPECT_EQ(one.LoadedModels()[0].shared_backbone, "");
+}
+
+TEST_F(SharedBackboneTest, BadImageFailsOnlyItsItem) {
+  const at::Tensor x = torch::rand({3, 1, kSize, kSize});
+  Image image{kSize, kSize, 1, std::vector<uint8_t>(kSize * kSize, 0)};
+  for (int i = 0; i < kSize * kSize; ++i) image.pixels[i] = (i * 53) % 256;
+  absl::StatusOr<std::string> png = EncodePng(image);
+  ASSERT_TRUE(png.ok()) << png.status();
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  AddItem(&items, 0, x.slice(0, 0, 2), false, false);
+  {
+    tlserve::v1::InferenceItem* item = items.Add();
+    item->set_model_index(1);
+    item->mutable_request()->add_images(*png);
+    item->mutable_request()->add_images("not an image");
+  }
+  AddItem(&items, 1, x.slice(0, 2, 3), true, false);
+  {
+    tlserve::v1::InferenceItem* item = items.Add();
+    item->set_model_index(0);
+    item->set_embed(true);
+    item->set_also_predict(true);
+    item->mutable_request()->add_images(*png);
+  }
+  const std::vector<InferenceRunner::ModelFile> files =
+      Files({kA, kB}, "backbone-1");
+  InferenceRunner runner(InferenceRunner::Options{});
+  std::vector<tlserve::v1::InferenceResult> got = runner.RunBatch(files, items);
+  EXPECT_EQ(runner.BackboneRuns(), 1);
+  EXPECT_EQ(got[1].code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(got[1].message(), HasSubstr("image 1"));
+  for (int i : {0, 2, 3}) EXPECT_EQ(got[i].code(), 0) << got[i].message();
+  InferenceRunner alone(InferenceRunner::Options{});
+  ExpectSameResults(got, RunEachModelAlone(alone, files, items));
+}
+
+TEST_F(SharedBackboneTest, ConcurrentFirstLoadsKeepOneBackbone) {
+  const at::Tensor x = torch::rand({1, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  for (int m = 0; m < 3; ++m) AddItem(&items, m, x, false, false);
+  const std::vector<InferenceRunner::ModelFile> files =
+      Files({kA, kB, kC}, "backbone-1");
+  InferenceRunner sequential(InferenceRunner::Options{});
+  const std::vector<tlserve::v1::InferenceResult> want =
+      sequential.RunBatch(files, items);
+
+  InferenceRunner runner(InferenceRunner::Options{});
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      // Different orders, so different models load first.
+      std::vector<InferenceRunner::ModelFile> order = files;
+      std::rotate(order.begin(), order.begin() + t % 3, order.end());
+      google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> mine =
+          items;
+      for (auto& item : mine)
+        item.set_model_index((item.model_index() + 3 - t % 3) % 3);
+      std::vector<tlserve::v1::InferenceResult> got =
+          runner.RunBatch(order, mine);
+      for (int i = 0; i < 3; ++i) {
+        if (got[i].code() != 0 || MaxDifference(got[i], want[i]) > 1e-5) {
+          ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(runner.LoadedBytes(), sequential.LoadedBytes());
+  for (const auto& info : runner.LoadedModels()) {
+    EXPECT_EQ(info.shared_backbone, "backbone-1") << info.model_id;
+  }
 }
 
 }  // namespace
