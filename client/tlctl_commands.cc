@@ -1266,7 +1266,11 @@ absl::StatusOr<int> ModelList(Context& ctx, const Args& args) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const v1::Model& m : response.models()) {
-    rows.push_back({m.id(), m.job_id(), m.backbone_id(),
+    // A frozen backbone is shared with the other models on it when served.
+    rows.push_back({m.id(), m.job_id(),
+                    m.backbone_digest().empty()
+                        ? m.backbone_id()
+                        : absl::StrCat(m.backbone_id(), " (frozen)"),
                     absl::StrCat(m.class_names_size()), Bytes(m.size_bytes()),
                     ServingText(m.serving()), TimeText(m.create_time())});
   }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -70,9 +72,9 @@ InferenceRouter::~InferenceRouter() {
       left.push_back({std::move(call->done),
                       absl::UnavailableError("the server is shutting down")});
     };
-    for (auto& [id, queue] : queues_) {
-      for (const CallPtr& call : queue.calls) fail(call);
-      queue.calls.clear();
+    for (auto& [key, lane] : lanes_) {
+      for (const CallPtr& call : lane.calls) fail(call);
+      lane.calls.clear();
     }
     for (auto& [id, batch] : in_flight_) {
       for (const CallPtr& call : batch.calls) fail(call);
@@ -137,25 +139,20 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     absl::MutexLock lock(&mu_);
     known = queues_.count(model_id) > 0;
   }
-  tlserve::v1::InferenceModel model;
-  tlserve::v1::ServingConfig serving;
+  std::optional<tlserve::v1::Model> stored;
   if (!known) {
-    // Models do not change once stored, so the store is read once per model.
-    absl::StatusOr<tlserve::v1::Model> stored = store_->GetModel(model_id);
-    if (!stored.ok()) {
+    // Models do not change once stored (Deploy and Undeploy tell the router
+    // themselves), so the store is read once per model.
+    absl::StatusOr<tlserve::v1::Model> got = store_->GetModel(model_id);
+    if (!got.ok()) {
       if (metrics_ != nullptr) {
-        metrics_->Call(InferenceMetrics::kUnknownModel, stored.status().code(),
+        metrics_->Call(InferenceMetrics::kUnknownModel, got.status().code(),
                        absl::Now() - now, nullptr);
       }
-      done(stored.status());
+      done(got.status());
       return;
     }
-    model.set_model_id(stored->id());
-    model.mutable_model()->set_sha256(stored->sha256());
-    model.mutable_model()->set_size_bytes(stored->size_bytes());
-    *model.mutable_input_spec() = stored->input_spec();
-    *model.mutable_class_names() = stored->class_names();
-    serving = stored->serving();
+    stored = *std::move(got);
   }
 
   const int64_t bytes = static_cast<int64_t>(item.ByteSizeLong());
@@ -167,6 +164,7 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     return;
   }
   auto call = std::make_shared<Call>();
+  call->model_id = model_id;
   call->inputs = InputCount(item.request());
   call->bytes = bytes;
   call->item = std::move(item);
@@ -179,12 +177,12 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
   std::vector<Completion> completions;
   {
     absl::MutexLock lock(&mu_);
-    auto [it, inserted] = queues_.try_emplace(model_id);
-    if (inserted) {
-      it->second.model = std::move(model);
-      it->second.serving = std::move(serving);
-    }
-    ModelQueue& queue = it->second;
+    auto it = queues_.find(model_id);
+    ModelQueue& queue = it != queues_.end() || !stored.has_value()
+                            ? queues_[model_id]
+                            : UpdateModelLocked(ServedModel(*stored),
+                                                stored->serving());
+    call->lane = queue.lane;
     RefreshWorkersLocked(now, /*force=*/false);
     if (stopping_) {
       refused = absl::UnavailableError("the server is shutting down");
@@ -198,32 +196,33 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
     if (refused.ok() && workers_.empty()) {
       refused = absl::UnavailableError(
           "no worker is connected to serve the model; start a tlworker");
-    } else if (refused.ok() &&
-               queue.calls.size() >= MaxQueue(queue)) {
+    } else if (refused.ok() && queue.queued_calls >= MaxQueue(queue)) {
       refused = absl::ResourceExhaustedError(absl::StrFormat(
           "model %s has %d calls queued, the limit; retry with backoff or add "
           "workers",
-          model_id, queue.calls.size()));
+          model_id, queue.queued_calls));
     }
     if (refused.ok()) {
-      queue.calls.push_back(call);
-      queue.queued_inputs += call->inputs;
+      Lane& lane = lanes_[queue.lane];
+      lane.calls.push_back(call);
+      lane.queued_inputs += call->inputs;
+      ++queue.queued_calls;
       outgoing = DispatchLocked(now);
     } else {
-      FinishLocked(model_id, call, refused, now, &completions);
+      FinishLocked(call, refused, now, &completions);
     }
   }
   Send(std::move(outgoing));
   Run(std::move(completions));
 }
 
-void InferenceRouter::FinishLocked(const std::string& model_id,
-                                   const CallPtr& call,
+void InferenceRouter::FinishLocked(const CallPtr& call,
                                    absl::StatusOr<InferenceResult> result,
                                    absl::Time now,
                                    std::vector<Completion>* completions) {
   if (call->completed) return;
   call->completed = true;
+  const std::string& model_id = call->model_id;
   ModelStats& stats = queues_[model_id].stats;
   if (result.ok()) {
     stats.success.Add(now - call->enqueued);
@@ -276,6 +275,60 @@ size_t InferenceRouter::MaxQueue(const ModelQueue& queue) const {
                                  : options_.max_queue_size);
 }
 
+int64_t InferenceRouter::MaxBatch(const Lane& lane) const {
+  int64_t most = std::numeric_limits<int64_t>::max();
+  for (const std::string& id : lane.models) {
+    if (auto it = queues_.find(id);
+        it != queues_.end() && !it->second.serving.undeployed()) {
+      most = std::min(most, MaxBatch(it->second));
+    }
+  }
+  return most == std::numeric_limits<int64_t>::max() ? options_.max_batch_size
+                                                     : most;
+}
+
+absl::Duration InferenceRouter::MaxDelay(const Lane& lane) const {
+  absl::Duration least = absl::InfiniteDuration();
+  for (const std::string& id : lane.models) {
+    if (auto it = queues_.find(id);
+        it != queues_.end() && !it->second.serving.undeployed()) {
+      least = std::min(least, MaxDelay(it->second));
+    }
+  }
+  return least == absl::InfiniteDuration() ? options_.max_queue_delay : least;
+}
+
+tlserve::v1::InferenceModel InferenceRouter::ServedModel(
+    const tlserve::v1::Model& model) const {
+  tlserve::v1::InferenceModel served;
+  served.set_model_id(model.id());
+  served.mutable_model()->set_sha256(model.sha256());
+  served.mutable_model()->set_size_bytes(model.size_bytes());
+  *served.mutable_input_spec() = model.input_spec();
+  *served.mutable_class_names() = model.class_names();
+  if (options_.share_backbones && !model.backbone_digest().empty()) {
+    served.set_shared_backbone(
+        absl::StrCat(model.backbone_id(), "/", model.backbone_digest()));
+  }
+  return served;
+}
+
+InferenceRouter::ModelQueue& InferenceRouter::UpdateModelLocked(
+    const tlserve::v1::InferenceModel& served,
+    const tlserve::v1::ServingConfig& serving) {
+  ModelQueue& queue = queues_[served.model_id()];
+  queue.model = served;
+  queue.serving = serving;
+  if (queue.lane.empty()) {
+    // A model never changes lanes: its backbone digest is fixed.
+    queue.lane = served.shared_backbone().empty()
+                     ? absl::StrCat("model/", served.model_id())
+                     : absl::StrCat("backbone/", served.shared_backbone());
+    lanes_[queue.lane].models.insert(served.model_id());
+  }
+  return queue;
+}
+
 absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
     const std::string& model_id, const tlserve::v1::ServingConfig& serving) {
   if (model_id.empty()) return absl::InvalidArgumentError("id: a model id is required");
@@ -309,13 +362,7 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
   std::vector<Outgoing> outgoing;
   {
     absl::MutexLock lock(&mu_);
-    ModelQueue& queue = queues_[model_id];
-    queue.model.set_model_id(model->id());
-    queue.model.mutable_model()->set_sha256(model->sha256());
-    queue.model.mutable_model()->set_size_bytes(model->size_bytes());
-    *queue.model.mutable_input_spec() = model->input_spec();
-    *queue.model.mutable_class_names() = model->class_names();
-    queue.serving = model->serving();
+    ModelQueue& queue = UpdateModelLocked(ServedModel(*model), model->serving());
     // Warm-up: a batch with the model and no items makes the least loaded
     // worker load it now, so the first caller does not wait for that.
     RefreshWorkersLocked(absl::Now(), /*force=*/true);
@@ -340,7 +387,6 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
       *out.message.mutable_infer()->add_models() = queue.model;
       Batch batch;
       batch.worker_id = chosen;
-      batch.model_id = model_id;
       WorkerState& worker = workers_[chosen];
       ++worker.batches;
       worker.models.insert(model_id);
@@ -373,15 +419,21 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Undeploy(
     if (it != queues_.end()) {
       ModelQueue& queue = it->second;
       queue.serving = model->serving();
-      for (const CallPtr& call : queue.calls) {
-        FinishLocked(model_id, call,
+      Lane& lane = lanes_[queue.lane];
+      for (auto c = lane.calls.begin(); c != lane.calls.end();) {
+        if ((*c)->model_id != model_id) {
+          ++c;
+          continue;
+        }
+        FinishLocked(*c,
                      absl::FailedPreconditionError(absl::StrCat(
                          "model ", model_id, " was undeployed while the call "
                          "waited")),
                      now, &completions);
+        lane.queued_inputs -= (*c)->inputs;
+        c = lane.calls.erase(c);
       }
-      it->second.calls.clear();
-      it->second.queued_inputs = 0;
+      queue.queued_calls = 0;
     }
     // Every worker that holds it drops it (no reply is awaited).
     RefreshWorkersLocked(now, /*force=*/true);
@@ -428,28 +480,32 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
   std::vector<Outgoing> outgoing;
   if (stopping_) return outgoing;
   while (true) {
-    // The ready queue whose oldest call has waited longest goes first.
-    ModelQueue* next = nullptr;
-    for (auto& [id, queue] : queues_) {
-      if (queue.calls.empty()) continue;
-      const bool ready = queue.queued_inputs >= MaxBatch(queue) ||
-                         now - queue.calls.front()->enqueued >= MaxDelay(queue);
+    // The ready lane whose oldest call has waited longest goes first.
+    Lane* next = nullptr;
+    int64_t max_batch = 0;
+    for (auto& [key, lane] : lanes_) {
+      if (lane.calls.empty()) continue;
+      const int64_t lane_max = MaxBatch(lane);
+      const bool ready = lane.queued_inputs >= lane_max ||
+                         now - lane.calls.front()->enqueued >= MaxDelay(lane);
       if (!ready) continue;
       if (next == nullptr ||
-          queue.calls.front()->enqueued < next->calls.front()->enqueued) {
-        next = &queue;
+          lane.calls.front()->enqueued < next->calls.front()->enqueued) {
+        next = &lane;
+        max_batch = lane_max;
       }
     }
     if (next == nullptr) return outgoing;
-    const std::string& model_id = next->model.model_id();
+    const std::string& front_model = next->calls.front()->model_id;
 
-    // Least loaded holder with room; else a worker that does not hold the
-    // model: any with room when no worker holds it, an idle one otherwise.
+    // Least loaded holder (of the oldest call's model) with room; else a
+    // worker that does not hold it: any with room when no worker holds it,
+    // an idle one otherwise.
     std::string chosen;
     int chosen_batches = std::numeric_limits<int>::max();
     bool held_anywhere = false;
     for (const auto& [id, w] : workers_) {
-      const bool holds = w.models.count(model_id) > 0;
+      const bool holds = w.models.count(front_model) > 0;
       held_anywhere = held_anywhere || holds;
       if (holds && w.batches < options_.max_batches_per_worker &&
           w.batches < chosen_batches) {
@@ -467,8 +523,8 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
       }
     }
     if (chosen.empty()) {
-      // Every suitable worker is busy: this queue waits for a reply. Other
-      // models might still fit on other workers, but keeping strict oldest-
+      // Every suitable worker is busy: this lane waits for a reply. Other
+      // lanes might still fit on other workers, but keeping strict oldest-
       // first order is simpler and fair; a reply re-runs dispatch.
       return outgoing;
     }
@@ -478,26 +534,37 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
     out.batch_id = absl::StrCat("b-", next_batch_++);
     tlserve::v1::InferenceCall* call_msg = out.message.mutable_infer();
     call_msg->set_request_id(out.batch_id);
-    *call_msg->add_models() = next->model;
     Batch batch;
     batch.worker_id = chosen;
-    batch.model_id = model_id;
+    WorkerState& worker = workers_[chosen];
+    // The batch's models, each sent once; items point at them.
+    absl::flat_hash_map<std::string, int> model_index;
     int64_t inputs = 0;
     int64_t bytes = 0;
     absl::Time latest = now;
     while (!next->calls.empty()) {
       const CallPtr& call = next->calls.front();
       if (!batch.calls.empty() &&
-          (inputs + call->inputs > MaxBatch(*next) ||
+          (inputs + call->inputs > max_batch ||
            bytes + call->bytes > options_.max_batch_bytes)) {
         break;
       }
+      ModelQueue& queue = queues_[call->model_id];
+      auto [index, added] = model_index.try_emplace(
+          call->model_id, static_cast<int>(model_index.size()));
+      if (added) {
+        *call_msg->add_models() = queue.model;
+        worker.models.insert(call->model_id);
+      }
+      --queue.queued_calls;
       inputs += call->inputs;
       bytes += call->bytes;
       latest = std::max(latest, call->deadline);
       ++call->attempts;
       call->dispatched = now;
-      *call_msg->add_items() = call->item;
+      tlserve::v1::InferenceItem* item = call_msg->add_items();
+      *item = call->item;
+      item->set_model_index(index->second);
       batch.calls.push_back(call);
       next->calls.pop_front();
     }
@@ -507,9 +574,7 @@ std::vector<InferenceRouter::Outgoing> InferenceRouter::DispatchLocked(
     // its callers still waits; the router expires the others itself.
     call_msg->set_timeout_ms(
         std::max<int64_t>(1, absl::ToInt64Milliseconds(latest - now)));
-    WorkerState& worker = workers_[chosen];
     ++worker.batches;
-    worker.models.insert(model_id);
     in_flight_.emplace(out.batch_id, std::move(batch));
     outgoing.push_back(std::move(out));
   }
@@ -530,26 +595,26 @@ void InferenceRouter::Send(std::vector<Outgoing> outgoing) {
   }
 }
 
-void InferenceRouter::RequeueLocked(const std::string& model_id,
-                                    std::vector<CallPtr> calls,
+void InferenceRouter::RequeueLocked(std::vector<CallPtr> calls,
                                     const std::string& why,
                                     std::vector<Completion>* completions) {
-  ModelQueue& queue = queues_[model_id];
   const absl::Time now = absl::Now();
-  // Back to the front, in their original order.
+  // Back to the front of their lanes, in their original order.
   for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
     const CallPtr& call = *it;
     if (call->completed) continue;
     if (call->attempts > options_.max_retries || stopping_) {
-      FinishLocked(model_id, call,
+      FinishLocked(call,
                    absl::UnavailableError(absl::StrCat(
                        why, "; the call was tried ", call->attempts,
                        " times, retry later")),
                    now, completions);
       continue;
     }
-    queue.calls.push_front(call);
-    queue.queued_inputs += call->inputs;
+    Lane& lane = lanes_[call->lane];
+    lane.calls.push_front(call);
+    lane.queued_inputs += call->inputs;
+    ++queues_[call->model_id].queued_calls;
   }
 }
 
@@ -570,7 +635,7 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
     if (code == absl::StatusCode::kUnavailable ||
         code == absl::StatusCode::kResourceExhausted) {
       // The worker could not take the batch: another may.
-      RequeueLocked(batch.model_id, std::move(batch.calls),
+      RequeueLocked(std::move(batch.calls),
                     absl::StrCat("worker ", worker_id, ": ", reply.message()),
                     &completions);
     }
@@ -580,12 +645,18 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
     const bool sizes_match =
         static_cast<size_t>(reply.results_size()) == batch.calls.size();
     if (!whole_batch_failed && !batch.calls.empty()) {
-      ModelStats& stats = queues_[batch.model_id].stats;
+      // Each model of the batch counts one execution of its own rows (a
+      // batch on a shared backbone holds several models).
+      std::map<std::string, int64_t> rows;
+      for (const CallPtr& call : batch.calls) rows[call->model_id] += call->inputs;
       const absl::Duration compute = absl::Seconds(reply.compute_seconds());
-      ++stats.execution_count;
-      stats.compute.Add(compute);
-      stats.batches[batch.inputs].Add(compute);
-      if (metrics_ != nullptr) metrics_->Batch(batch.model_id, batch.inputs, compute);
+      for (const auto& [model_id, n] : rows) {
+        ModelStats& stats = queues_[model_id].stats;
+        ++stats.execution_count;
+        stats.compute.Add(compute);
+        stats.batches[n].Add(compute);
+        if (metrics_ != nullptr) metrics_->Batch(model_id, n, compute);
+      }
     }
     for (size_t i = 0; i < batch.calls.size(); ++i) {
       const CallPtr& call = batch.calls[i];
@@ -604,7 +675,7 @@ void InferenceRouter::OnInferenceReply(const std::string& worker_id,
       } else {
         result = reply.results(i);
       }
-      FinishLocked(batch.model_id, call, std::move(result), now, &completions);
+      FinishLocked(call, std::move(result), now, &completions);
     }
     outgoing = DispatchLocked(now);
   }
@@ -623,7 +694,7 @@ void InferenceRouter::OnWorkerGone(const std::string& worker_id) {
         ++it;
         continue;
       }
-      RequeueLocked(it->second.model_id, std::move(it->second.calls),
+      RequeueLocked(std::move(it->second.calls),
                     absl::StrCat("worker ", worker_id,
                                  " went away while serving the call"),
                     &completions);
@@ -652,20 +723,20 @@ void InferenceRouter::Loop() {
       // dispatches it.)
       const absl::Time before = absl::Now();
       absl::Time wake = before + kTick;
-      for (const auto& [id, queue] : queues_) {
-        if (queue.calls.empty() || MaxDelay(queue) <= absl::ZeroDuration()) {
-          continue;
-        }
-        const absl::Time due = queue.calls.front()->enqueued + MaxDelay(queue);
+      for (const auto& [key, lane] : lanes_) {
+        if (lane.calls.empty()) continue;
+        const absl::Duration delay = MaxDelay(lane);
+        if (delay <= absl::ZeroDuration()) continue;
+        const absl::Time due = lane.calls.front()->enqueued + delay;
         if (due > before) wake = std::min(wake, due);
       }
       auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
       mu_.AwaitWithDeadline(absl::Condition(&stop), wake);
       if (stopping_) return;
       const absl::Time now = absl::Now();
-      auto expire = [&](const std::string& model_id, const CallPtr& call) {
+      auto expire = [&](const CallPtr& call) {
         if (call->completed || call->deadline > now) return false;
-        FinishLocked(model_id, call,
+        FinishLocked(call,
                      absl::DeadlineExceededError(absl::StrCat(
                          "the deadline passed after ",
                          absl::FormatDuration(now - call->enqueued),
@@ -674,11 +745,12 @@ void InferenceRouter::Loop() {
                      now, &completions);
         return true;
       };
-      for (auto& [id, queue] : queues_) {
-        for (auto it = queue.calls.begin(); it != queue.calls.end();) {
-          if (expire(id, *it)) {
-            queue.queued_inputs -= (*it)->inputs;
-            it = queue.calls.erase(it);
+      for (auto& [key, lane] : lanes_) {
+        for (auto it = lane.calls.begin(); it != lane.calls.end();) {
+          if (expire(*it)) {
+            lane.queued_inputs -= (*it)->inputs;
+            --queues_[(*it)->model_id].queued_calls;
+            it = lane.calls.erase(it);
           } else {
             ++it;
           }
@@ -686,7 +758,7 @@ void InferenceRouter::Loop() {
       }
       // In flight: answered now; the worker's late reply is dropped.
       for (auto& [id, batch] : in_flight_) {
-        for (const CallPtr& call : batch.calls) expire(batch.model_id, call);
+        for (const CallPtr& call : batch.calls) expire(call);
       }
       RefreshWorkersLocked(now, /*force=*/false);
       outgoing = DispatchLocked(now);

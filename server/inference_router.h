@@ -24,14 +24,18 @@
 
 namespace tlserve {
 
-// The dynamic batcher. Predict and Embed calls queue per model; whenever a
-// worker has room (fewer than max_batches_per_worker batches outstanding)
-// the oldest ready queue becomes one batch of up to max_batch_size inputs
-// and goes down the stream of the least loaded worker that holds the model
-// (a worker without it is used when none holds it, or when it is idle
-// and every holder is busy: it loads the model and shares the load). So at
-// low load a call goes out at once, alone, and under load batches grow to
-// what arrived while the workers were busy.
+// The dynamic batcher. Predict and Embed calls queue in lanes: one per
+// model, or one per shared backbone for models fine-tuned from the same
+// frozen backbone (Model.backbone_digest), whose calls batch together so
+// the worker runs the backbone once and each model's head on its rows.
+// Whenever a worker has room (fewer than max_batches_per_worker batches
+// outstanding) the oldest ready lane becomes one batch of up to
+// max_batch_size inputs and goes down the stream of the least loaded
+// worker that holds the model of its oldest call (a worker without it is
+// used when none holds it, or when it is idle and every holder is busy: it
+// loads the model and shares the load). So at low load a call goes out at
+// once, alone, and under load batches grow to what arrived while the
+// workers were busy.
 //
 // Every call completes exactly once: with its result; NOT_FOUND for an
 // unknown model; RESOURCE_EXHAUSTED when the model's queue is full;
@@ -60,6 +64,9 @@ class InferenceRouter : public InferenceSink {
     absl::Duration default_timeout = absl::Seconds(30);
     // Times a call is re-sent after its worker went away.
     int max_retries = 1;
+    // Batch the calls of models that share a frozen backbone together and
+    // let workers keep one copy of it. Off: every model is on its own.
+    bool share_backbones = true;
   };
   // What the router measured for one model since the server started
   // (the KServe ModelStatistics extension and the metrics read it).
@@ -130,6 +137,8 @@ class InferenceRouter : public InferenceSink {
 
  private:
   struct Call {
+    std::string model_id;
+    std::string lane;
     tlserve::v1::InferenceItem item;
     int64_t inputs = 1;
     int64_t bytes = 0;  // item.ByteSizeLong()
@@ -141,16 +150,23 @@ class InferenceRouter : public InferenceSink {
     ResultDone done;
   };
   using CallPtr = std::shared_ptr<Call>;
+  // What the router knows of one model.
   struct ModelQueue {
     tlserve::v1::InferenceModel model;
     tlserve::v1::ServingConfig serving;
+    std::string lane;
+    size_t queued_calls = 0;  // its calls waiting in the lane
+    ModelStats stats;
+  };
+  // Calls waiting to be batched: one model's, or those of every model on
+  // one shared backbone, oldest first.
+  struct Lane {
     std::deque<CallPtr> calls;
     int64_t queued_inputs = 0;
-    ModelStats stats;
+    std::set<std::string> models;
   };
   struct Batch {
     std::string worker_id;
-    std::string model_id;
     int64_t inputs = 0;
     std::vector<CallPtr> calls;
   };
@@ -171,7 +187,7 @@ class InferenceRouter : public InferenceSink {
 
   // Completes `call` (once) with `result`, counting it in the model's
   // stats; the completion runs after mu_ is released.
-  void FinishLocked(const std::string& model_id, const CallPtr& call,
+  void FinishLocked(const CallPtr& call,
                     absl::StatusOr<tlserve::v1::InferenceResult> result,
                     absl::Time now, std::vector<Completion>* completions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -182,11 +198,22 @@ class InferenceRouter : public InferenceSink {
   int64_t MaxBatch(const ModelQueue& queue) const;
   absl::Duration MaxDelay(const ModelQueue& queue) const;
   size_t MaxQueue(const ModelQueue& queue) const;
+  // A lane's: the smallest batch and delay of its models, so none gets a
+  // batch bigger or a wait longer than it was deployed with.
+  int64_t MaxBatch(const Lane& lane) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration MaxDelay(const Lane& lane) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What workers are sent about a stored model.
+  tlserve::v1::InferenceModel ServedModel(const tlserve::v1::Model& model) const;
+  // The model's entry with `served` and `serving` applied, in its lane.
+  ModelQueue& UpdateModelLocked(const tlserve::v1::InferenceModel& served,
+                                const tlserve::v1::ServingConfig& serving)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshWorkersLocked(absl::Time now, bool force)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Puts the calls of a lost batch back at the front of their queue, or
+  // Puts the calls of a lost batch back at the front of their lanes, or
   // fails those out of retries.
-  void RequeueLocked(const std::string& model_id, std::vector<CallPtr> calls,
+  void RequeueLocked(std::vector<CallPtr> calls,
                      const std::string& why,
                      std::vector<Completion>* completions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -201,8 +228,9 @@ class InferenceRouter : public InferenceSink {
   absl::Mutex lifecycle_mu_;
   absl::Mutex mu_;
   uint64_t next_batch_ ABSL_GUARDED_BY(mu_) = 1;
-  // Ordered, so dispatch walks models in a stable order.
   std::map<std::string, ModelQueue> queues_ ABSL_GUARDED_BY(mu_);
+  // Ordered, so dispatch walks lanes in a stable order.
+  std::map<std::string, Lane> lanes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Batch> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerState> workers_ ABSL_GUARDED_BY(mu_);
   absl::Time workers_refreshed_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

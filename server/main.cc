@@ -26,6 +26,9 @@ ABSL_FLAG(int, max_inference_queue, 1024,
           "inference: calls queued per model before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, batches_per_worker, 2,
           "inference: batches in flight per worker");
+ABSL_FLAG(bool, share_backbones, true,
+          "inference: batch calls of models on the same frozen backbone "
+          "together, running the backbone once per batch");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, e.g. 0.0.0.0:9464 (empty: none)");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
   options.inference.max_queue_size = absl::GetFlag(FLAGS_max_inference_queue);
   options.inference.max_batches_per_worker =
       absl::GetFlag(FLAGS_batches_per_worker);
+  options.inference.share_backbones = absl::GetFlag(FLAGS_share_backbones);
 
   auto server = tlserve::Server::Start(options);
   if (!server.ok()) {

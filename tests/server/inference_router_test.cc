@@ -444,6 +444,162 @@ TEST_F(InferenceRouterTest, DeployAppliesPerModelSettingsAndWarmsUp) {
             absl::StatusCode::kNotFound);
 }
 
+// Models s1 and s2 share a frozen backbone (same backbone and digest),
+// s3 is on the same backbone but trained it (another digest), m1 has none.
+void PutBackboneModels(Store* store) {
+  for (const auto& [id, digest] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"s1", "d1"}, {"s2", "d1"}, {"s3", "d2"}}) {
+    tlserve::v1::Model model;
+    model.set_id(id);
+    model.set_backbone_id("bb1");
+    model.set_backbone_digest(digest);
+    model.set_sha256(std::string(64, 'b'));
+    model.set_size_bytes(10);
+    model.add_class_names("a");
+    ASSERT_TRUE(store->PutModel(model).ok());
+  }
+}
+
+std::vector<std::string> ItemModels(const InferenceCall& call) {
+  std::vector<std::string> ids;
+  for (const auto& item : call.items()) {
+    ids.push_back(call.models(item.model_index()).model_id());
+  }
+  return ids;
+}
+
+TEST_F(InferenceRouterTest, ModelsOnASharedBackboneBatchTogether) {
+  PutBackboneModels(store_.get());
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> first = w1->Batch(0);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->models(0).shared_backbone(), "");
+
+  // Queued while the worker is busy, interleaved.
+  Predict(Request("s1", 2), 2);
+  Predict(Request("s3", 3), 3);
+  Predict(Request("s2", 4, /*images=*/2), 4);
+  Predict(Request("s1", 5), 5);
+  Predict(Request("m1", 6), 6);
+  absl::SleepFor(absl::Milliseconds(30));
+  router_->OnInferenceReply("w1", Answer(*first));
+
+  // The oldest lane first: s1 and s2 together, each model sent once with
+  // the shared key, items pointing at their own model.
+  std::optional<InferenceCall> shared = w1->Batch(1);
+  ASSERT_TRUE(shared.has_value());
+  EXPECT_THAT(Tags(*shared), testing::ElementsAre(2, 4, 5));
+  EXPECT_THAT(ItemModels(*shared), testing::ElementsAre("s1", "s2", "s1"));
+  ASSERT_EQ(shared->models_size(), 2);
+  EXPECT_EQ(shared->models(0).shared_backbone(), "bb1/d1");
+  EXPECT_EQ(shared->models(1).shared_backbone(), "bb1/d1");
+  router_->OnInferenceReply("w1", Answer(*shared));
+  // Then s3 alone (its backbone differs), then m1.
+  std::optional<InferenceCall> other = w1->Batch(2);
+  ASSERT_TRUE(other.has_value());
+  EXPECT_THAT(ItemModels(*other), testing::ElementsAre("s3"));
+  EXPECT_EQ(other->models(0).shared_backbone(), "bb1/d2");
+  router_->OnInferenceReply("w1", Answer(*other));
+  std::optional<InferenceCall> last = w1->Batch(3);
+  ASSERT_TRUE(last.has_value());
+  EXPECT_THAT(ItemModels(*last), testing::ElementsAre("m1"));
+  router_->OnInferenceReply("w1", Answer(*last));
+
+  for (int tag = 1; tag <= 6; ++tag) {
+    auto r = outcomes_.Get(tag);
+    ASSERT_TRUE(r.has_value()) << tag;
+    ASSERT_TRUE(r->ok()) << r->status();
+    EXPECT_EQ((*r)->predictions(0).top(0).index(), tag);
+  }
+  // Each model counts its own rows of the shared batch.
+  std::vector<InferenceRouter::ModelStats> s2 = router_->Stats("s2");
+  ASSERT_EQ(s2.size(), 1u);
+  EXPECT_EQ(s2[0].execution_count, 1u);
+  EXPECT_EQ(s2[0].inference_count, 2u);
+  EXPECT_EQ(s2[0].batches.count(2), 1u);
+  std::vector<InferenceRouter::ModelStats> s1 = router_->Stats("s1");
+  ASSERT_EQ(s1.size(), 1u);
+  EXPECT_EQ(s1[0].execution_count, 1u);
+  EXPECT_EQ(s1[0].inference_count, 2u);
+}
+
+TEST_F(InferenceRouterTest, ASharedLaneTakesItsModelsSmallestSettings) {
+  PutBackboneModels(store_.get());
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  tlserve::v1::ServingConfig small;
+  small.set_max_batch_size(2);
+  ASSERT_TRUE(router_->Deploy("s2", small).ok());
+  std::optional<InferenceCall> warm = w1->Batch(0);
+  ASSERT_TRUE(warm.has_value());
+  EXPECT_EQ(warm->models(0).shared_backbone(), "bb1/d1");
+  for (int tag = 1; tag <= 3; ++tag) Predict(Request("s1", tag), tag);
+  Predict(Request("s2", 4), 4);
+  absl::SleepFor(absl::Milliseconds(30));
+  router_->OnInferenceReply("w1", Answer(*warm));
+  std::optional<InferenceCall> first = w1->Batch(1);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_THAT(Tags(*first), testing::ElementsAre(1, 2));  // s2's 2, not 64
+
+  // Undeploying s2 fails its queued call only; s1's stay queued.
+  ASSERT_TRUE(router_->Undeploy("s2").ok());
+  auto dropped = outcomes_.Get(4);
+  ASSERT_TRUE(dropped.has_value());
+  EXPECT_EQ(dropped->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(outcomes_.Done(3));
+  router_->OnInferenceReply("w1", Answer(*first));
+  // s2 undeployed: the lane is back to the server's batch size.
+  std::optional<InferenceCall> second = w1->Batch(2);
+  ASSERT_TRUE(second.has_value());
+  while (second->items_size() == 0) {  // skip the unload message
+    router_->OnInferenceReply("w1", Answer(*second));
+    second = w1->Batch(w1->BatchCount() - 1);
+    ASSERT_TRUE(second.has_value());
+  }
+  EXPECT_THAT(Tags(*second), testing::ElementsAre(3));
+  router_->OnInferenceReply("w1", Answer(*second));
+  for (int tag = 1; tag <= 3; ++tag) {
+    auto r = outcomes_.Get(tag);
+    ASSERT_TRUE(r.has_value() && r->ok()) << tag;
+  }
+}
+
+TEST_F(InferenceRouterTest, SharingOffKeepsEveryModelOnItsOwn) {
+  PutBackboneModels(store_.get());
+  InferenceRouter::Options options;
+  options.max_batches_per_worker = 1;
+  options.share_backbones = false;
+  StartRouter(options);
+  auto w1 = Connect("w1");
+  Predict(Request("m1", 1), 1);
+  std::optional<InferenceCall> first = w1->Batch(0);
+  ASSERT_TRUE(first.has_value());
+  Predict(Request("s1", 2), 2);
+  Predict(Request("s2", 3), 3);
+  absl::SleepFor(absl::Milliseconds(30));
+  router_->OnInferenceReply("w1", Answer(*first));
+  std::optional<InferenceCall> second = w1->Batch(1);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(ItemModels(*second), testing::ElementsAre("s1"));
+  EXPECT_EQ(second->models(0).shared_backbone(), "");
+  router_->OnInferenceReply("w1", Answer(*second));
+  std::optional<InferenceCall> third = w1->Batch(2);
+  ASSERT_TRUE(third.has_value());
+  EXPECT_THAT(ItemModels(*third), testing::ElementsAre("s2"));
+  router_->OnInferenceReply("w1", Answer(*third));
+  for (int tag = 1; tag <= 3; ++tag) {
+    auto r = outcomes_.Get(tag);
+    ASSERT_TRUE(r.has_value() && r->ok()) << tag;
+  }
+}
+
 TEST_F(InferenceRouterTest, UndeployRefusesCallsAndUnloadsWorkers) {
   InferenceRouter::Options options;
   options.max_batches_per_worker = 1;
