@@ -42,6 +42,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/file_util.h"
@@ -50,7 +51,9 @@
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
 ABSL_FLAG(std::string, rpc, "Predict",
           "which InferenceService method to call (Predict; Embed later)");
-ABSL_FLAG(std::string, model, "", "model_id to call (required)");
+ABSL_FLAG(std::string, model, "",
+          "model_id to call (required); several, comma-separated, are called "
+          "in turn");
 ABSL_FLAG(std::string, image, "",
           "PNG/JPEG file sent as the input, repeated --batch times");
 ABSL_FLAG(int, batch, 1, "inputs per request when sending --image");
@@ -101,15 +104,19 @@ class RpcDriver {
 
 class PredictDriver : public RpcDriver {
  public:
-  PredictDriver(PredictRequest request, int inputs)
-      : request_(std::move(request)), inputs_(inputs) {}
+  // One request per model, sent in turn.
+  PredictDriver(std::vector<PredictRequest> requests, int inputs)
+      : requests_(std::move(requests)), inputs_(inputs) {}
 
   void Start(InferenceService::Stub* stub, grpc::ClientContext* context,
              Done done) override {
     auto* response = new PredictResponse();
-    // The request is shared by every call: gRPC only reads it.
+    // The requests are shared by every call: gRPC only reads them.
+    const PredictRequest& request =
+        requests_[next_.fetch_add(1, std::memory_order_relaxed) %
+                  requests_.size()];
     stub->async()->Predict(
-        context, &request_, response,
+        context, &request, response,
         [this, response, done = std::move(done)](grpc::Status status) {
           std::unique_ptr<PredictResponse> owned(response);
           if (status.ok() && owned->predictions_size() != inputs_) {
@@ -125,8 +132,9 @@ class PredictDriver : public RpcDriver {
   int inputs_per_request() const override { return inputs_; }
 
  private:
-  const PredictRequest request_;
+  const std::vector<PredictRequest> requests_;
   const int inputs_;
+  std::atomic<uint64_t> next_{0};
 };
 
 absl::StatusOr<std::vector<int64_t>> ParseShape(
@@ -154,12 +162,19 @@ absl::StatusOr<std::unique_ptr<RpcDriver>> MakeDriver() {
     return absl::UnimplementedError(
         absl::StrCat("--rpc=", rpc, ": only Predict is implemented"));
   }
+  const std::vector<std::string> models =
+      absl::StrSplit(absl::GetFlag(FLAGS_model), ',', absl::SkipEmpty());
+  if (models.empty()) return absl::InvalidArgumentError("--model is required");
   PredictRequest request;
-  request.set_model_id(absl::GetFlag(FLAGS_model));
   request.set_top_k(absl::GetFlag(FLAGS_top_k));
-  if (request.model_id().empty()) {
-    return absl::InvalidArgumentError("--model is required");
-  }
+  // The same inputs for every model.
+  auto per_model = [&models](const PredictRequest& r) {
+    std::vector<PredictRequest> requests(models.size(), r);
+    for (size_t i = 0; i < models.size(); ++i) {
+      requests[i].set_model_id(models[i]);
+    }
+    return requests;
+  };
   const std::string image_path = absl::GetFlag(FLAGS_image);
   const std::vector<std::string> shape_flag = absl::GetFlag(FLAGS_tensor_shape);
   const int batch = absl::GetFlag(FLAGS_batch);
@@ -172,7 +187,7 @@ absl::StatusOr<std::unique_ptr<RpcDriver>> MakeDriver() {
     absl::StatusOr<std::string> bytes = tlserve::ReadFile(image_path);
     if (!bytes.ok()) return bytes.status();
     for (int i = 0; i < batch; ++i) request.add_images(*bytes);
-    return std::make_unique<PredictDriver>(std::move(request), batch);
+    return std::make_unique<PredictDriver>(per_model(request), batch);
   }
   if (batch != 1) {
     return absl::InvalidArgumentError(
@@ -207,7 +222,7 @@ absl::StatusOr<std::unique_ptr<RpcDriver>> MakeDriver() {
   for (int64_t d : *shape) tensor->add_shape(d);
   tensor->set_dtype(dtype);
   tensor->set_contents(std::move(contents));
-  return std::make_unique<PredictDriver>(std::move(request),
+  return std::make_unique<PredictDriver>(per_model(request),
                                          static_cast<int>((*shape)[0]));
 }
 

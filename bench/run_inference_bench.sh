@@ -42,7 +42,8 @@ BUILD="${1:-build}"
 BENCH_MAX_BATCH_RESNET18="${BENCH_MAX_BATCH_RESNET18-8}"
 cd "$(dirname "$0")/.."
 BUILD="$(cd "$BUILD" && pwd)"
-PY=/usr/bin/python3
+BENCH_TAG=inference_bench
+source bench/bench_common.sh
 
 if [ "${BENCH_FULL:-0}" = 1 ]; then
   SECONDS_W="${BENCH_SECONDS:-30}"; WARMUP="${BENCH_WARMUP:-5}"
@@ -70,58 +71,9 @@ for bin in server/tlserve worker/tlworker client/tlctl bench/load_gen bench/mode
 done
 case "$INPUT" in image|tensor) ;; *) echo "inference_bench: BENCH_INPUT=$INPUT: use image or tensor" >&2; exit 1 ;; esac
 
-# fd 3: the script's stderr, also from inside redirected commands (traps).
-exec 3>&2
-log() { echo "inference_bench: $*" >&3; }
-
-# --- processes we start, stopped on exit ---------------------------------
-PIDS=()
 SERVER_PID=""
 PEER_PID=""
-WATCHDOG_PID=""
-stop_pid() {  # stop_pid PID: TERM, then KILL after 5 s
-  local pid="$1"
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e  # stop everything even if one step fails
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  kill "$WATCHDOG_PID" 2>/dev/null
-  rm -rf "$DATA_DIR"
-  log "logs and results in $OUT"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'log "stopped (BENCH_MAX_SECONDS=$MAX_SECONDS reached or TERM)"; exit 124' TERM
-# Bounds the whole run: TERM to this shell runs cleanup. Short sleeps, so
-# killing the loop leaves no long-lived child behind.
-( for _ in $(seq 1 "$MAX_SECONDS"); do sleep 1; done; kill -TERM $$ 2>/dev/null ) &
-WATCHDOG_PID=$!
-
-wait_port_file() {  # wait_port_file FILE PID LOG
-  for _ in $(seq 1 300); do
-    [ -s "$1" ] && { cat "$1"; return 0; }
-    kill -0 "$2" 2>/dev/null || { log "process died; log:"; tail -20 "$3" >&2; return 1; }
-    sleep 0.1
-  done
-  log "no port file $1 after 30 s"; return 1
-}
-
-json() {  # json FILE dotted.path -> the value (strings unquoted)
-  "$PY" -c '
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v[int(k)] if isinstance(v, list) else v.get(k, "")
-print(v)' "$1" "$2"
-}
+bench_guard "$MAX_SECONDS"
 
 # --- 1. tlserve ----------------------------------------------------------
 # Other work on the machine skews every number: the table reports the load.
@@ -134,39 +86,12 @@ SERVER_PID=$!
 PIDS+=("$SERVER_PID")
 PORT="$(wait_port_file "$DATA_DIR/tlserve.port" "$SERVER_PID" "$OUT/tlserve.log")"
 SERVER="127.0.0.1:$PORT"
-tlctl() { timeout 900 "$BUILD/client/tlctl" --server="$SERVER" "$@"; }
 tlctl health --wait 60 > /dev/null
 log "tlserve on $SERVER (log: $OUT/tlserve.log)"
 
-run_job() {  # run_job NAME tlctl-job-create-flags... -> job JSON in $OUT/NAME.job.json
-  local name="$1"; shift
-  tlctl --json job create --name "bench-$name" "$@" > "$OUT/$name.create.json"
-  local id; id="$(json "$OUT/$name.create.json" id)"
-  log "job $name: $id"
-  # In the background so a TERM from the watchdog is handled at once (bash
-  # runs traps during `wait`, not during a foreground command).
-  # The binary, not the tlctl function, so $! is `timeout`, which passes
-  # TERM on to tlctl.
-  timeout 900 "$BUILD/client/tlctl" --server="$SERVER" job watch "$id" \
-    > "$OUT/$name.watch.log" 2>&1 &
-  local watch_pid=$!
-  PIDS+=("$watch_pid")
-  if ! wait "$watch_pid"; then
-    log "job $name ($id) did not succeed:"; tail -5 "$OUT/$name.watch.log" >&2
-    tlctl job get "$id" >&2 || true
-    return 1
-  fi
-  tlctl --json job get "$id" > "$OUT/$name.job.json"
-}
-
 # --- 2. models -------------------------------------------------------------
 # Both models fine-tune on Fashion-MNIST (resnet18 sees it resized to 224).
-tlctl --json dataset upload --name fmnist \
-  --idx-train-images "$FMNIST/train-images-idx3-ubyte.gz" \
-  --idx-train-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
-  --idx-test-images "$FMNIST/t10k-images-idx3-ubyte.gz" \
-  --idx-test-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" > "$OUT/dataset.json"
-DATASET="$(json "$OUT/dataset.json" id)"
+DATASET="$(upload_fmnist "$FMNIST")"
 log "dataset fmnist: $DATASET"
 
 declare -A MODEL_ID
@@ -227,17 +152,6 @@ img.save(sys.argv[3] + "/input_28.png")
 img.resize((224, 224), Image.BILINEAR).convert("RGB").save(sys.argv[3] + "/input_224.jpg", quality=90)
 EOF
 
-record() {  # record MODEL SERVER_KIND CONCURRENCY LOGFILE: RESULT line -> results.jsonl
-  local line
-  line="$(grep '^RESULT ' "$4" | tail -1 | cut -c8- || true)"
-  [ -n "$line" ] || { log "no RESULT in $4:"; tail -5 "$4" >&2; line='{}'; }
-  "$PY" -c '
-import json, sys
-d = json.loads(sys.argv[1])
-d.update(bench_model=sys.argv[2], bench_server=sys.argv[3], bench_concurrency=int(sys.argv[4]))
-print(json.dumps(d))' "$line" "$1" "$2" "$3" >> "$RESULTS"
-}
-
 # --- 4. per model: in process, tlserve, peer --------------------------------
 load() {  # load KIND TARGET MODEL_ID CONCURRENCY
   local logf="$OUT/$model.$1.c$4.log"
@@ -246,7 +160,7 @@ load() {  # load KIND TARGET MODEL_ID CONCURRENCY
     --warmup_seconds="$WARMUP" --seconds="$SECONDS_W" --timeout_ms="$TIMEOUT_MS" \
     --top_k=3 --allow_errors > "$logf" 2>&1 || log "load_gen $1 c=$4 exited $?"
   grep -E '^  (throughput|latency|error)' "$logf" | sed "s/^/  [$model $1 c=$4]/" >&2 || true
-  record "$model" "$1" "$4" "$logf"
+  record "$logf" model="$model" server="$1" concurrency="$4"
 }
 
 for model in $MODELS; do
@@ -266,7 +180,7 @@ for model in $MODELS; do
   timeout $((LAT_SECONDS + 120)) "$BUILD/bench/model_latency" --model="$OUT/$model.pt" \
     --shape="1,$c,$h,$w" --threads="$THREADS" --warmup_seconds=1 \
     --seconds="$LAT_SECONDS" > "$OUT/$model.inproc.log" 2>&1 || true
-  record "$model" inproc 1 "$OUT/$model.inproc.log"
+  record "$OUT/$model.inproc.log" model="$model" server=inproc concurrency=1
 
   for conc in $CONCURRENCY; do load tlserve "$SERVER" "$id" "$conc"; done
 

@@ -454,6 +454,83 @@ TEST_F(EndToEndTest, InferenceOnAKilledWorkerIsAnsweredByTheNextOne) {
   }
 }
 
+// Two models trained on the same frozen backbone are marked as sharing it
+// (one that trained its last block is not), and calls for both, mixed in
+// one batch on one worker, get what each model gives alone.
+TEST_F(EndToEndTest, ModelsOnOneFrozenBackboneAreServedTogether) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 40, 10);
+  v1::Backbone backbone = UploadResNet18(32);
+  std::vector<v1::Model> models;
+  for (int variant = 0; variant < 3; ++variant) {
+    JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 1);
+    spec.set_seed(11 + variant);
+    if (variant < 2) {
+      spec.mutable_freeze()->set_mode(v1::FreezePolicy::FROZEN);
+    } else {
+      spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
+      spec.mutable_freeze()->set_n_blocks(1);
+    }
+    auto created = cluster_.client().CreateJob(spec, "");
+    ASSERT_OK(created.status());
+    Job job = WaitDone(created->id());
+    ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+    auto model = cluster_.client().GetModel(job.result().model_id());
+    ASSERT_OK(model.status());
+    models.push_back(*model);
+  }
+  EXPECT_EQ(models[0].backbone_digest().size(), 64u);
+  EXPECT_EQ(models[0].backbone_digest(), models[1].backbone_digest());
+  EXPECT_EQ(models[2].backbone_digest(), "");
+
+  constexpr int kRows = 16;
+  std::vector<float> pixels(static_cast<size_t>(kRows) * 3 * 32 * 32);
+  for (size_t i = 0; i < pixels.size(); ++i) {
+    pixels[i] = static_cast<float>((i * 31) % 101) / 100.0f;
+  }
+  v1::PredictRequest request;
+  for (int d : {kRows, 3, 32, 32}) request.mutable_tensor()->add_shape(d);
+  request.mutable_tensor()->set_dtype("FP32");
+  request.mutable_tensor()->set_contents(std::string(
+      reinterpret_cast<const char*>(pixels.data()), pixels.size() * sizeof(float)));
+  request.set_top_k(2);
+  std::vector<v1::PredictResponse> alone;
+  for (const v1::Model& m : models) {
+    request.set_model_id(m.id());
+    auto r = cluster_.client().Predict(request, absl::Seconds(60));
+    ASSERT_OK(r.status());
+    alone.push_back(*r);
+  }
+  // Different heads: the two frozen-backbone models disagree somewhere.
+  EXPECT_NE(alone[0].predictions(0).probabilities(0),
+            alone[1].predictions(0).probabilities(0));
+
+  // 24 concurrent calls, the three models interleaved.
+  constexpr int kCalls = 24;
+  std::vector<absl::StatusOr<v1::PredictResponse>> got(kCalls);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCalls; ++i) {
+    callers.emplace_back([&, i] {
+      v1::PredictRequest mine = request;
+      mine.set_model_id(models[i % 3].id());
+      got[i] = cluster_.client().Predict(mine, absl::Seconds(60));
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_OK(got[i].status());
+    const v1::PredictResponse& want = alone[i % 3];
+    ASSERT_EQ(got[i]->predictions_size(), kRows);
+    for (int r = 0; r < kRows; ++r) {
+      for (int c = 0; c < 2; ++c) {
+        EXPECT_NEAR(got[i]->predictions(r).probabilities(c),
+                    want.predictions(r).probabilities(c), 1e-4)
+            << "call " << i << " row " << r;
+      }
+    }
+  }
+}
+
 TEST_F(EndToEndTest, KilledWorkerJobResumesOnAnotherWorkerFromItsCheckpoint) {
   ASSERT_OK(cluster_.StartWorker("w1", 1));
   v1::Dataset dataset = Upload({0, 1}, 150, 20);
