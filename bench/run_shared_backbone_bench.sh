@@ -9,7 +9,8 @@
 #  3. for each mode, shared (--share_backbones=true) and separate (=false),
 #     restarts tlserve on the same data dir, calls each model once (so all
 #     are loaded), then bench/load_gen calls the N models in turn at each
-#     concurrency; records the worker's resident memory after the load;
+#     concurrency; records the worker's resident memory with the models
+#     loaded and after each load;
 #  4. prints a markdown table (also written to $OUT/table.md).
 # Everything it starts is stopped on exit.
 #
@@ -143,10 +144,28 @@ for share in true false; do
   mode=shared; [ "$share" = true ] || mode=separate
   stop_server
   start_server "$share"
+  # The local worker connects a moment after the server is up.
+  for _ in $(seq 1 120); do
+    tlctl --json predict --model "${IDS[0]}" --image "$IMAGE" > /dev/null 2>&1 && break
+    sleep 0.5
+  done
   for id in "${IDS[@]}"; do
     tlctl --json predict --model "$id" --image "$IMAGE" > "$OUT/$mode.$id.predict.json"
   done
+  loaded_rss="$(worker_rss_mib)"
+  log "$mode: worker RSS with the $HEADS models loaded: $loaded_rss MiB"
   for conc in $CONCURRENCY; do
+    if [ "$mode" = shared ]; then
+      # The reference: the same load on one of the models alone.
+      logf="$OUT/one.c$conc.log"
+      timeout $((WARMUP + SECONDS_W + 80)) "$BUILD/bench/load_gen" \
+        --target="$SERVER" --model="${IDS[0]}" --image="$IMAGE" \
+        --concurrency="$conc" --warmup_seconds="$WARMUP" --seconds="$SECONDS_W" \
+        --timeout_ms=20000 --top_k=3 --allow_errors > "$logf" 2>&1 \
+        || log "load_gen one model c=$conc exited $?"
+      grep -E '^  (throughput|latency|error)' "$logf" | sed "s/^/  [one model c=$conc]/" >&2 || true
+      record "$logf" mode=one concurrency="$conc"
+    fi
     logf="$OUT/$mode.c$conc.log"
     timeout $((WARMUP + SECONDS_W + 80)) "$BUILD/bench/load_gen" \
       --target="$SERVER" --model="$MODELS_CSV" --image="$IMAGE" \
@@ -154,7 +173,8 @@ for share in true false; do
       --timeout_ms=20000 --top_k=3 --allow_errors > "$logf" 2>&1 \
       || log "load_gen $mode c=$conc exited $?"
     grep -E '^  (throughput|latency|error)' "$logf" | sed "s/^/  [$mode c=$conc]/" >&2 || true
-    record "$logf" mode="$mode" concurrency="$conc" rss_mib="$(worker_rss_mib)"
+    record "$logf" mode="$mode" concurrency="$conc" rss_loaded_mib="$loaded_rss" \
+      rss_mib="$(worker_rss_mib)"
   done
 done
 stop_server
@@ -185,6 +205,7 @@ print(f"\n{heads} heads on one frozen {model} backbone, called in turn; "
       f"{warm} s warmup + {win} s per point; 1-min load average {l0} at start, {l1} at end\n")
 print("| conc | shared req/s | p50 ms | p99 ms | worker RSS MiB | separate req/s | p50 ms "
       "| p99 ms | worker RSS MiB | req/s shared/separate | errors shared/separate |")
+# RSS: with the models loaded, before any load / after this point's load.
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 fmt = lambda v, f="%.1f": (f % v) if isinstance(v, (int, float)) else "-"
 for c in concs:
@@ -192,8 +213,8 @@ for c in concs:
     ratio = (s["throughput_rps"] / p["throughput_rps"]
              if s.get("throughput_rps") and p.get("throughput_rps") else None)
     print(f"| {c} | {fmt(s.get('throughput_rps'))} | {fmt(s.get('p50_ms'), '%.2f')} "
-          f"| {fmt(s.get('p99_ms'), '%.2f')} | {s.get('bench_rss_mib', '-')} "
+          f"| {fmt(s.get('p99_ms'), '%.2f')} | {s.get('bench_rss_loaded_mib', '-')} / {s.get('bench_rss_mib', '-')} "
           f"| {fmt(p.get('throughput_rps'))} | {fmt(p.get('p50_ms'), '%.2f')} "
-          f"| {fmt(p.get('p99_ms'), '%.2f')} | {p.get('bench_rss_mib', '-')} "
+          f"| {fmt(p.get('p99_ms'), '%.2f')} | {p.get('bench_rss_loaded_mib', '-')} / {p.get('bench_rss_mib', '-')} "
           f"| {fmt(ratio, '%.2fx')} | {s.get('errors', '-')}/{p.get('errors', '-')} |")
 EOF

@@ -1,6 +1,9 @@
 #include "worker/inference_runner.h"
 
 #include <ATen/Parallel.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <torch/script.h>
 
 #include <algorithm>
@@ -324,8 +327,16 @@ struct InferenceRunner::Impl {
     absl::MutexLock load_lock(&load_mu);
     if (auto hit = Lookup(file)) return hit;  // loaded while we waited
     ASSIGN_OR_RETURN(std::shared_ptr<LoadedModel> loaded, Load(file));
-    absl::MutexLock lock(&mu);
-    Insert(file.model_id, loaded);
+    {
+      absl::MutexLock lock(&mu);
+      Insert(file.model_id, loaded);
+    }
+#if defined(__GLIBC__)
+    // A model that joined a shared backbone freed its own copy of it (and
+    // an evicted model may have gone too); glibc keeps freed memory for
+    // reuse, so without this the process would not shrink.
+    if (loaded->backbone != nullptr) malloc_trim(0);
+#endif
     return std::shared_ptr<const LoadedModel>(loaded);
   }
 
