@@ -152,7 +152,7 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
   try {
     for (int i = 0; i < opts.inference_threads; ++i) {
       agent->inference_threads_.emplace_back(&WorkerAgent::InferenceLoop,
-                                             agent.get());
+                                             agent.get(), i);
     }
   } catch (const std::system_error& e) {
     return absl::ResourceExhaustedError(
@@ -476,17 +476,21 @@ void WorkerAgent::OnInfer(const InferenceCall& call) {
   Send(message);
 }
 
-bool WorkerAgent::InferenceWorkReady() const {
-  return inference_stop_ || !inference_queue_.empty();
-}
-
-void WorkerAgent::InferenceLoop() {
+void WorkerAgent::InferenceLoop(int index) {
+  // Evaluated by the mutex with mu_ held.
+  auto my_turn = [this, index]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return inference_stop_ ||
+           (!inference_queue_.empty() && !idle_inference_threads_.empty() &&
+            idle_inference_threads_.back() == index);
+  };
   while (true) {
     InferenceTask task;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &WorkerAgent::InferenceWorkReady));
+      idle_inference_threads_.push_back(index);
+      mu_.Await(absl::Condition(&my_turn));
       if (inference_stop_) return;
+      idle_inference_threads_.pop_back();
       task = std::move(inference_queue_.front());
       inference_queue_.pop_front();
     }

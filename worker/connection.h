@@ -126,8 +126,9 @@ class WorkerAgent {
   absl::Status RunJobSteps(Job* job, tlserve::v1::JobFinished* finished);
   void SendJobLog(const Job& job, const std::string& text);
 
-  void InferenceLoop();
-  bool InferenceWorkReady() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Inference thread `index`: takes a call when it is the most recently
+  // idle thread (or the worker stops).
+  void InferenceLoop(int index);
   // Stops and joins the job and the inference threads. Idempotent.
   void JoinThreads();
   tlserve::v1::InferenceReply RunInference(const InferenceTask& task);
@@ -148,6 +149,11 @@ class WorkerAgent {
   grpc::ClientContext* stream_context_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::deque<InferenceTask> inference_queue_ ABSL_GUARDED_BY(mu_);
   bool inference_stop_ ABSL_GUARDED_BY(mu_) = false;
+  // Idle inference threads, the most recently idle last. The next call
+  // goes to that one: at low load one thread serves every call, with its
+  // OpenMP team and caches warm (handing calls round the threads made a
+  // batch-1 resnet18 call 12% slower, a compact model's 50%).
+  std::vector<int> idle_inference_threads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> inference_threads_;
 
   // Serialises writes: gRPC sync streams allow one writer at a time.
