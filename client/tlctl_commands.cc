@@ -23,6 +23,7 @@
 #include "client/job_metrics_view.h"
 #include "client/job_progress.h"
 #include "common/file_util.h"
+#include "common/input_fit.h"
 #include "common/proto_time.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -262,6 +263,8 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"feature-cache"},
                                                       {"augment"},
                                                       {"crop-scale-min"},
+                                                      {"input-fit"},
+                                                      {"resize-shorter-side"},
                                                       {"loader-threads"},
                                                       {"checkpoint-every"},
                                                       {"checkpoint-every-epoch", false},
@@ -451,6 +454,21 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
                          {{"auto", v1::FeatureCacheSpec::AUTO},
                           {"off", v1::FeatureCacheSpec::OFF}}));
     spec->mutable_feature_cache()->set_mode(mode);
+  }
+  if (args.Has("input-fit")) {
+    ASSIGN_OR_RETURN(v1::InputFit::Mode mode,
+                     ParseChoice<v1::InputFit::Mode>(
+                         "input-fit", args.Get("input-fit"),
+                         {{"stretch", v1::InputFit::STRETCH},
+                          {"center-crop", v1::InputFit::RESIZE_CENTER_CROP}}));
+    spec->mutable_input_fit()->set_mode(mode);
+  }
+  i32 = spec->input_fit().shorter_side();
+  RETURN_IF_ERROR(GetInt32Into(args, "resize-shorter-side", 1, &i32));
+  if (args.Has("resize-shorter-side")) {
+    // A shorter side means the resize-and-crop fit.
+    spec->mutable_input_fit()->set_mode(v1::InputFit::RESIZE_CENTER_CROP);
+    spec->mutable_input_fit()->set_shorter_side(i32);
   }
 
   v1::OptimizerSpec* opt = spec->mutable_optimizer();
@@ -716,9 +734,14 @@ std::string Bytes(int64_t n) {
 }
 
 std::string InputSpecText(const v1::InputSpec& s) {
-  return absl::StrFormat("%dx%dx%d mean [%s] std [%s]", s.channels(),
+  std::string fit;
+  if (s.fit().mode() == v1::InputFit::RESIZE_CENTER_CROP) {
+    fit = absl::StrFormat(", shorter side to %d then centre crop",
+                          ShorterSide(s));
+  }
+  return absl::StrFormat("%dx%dx%d mean [%s] std [%s]%s", s.channels(),
                          s.height(), s.width(), absl::StrJoin(s.mean(), ","),
-                         absl::StrJoin(s.std(), ","));
+                         absl::StrJoin(s.std(), ","), fit);
 }
 
 std::string KindName(v1::JobKind kind) {
@@ -1569,7 +1592,8 @@ const std::vector<Command>& Commands() {
        "[--label-smoothing F] [--grad-clip F] [--early-stop PATIENCE] "
        "[--early-stop-metric val_accuracy|val_loss] "
        "[--feature-cache auto|off] [--augment crop,flip] "
-       "[--crop-scale-min F] [--loader-threads N] [--checkpoint-every SECONDS] [--checkpoint-every-epoch] "
+       "[--crop-scale-min F] [--input-fit stretch|center-crop] "
+       "[--resize-shorter-side N] [--loader-threads N] [--checkpoint-every SECONDS] [--checkpoint-every-epoch] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "

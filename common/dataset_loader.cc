@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
+#include "common/input_fit.h"
 #include "common/status_macros.h"
 
 namespace tlserve {
@@ -43,6 +44,16 @@ absl::Status WithRole(const absl::Status& status, DatasetPartRole role) {
 
 // The image as held under `options`: resized to the fit size, if any.
 Image Fit(Image image, const DatasetLoadOptions& options) {
+  if (options.fit_shorter_side > 0) {
+    if (std::min(image.height, image.width) <= options.fit_shorter_side) {
+      return image;
+    }
+    int height = 0;
+    int width = 0;
+    ShorterSideSize(image.height, image.width, options.fit_shorter_side,
+                    &height, &width);
+    return ResizeBilinear(image, height, width);
+  }
   const int height = options.fit_height > 0 ? options.fit_height : image.height;
   const int width = options.fit_width > 0 ? options.fit_width : image.width;
   // Only shrinking saves memory: a smaller image is held as it is and
@@ -710,6 +721,12 @@ absl::StatusOr<DecodedDataset> LoadDataset(const DatasetFiles& files,
       int64_t{fit_height} * fit_width > limits.image.max_pixels) {
     return absl::InvalidArgumentError(
         absl::StrCat("fit size ", fit_height, "x", fit_width,
+                     " is negative or over the image limits"));
+  }
+  if (options.fit_shorter_side < 0 ||
+      options.fit_shorter_side > limits.image.max_side) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fit shorter side ", options.fit_shorter_side,
                      " is negative or over the image limits"));
   }
   for (const auto& [role, path] : files.paths) {

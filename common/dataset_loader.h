@@ -62,6 +62,11 @@ struct DatasetLoadOptions {
   // images are kept as stored. 0 keeps the stored size of that side.
   int fit_height = 0;
   int fit_width = 0;
+  // When > 0 (instead of fit_height/fit_width), an image whose shorter
+  // side is longer than this is resized so that its shorter side is this,
+  // the aspect ratio kept (ShorterSideSize): what a RESIZE_CENTER_CROP fit
+  // resizes to before it crops, so the crop comes out the same.
+  int fit_shorter_side = 0;
   // Archives: threads that decode and fit images while the calling thread
   // reads the archive (0 or 1: decode on the calling thread). The output,
   // errors included, is the same for any count.

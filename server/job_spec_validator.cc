@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/data_split.h"
+#include "common/input_fit.h"
 #include "common/recipe_validation.h"
 #include "common/status_macros.h"
 
@@ -212,6 +213,8 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
           freeze.backbone_lr_scale()));
     }
     const auto& in = backbone->input_spec();
+    RETURN_IF_ERROR(ValidateInputFit(spec.input_fit(), in.height(), in.width(),
+                                     "spec.input_fit"));
     if (dataset.channels() != 0 && in.channels() != 0 &&
         dataset.channels() != in.channels() && dataset.channels() != 1 &&
         in.channels() != 1) {
@@ -223,6 +226,13 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
     if (spec.pretrain().backbone_name().empty()) {
       return Invalid("spec.pretrain.backbone_name is required for PRETRAIN");
     }
+    // A size of 0 is the dataset's, known on the worker, which checks the
+    // crop against it; here only the fields themselves.
+    const auto& in = spec.input_spec();
+    RETURN_IF_ERROR(ValidateInputFit(in.fit(), in.height(), in.width(),
+                                     "spec.input_spec.fit"));
+    RETURN_IF_ERROR(ValidateInputFit(spec.input_fit(), in.height(), in.width(),
+                                     "spec.input_fit"));
     if (spec.pretrain().base_width() < 4 || spec.pretrain().base_width() > 256) {
       return Invalid(absl::StrFormat(
           "spec.pretrain.base_width must be in [4, 256], got %d",

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/dataset_checks.h"
+#include "common/input_fit.h"
 #include "common/proto_time.h"
 #include "common/status_macros.h"
 #include "common/torchscript_archive.h"
@@ -59,7 +60,8 @@ absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec) {
       return absl::InvalidArgumentError("input_spec.std values must be > 0");
     }
   }
-  return absl::OkStatus();
+  return ValidateInputFit(spec.fit(), spec.height(), spec.width(),
+                          "input_spec.fit");
 }
 
 DatasetUpload::DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits)

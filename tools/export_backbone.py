@@ -208,10 +208,23 @@ def main() -> None:
     parser.add_argument("--method", choices=["auto", "script", "trace"],
                         default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit", choices=["stretch", "center-crop"],
+                        default="stretch",
+                        help="how images become size x size: stretched "
+                        "whole (default), or the shorter side resized to "
+                        "--shorter-side and the centre cut, as torchvision's "
+                        "ImageNet evaluation transform")
+    parser.add_argument("--shorter-side", type=int, default=0,
+                        help="center-crop: the shorter side before the crop "
+                        "(0: size * 8/7, 256 for 224)")
     parser.add_argument("--calibration-batches", type=int, default=4,
                         help="noise batches that set BatchNorm statistics "
                         "of random weights (0: keep mean 0, variance 1)")
     args = parser.parse_args()
+    if args.shorter_side and (args.fit != "center-crop"
+                              or args.shorter_side < args.size):
+        fail(f"--shorter-side {args.shorter_side} needs --fit center-crop "
+             f"and at least --size {args.size}")
     if args.size < MIN_SIZE.get(args.arch, 1) or args.size > 4096:
         fail(f"--size {args.size} is outside [{MIN_SIZE.get(args.arch, 1)}, "
              f"4096] for {args.arch}")
@@ -242,6 +255,9 @@ def main() -> None:
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
     }
+    if args.fit == "center-crop":
+        spec["fit"] = {"mode": "RESIZE_CENTER_CROP",
+                       "shorterSide": args.shorter_side}
     with open(args.out + ".json", "w") as f:
         json.dump(spec, f, indent=2)
         f.write("\n")

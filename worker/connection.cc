@@ -18,6 +18,7 @@
 #include "common/grpc_status.h"
 #include "common/proto_time.h"
 #include "common/sha256.h"
+#include "common/input_fit.h"
 #include "common/status_macros.h"
 #include "grpc/grpc.h"
 #include "grpcpp/create_channel.h"
@@ -691,13 +692,18 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   // Images are held at the model's input size when it is known already,
   // so large source images do not pile up in memory.
   DatasetLoadOptions load;
-  const tlserve::v1::InputSpec& fit =
+  const tlserve::v1::InputSpec fit = ApplyJobFit(
       assign.spec().kind() == tlserve::v1::FINE_TUNE
           ? assign.backbone_input_spec()
-          : assign.spec().input_spec();
+          : assign.spec().input_spec(),
+      assign.spec());
   if (fit.height() > 0 && fit.width() > 0) {
-    load.fit_height = fit.height();
-    load.fit_width = fit.width();
+    if (FitMode(fit) == tlserve::v1::InputFit::RESIZE_CENTER_CROP) {
+      load.fit_shorter_side = ShorterSide(fit);
+    } else {
+      load.fit_height = fit.height();
+      load.fit_width = fit.width();
+    }
   }
   load.decode_threads =
       options_.num_threads > 0

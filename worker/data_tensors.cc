@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/data_split.h"
+#include "common/input_fit.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
@@ -32,10 +33,10 @@ absl::Status CheckImage(const Image& image) {
   return absl::OkStatus();
 }
 
-// Writes `image` as [C, H, W] uint8 into out (spec-sized, contiguous).
-// Other sizes go through ResizeBilinear first, the very code LoadDataset
-// fits images with, so a dataset fitted at load time converts to the same
-// bytes as one resized here.
+// Writes `image` as [C, H, W] uint8 into out (spec-sized, contiguous),
+// fitted by the spec's fit (FitImage: ResizeBilinear, the very code
+// LoadDataset fits images with, so a dataset fitted at load time converts
+// to the same bytes as one fitted here).
 void ConvertInto(const Image& image, const tlserve::v1::InputSpec& spec,
                  uint8_t* out) {
   const int h = spec.height();
@@ -43,8 +44,9 @@ void ConvertInto(const Image& image, const tlserve::v1::InputSpec& spec,
   if (h <= 0 || w <= 0) return;  // nothing to write
   Image resized;
   const Image* sized = &image;
-  if (image.height != h || image.width != w) {
-    resized = ResizeBilinear(image, h, w);
+  if (image.height != h || image.width != w ||
+      FitMode(spec) != tlserve::v1::InputFit::STRETCH) {
+    resized = FitImage(image, spec);
     sized = &resized;
   }
   const int c_out = spec.channels();

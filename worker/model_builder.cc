@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/sha256.h"
+#include "common/input_fit.h"
 #include "common/status_macros.h"
 #include "worker/torch_status.h"
 
@@ -286,7 +287,8 @@ absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec) {
           absl::StrCat("input spec: std ", s, " must be positive"));
     }
   }
-  return absl::OkStatus();
+  return ValidateInputFit(spec.fit(), spec.height(), spec.width(),
+                          "input spec: fit");
 }
 
 absl::StatusOr<Module> MakeClassifier(Module backbone, Module head,

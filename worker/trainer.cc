@@ -33,6 +33,7 @@
 #include "absl/strings/str_join.h"
 #include "common/classification_metrics.h"
 #include "common/sha256.h"
+#include "common/input_fit.h"
 #include "common/status_macros.h"
 #include "worker/backbone_split.h"
 #include "worker/batch_loader.h"
@@ -1027,10 +1028,11 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   ASSIGN_OR_RETURN(hyper_, ResolveHyper(spec_));
 
   if (spec_.kind() == v1::FINE_TUNE) {
-    input_spec_ = input_.backbone_input_spec;
+    input_spec_ = ApplyJobFit(input_.backbone_input_spec, spec_);
     RETURN_IF_ERROR(Annotate(ValidateInputSpec(input_spec_), "backbone"));
   } else if (spec_.kind() == v1::PRETRAIN) {
-    ASSIGN_OR_RETURN(input_spec_, ResolveInputSpec(data_, spec_.input_spec()));
+    ASSIGN_OR_RETURN(input_spec_,
+                     ResolveInputSpec(data_, ApplyJobFit(spec_.input_spec(), spec_)));
     if (input_spec_.mean_size() == 0) {
       // Mean/std come from the data after conversion to the final size.
       tlserve::v1::InputSpec probe = input_spec_;

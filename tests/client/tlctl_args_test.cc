@@ -203,6 +203,28 @@ TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--bn-stats"));
 }
 
+TEST(JobSpecFromArgsTest, InputFitFlags) {
+  auto spec = SpecFrom({"--input-fit=center-crop"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->input_fit().mode(), v1::InputFit::RESIZE_CENTER_CROP);
+  EXPECT_EQ(spec->input_fit().shorter_side(), 0);
+  // A shorter side alone means resize and crop.
+  spec = SpecFrom({"--resize-shorter-side=256"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->input_fit().mode(), v1::InputFit::RESIZE_CENTER_CROP);
+  EXPECT_EQ(spec->input_fit().shorter_side(), 256);
+  spec = SpecFrom({"--input-fit=stretch"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->input_fit().mode(), v1::InputFit::STRETCH);
+  auto bad = SpecFrom({"--input-fit=letterbox"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--input-fit"));
+  bad = SpecFrom({"--resize-shorter-side=0"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("--resize-shorter-side"));
+}
+
 TEST(JobSpecFromArgsTest, PretrainTakesBackboneName) {
   auto spec = SpecFrom({"--kind=pretrain", "--backbone-name=src"});
   ASSERT_TRUE(spec.ok()) << spec.status();

@@ -6,6 +6,7 @@
 #include <turbojpeg.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <random>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/input_fit.h"
 #include "gtest/gtest.h"
 
 namespace tlserve {
@@ -579,6 +581,49 @@ TEST(LoadTarDatasetTest, FitsImagesThatShrinkToTheGivenSize) {
   DatasetLoadOptions bad;
   bad.fit_height = -1;
   ExpectInvalid(LoadDataset(files, {}, bad).status(), "fit size -1x0");
+}
+
+TEST(LoadTarDatasetTest, FitsTheShorterSideAndCropsTheSameAsUnfitted) {
+  std::string dir = TestDir();
+  DatasetFiles files =
+      TarFiles(WriteTar(dir + "/train.tar", MixedEntries(40, 5)),
+               WriteTar(dir + "/test.tar", MixedEntries(6, 500)));
+  absl::StatusOr<DecodedDataset> plain = LoadDataset(files);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  // The worker loads at the shorter side a RESIZE_CENTER_CROP fit resizes
+  // to; the crop it then cuts must equal the crop of the image as stored,
+  // which is what inference fits.
+  tlserve::v1::InputSpec spec;
+  spec.set_channels(3);
+  spec.set_height(7);
+  spec.set_width(7);
+  spec.mutable_fit()->set_mode(tlserve::v1::InputFit::RESIZE_CENTER_CROP);
+  spec.mutable_fit()->set_shorter_side(9);
+  for (int threads : {1, 3}) {
+    DatasetLoadOptions options = Threads(threads);
+    options.fit_shorter_side = 9;
+    absl::StatusOr<DecodedDataset> fitted = LoadDataset(files, {}, options);
+    ASSERT_TRUE(fitted.ok()) << fitted.status();
+    ASSERT_EQ(fitted->train.images.size(), plain->train.images.size());
+    int shrunk = 0;
+    for (size_t i = 0; i < plain->train.images.size(); ++i) {
+      const Image& stored = plain->train.images[i];
+      const Image& held = fitted->train.images[i];
+      if (std::min(stored.height, stored.width) > 9) {
+        // Shrunk with its aspect ratio: the shorter side is 9.
+        EXPECT_EQ(std::min(held.height, held.width), 9) << i;
+        ++shrunk;
+      } else {
+        EXPECT_EQ(held.pixels, stored.pixels) << i;
+      }
+      EXPECT_EQ(FitImage(held, spec).pixels, FitImage(stored, spec).pixels)
+          << "image " << i << " " << stored.height << "x" << stored.width;
+    }
+    EXPECT_GT(shrunk, 0);
+  }
+  DatasetLoadOptions bad;
+  bad.fit_shorter_side = -2;
+  ExpectInvalid(LoadDataset(files, {}, bad).status(), "fit shorter side -2");
 }
 
 TEST(LoadIdxDatasetTest, FitsImagesOnlyWhenTheyShrink) {

@@ -17,6 +17,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
+#include "common/image.h"
+#include "common/input_fit.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
@@ -529,6 +531,82 @@ TEST_F(EndToEndTest, ModelsOnOneFrozenBackboneAreServedTogether) {
       }
     }
   }
+}
+
+// A model trained with the resize-and-crop fit fits Predict's images the
+// same way: a wide PNG gives what its centre crop, sent as a tensor, gives.
+TEST_F(EndToEndTest, AModelKeepsItsResizeAndCropFitForPredict) {
+  ASSERT_OK(cluster_.StartWorker("w1", 1));
+  v1::Dataset dataset = Upload({0, 1}, 20, 10);
+  v1::Backbone backbone = UploadResNet18(32);
+  JobSpec spec = FineTune(dataset, backbone.id(), {0, 1}, 1);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::FROZEN);
+  // A crop larger than the shorter side is refused before any worker time.
+  spec.mutable_input_fit()->set_mode(v1::InputFit::RESIZE_CENTER_CROP);
+  spec.mutable_input_fit()->set_shorter_side(20);
+  auto refused = cluster_.client().CreateJob(spec, "");
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(),
+                                "spec.input_fit.shorter_side 20 is smaller"))
+      << refused.status();
+
+  spec.mutable_input_fit()->set_shorter_side(36);
+  auto created = cluster_.client().CreateJob(spec, "");
+  ASSERT_OK(created.status());
+  Job job = WaitDone(created->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  EXPECT_EQ(model->input_spec().fit().mode(), v1::InputFit::RESIZE_CENTER_CROP);
+  EXPECT_EQ(model->input_spec().fit().shorter_side(), 36);
+
+  Image wide;
+  wide.height = 24;
+  wide.width = 60;
+  wide.channels = 3;
+  for (int i = 0; i < 24 * 60 * 3; ++i) {
+    wide.pixels.push_back(static_cast<uint8_t>((i * 29 + i / 180) % 251));
+  }
+  const Image crop = FitImage(wide, model->input_spec());
+  ASSERT_EQ(crop.height, 32);
+  ASSERT_EQ(crop.width, 32);
+  // The crop as UINT8 [1, 3, 32, 32], planar.
+  std::string planar(3 * 32 * 32, '\0');
+  for (int c = 0; c < 3; ++c) {
+    for (int i = 0; i < 32 * 32; ++i) {
+      planar[c * 32 * 32 + i] = static_cast<char>(crop.pixels[i * 3 + c]);
+    }
+  }
+  v1::PredictRequest by_image;
+  by_image.set_model_id(model->id());
+  by_image.add_images(*EncodePng(wide));
+  v1::PredictRequest by_tensor;
+  by_tensor.set_model_id(model->id());
+  for (int d : {1, 3, 32, 32}) by_tensor.mutable_tensor()->add_shape(d);
+  by_tensor.mutable_tensor()->set_dtype("UINT8");
+  by_tensor.mutable_tensor()->set_contents(planar);
+  auto from_image = cluster_.client().Predict(by_image, absl::Seconds(60));
+  auto from_tensor = cluster_.client().Predict(by_tensor, absl::Seconds(60));
+  ASSERT_OK(from_image.status());
+  ASSERT_OK(from_tensor.status());
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_NEAR(from_image->predictions(0).probabilities(c),
+                from_tensor->predictions(0).probabilities(c), 1e-5);
+  }
+  // Stretching the whole image instead gives other scores, so the match
+  // above is the fit's doing.
+  const Image squashed = ResizeBilinear(wide, 32, 32);
+  for (int c = 0; c < 3; ++c) {
+    for (int i = 0; i < 32 * 32; ++i) {
+      planar[c * 32 * 32 + i] = static_cast<char>(squashed.pixels[i * 3 + c]);
+    }
+  }
+  by_tensor.mutable_tensor()->set_contents(planar);
+  auto from_squashed = cluster_.client().Predict(by_tensor, absl::Seconds(60));
+  ASSERT_OK(from_squashed.status());
+  EXPECT_GT(std::abs(from_squashed->predictions(0).probabilities(0) -
+                     from_image->predictions(0).probabilities(0)),
+            1e-4);
 }
 
 TEST_F(EndToEndTest, KilledWorkerJobResumesOnAnotherWorkerFromItsCheckpoint) {

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/input_fit.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
@@ -183,6 +184,33 @@ TEST(DataTensorsTest, FittedDatasetGivesTheSameTensors) {
     EXPECT_TRUE(at::equal(want->train.images, got->train.images)) << channels;
     EXPECT_TRUE(at::equal(want->val.images, got->val.images)) << channels;
     EXPECT_TRUE(at::equal(want->train.labels, got->train.labels));
+  }
+}
+
+TEST(DataTensorsTest, CenterCropFitCropsTrainingAndSingleImagesAlike) {
+  const DecodedDataset data = AssortedSizes(3, 12, 5);
+  tlserve::v1::DataSpec spec;
+  spec.set_validation_fraction(0.25f);
+  for (int channels : {1, 3}) {
+    tlserve::v1::InputSpec crop = testing::SimpleSpec(channels, 16);
+    crop.mutable_fit()->set_mode(tlserve::v1::InputFit::RESIZE_CENTER_CROP);
+    // The same records fitted beforehand, then taken as they are.
+    DecodedDataset cropped = data;
+    for (Image& image : cropped.train.images) image = FitImage(image, crop);
+    absl::StatusOr<TrainingData> want = PrepareTrainingData(
+        cropped, spec, testing::SimpleSpec(channels, 16), 3);
+    absl::StatusOr<TrainingData> got = PrepareTrainingData(data, spec, crop, 3);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(at::equal(want->train.images, got->train.images)) << channels;
+    EXPECT_TRUE(at::equal(want->val.images, got->val.images)) << channels;
+    // One image, as inference converts it.
+    absl::StatusOr<at::Tensor> one = ImageToTensor(data.train.images[1], crop);
+    absl::StatusOr<at::Tensor> fitted =
+        ImageToTensor(cropped.train.images[1], testing::SimpleSpec(channels, 16));
+    ASSERT_TRUE(one.ok()) << one.status();
+    ASSERT_TRUE(fitted.ok()) << fitted.status();
+    EXPECT_TRUE(at::equal(*one, *fitted));
   }
 }
 

@@ -671,6 +671,30 @@ TEST(TrainerTest, FineTuneOnFashionMnistSliceBeatsChance) {
   EXPECT_EQ(out->class_names.size(), 10u);
 }
 
+TEST(TrainerTest, AJobsInputFitIsKeptByTheModel) {
+  const std::string dir = testing::MakeTempDir("fit");
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FROZEN, 1, 16);
+  input.spec.mutable_input_fit()->set_mode(
+      tlserve::v1::InputFit::RESIZE_CENTER_CROP);
+  input.spec.mutable_input_fit()->set_shorter_side(14);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+  DecodedDataset data = testing::SyntheticDataset(3, 10, 4, 12, 1, 5);
+  TrainerCallbacks none;
+  absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, none);
+  ASSERT_TRUE(out.ok()) << out.status();
+  // The model is served with the fit it trained with; the backbone's own
+  // spec (stretch) is not changed.
+  EXPECT_EQ(out->input_spec.fit().mode(),
+            tlserve::v1::InputFit::RESIZE_CENTER_CROP);
+  EXPECT_EQ(out->input_spec.fit().shorter_side(), 14);
+  EXPECT_EQ(out->input_spec.height(), 12);
+  EXPECT_FALSE(input.backbone_input_spec.has_fit());
+}
+
 TEST(TrainerTest, BadSpecsAndFilesAreInvalidArgument) {
   const std::string dir = testing::MakeTempDir("bad");
   DecodedDataset data = testing::SyntheticDataset(2, 4, 0, 12, 1, 5);
@@ -704,6 +728,16 @@ TEST(TrainerTest, BadSpecsAndFilesAreInvalidArgument) {
   out = RunTrainingJob(garbage, data, none);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(out.status().message(), HasSubstr("loading backbone"));
+
+  // A crop larger than the fit's shorter side cannot be cut.
+  TrainJobInput small_fit = input;
+  small_fit.spec.mutable_input_fit()->set_mode(
+      tlserve::v1::InputFit::RESIZE_CENTER_CROP);
+  small_fit.spec.mutable_input_fit()->set_shorter_side(8);
+  out = RunTrainingJob(small_fit, data, none);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("shorter_side 8 is smaller than the 12x12 crop"));
 
   TrainJobInput no_kind = input;
   no_kind.spec.set_kind(tlserve::v1::JOB_KIND_UNSPECIFIED);
