@@ -26,7 +26,6 @@ COPY . /src
 WORKDIR /src
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
         -DTLSERVE_BUILD_TESTS=OFF -DTLSERVE_BUILD_BENCH=OFF \
-        -DPython3_EXECUTABLE=/usr/bin/python3 \
     && cmake --build /build -j"$(nproc)" --target tlserve tlworker tlctl \
     && install -D -m 0755 -t /out/server /build/server/tlserve /build/client/tlctl \
     && install -D -m 0755 -t /out/worker /build/worker/tlworker /build/client/tlctl \
@@ -42,21 +41,20 @@ RUN groupadd --system --gid 10001 tlserve \
 
 # --- worker-cuda: tlworker against a CUDA LibTorch (GPU machines) --------
 # Not built by CI (no GPU, no CUDA there). Needs two build contexts:
-#   libtorch: an unpacked LibTorch with CUDA (cxx11 ABI, "shared-with-deps",
-#             the one that matches the CUDA toolkit), e.g. PyTorch's own:
-#             python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'
-#             names .../site-packages/torch/share/cmake; pass .../torch.
-#   cuda:     the CUDA toolkit the LibTorch was built with (/usr/local/cuda).
-# The CUDA user-space libraries come with LibTorch's own lib/ folder and the
-# driver from the host (NVIDIA container toolkit), so the image stays on
-# Debian 12 like the others.
+#   libtorch: an unpacked LibTorch built for CUDA, cxx11 ABI, with its CUDA
+#             libraries in lib/ (PyTorch's "libtorch-cxx11-abi-shared-with-
+#             deps" archive for the toolkit's CUDA version).
+#   cuda:     that CUDA toolkit (/usr/local/cuda), for Torch's CMake files.
+# The CUDA user-space libraries come from LibTorch's lib/ and the driver
+# from the host (NVIDIA container toolkit), so the image stays on Debian 12
+# like the others.
 FROM build AS build-cuda
 COPY --from=cuda / /usr/local/cuda
 COPY --from=libtorch / /opt/libtorch
 ENV PATH=/usr/local/cuda/bin:${PATH}
 RUN cmake -S . -B /build-cuda -DCMAKE_BUILD_TYPE=Release \
         -DTLSERVE_BUILD_TESTS=OFF -DTLSERVE_BUILD_BENCH=OFF -DTLSERVE_WITH_CUDA=ON \
-        -DCMAKE_PREFIX_PATH=/opt/libtorch -DPython3_EXECUTABLE=/usr/bin/python3 \
+        -DCMAKE_PREFIX_PATH=/opt/libtorch \
     && cmake --build /build-cuda -j"$(nproc)" --target tlworker \
     && install -D -m 0755 -t /out/worker-cuda /build-cuda/worker/tlworker /build/client/tlctl \
     && LD_LIBRARY_PATH=/opt/libtorch/lib \
