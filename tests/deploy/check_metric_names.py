@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+# Import the shared helper without leaving __pycache__ in the source tree.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import promql_names
