@@ -16,7 +16,12 @@ PACKAGES=(
   # OpenMP build shares LibTorch's OpenMP threads.
   libopenblas0-openmp
   dataset-fashion-mnist
+  # tests/deploy: yamllint, promtool (from prometheus), PyYAML.
+  yamllint prometheus python3-yaml
 )
+# tests/deploy renders deploy/'s overlays with kubectl; Debian's (1.20) only
+# where there is none, so that a newer kubectl is never replaced.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
