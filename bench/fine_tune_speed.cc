@@ -22,8 +22,12 @@
 #include "absl/strings/str_split.h"
 #include "common/dataset_loader.h"
 #include "common/file_util.h"
+#include "worker/allocator.h"
 #include "worker/trainer.h"
 
+ABSL_FLAG(bool, keep_freed_memory, true,
+          "glibc malloc as tlworker sets it (worker/allocator.h); false: "
+          "glibc's defaults");
 ABSL_FLAG(std::string, arch, "resnet18", "torchvision architecture");
 ABSL_FLAG(int, size, 64, "input size (square)");
 ABSL_FLAG(int, per_class, 200, "training images per class (10 classes)");
@@ -35,6 +39,8 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Fashion-MNIST IDX files");
 ABSL_FLAG(std::string, source_dir, TLSERVE_SOURCE_DIR, "the repository");
 ABSL_FLAG(std::string, work_dir, "/tmp/tlserve_fine_tune_speed", "scratch");
+ABSL_FLAG(bool, peer, true,
+          "also time the Python peer (false: tlserve only, for A/B runs)");
 ABSL_FLAG(bool, verbose, false,
           "print the trainer's log lines with seconds since the job started");
 
@@ -68,6 +74,9 @@ double JsonNumber(const std::string& json, const std::string& key) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_keep_freed_memory)) {
+    tlserve::worker::KeepFreedTensorMemoryForReuse();
+  }
   const std::string work = absl::GetFlag(FLAGS_work_dir);
   std::filesystem::create_directories(work);
   const std::string arch = absl::GetFlag(FLAGS_arch);
@@ -166,6 +175,13 @@ int main(int argc, char** argv) {
       return 1;
     }
 
+    if (!absl::GetFlag(FLAGS_peer)) {
+      std::printf("%-11s %12.1f %12s %8s %10.4f %10s\n",
+                  std::string(mode).c_str(), ours, "-", "-",
+                  job->result.test_accuracy(), "-");
+      std::fflush(stdout);
+      continue;
+    }
     std::string peer_out;
     const std::string peer = absl::StrCat(
         "/usr/bin/python3 ", absl::GetFlag(FLAGS_source_dir),

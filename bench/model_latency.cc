@@ -26,8 +26,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "worker/allocator.h"
 #include "worker/torch_status.h"
 
+ABSL_FLAG(bool, keep_freed_memory, true,
+          "glibc malloc as tlworker sets it (worker/allocator.h); false: "
+          "glibc's defaults");
 ABSL_FLAG(std::string, model, "", "TorchScript file from `tlctl model export`");
 ABSL_FLAG(std::vector<std::string>, shape,
           std::vector<std::string>({"1", "3", "224", "224"}),
@@ -110,6 +114,9 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "in-process forward latency of a TorchScript model (bench/model_latency.cc)");
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_keep_freed_memory)) {
+    tlserve::worker::KeepFreedTensorMemoryForReuse();
+  }
   const std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty()) {
     std::fprintf(stderr, "model_latency: --model is required\n");

@@ -2,13 +2,16 @@
 // clearing gradients, forward, backward and the optimizer step, for
 //   torch      torch::optim::AdamW after zero_grad() (what a plain LibTorch
 //              or PyTorch 1.x loop does),
-//   fused      FusedAdamW (worker/fused_adamw.h) after zero_grad(): what
+//   fused      FusedAdamW (worker/fused_adamw.h) after zero_grad(),
+//   fused_noopt the same with the graph executor's optimisations off: what
 //              tlserve's trainer runs.
 // The variants take turns, round after round, so drift of the machine
 // falls on all of them; medians per phase are printed.
 //
 //   build/bench/train_step --backbone=/tmp/tlserve_fine_tune_speed/resnet18_64.pt
 
+#include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -21,6 +24,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "worker/allocator.h"
 #include "worker/fused_adamw.h"
 
 ABSL_FLAG(std::string, backbone, "/tmp/tlserve_fine_tune_speed/resnet18_64.pt",
@@ -41,9 +45,13 @@ double Ms(Clock::time_point a, Clock::time_point b) {
 }
 
 struct Variant {
-  Variant(std::string n, bool f) : name(std::move(n)), fused(f) {}
+  Variant(std::string n, bool f, bool o)
+      : name(std::move(n)), fused(f), optimize(o) {}
   std::string name;
   bool fused;
+  // The graph executor's optimisations (profiling, autodiff subgraphs):
+  // on in a Python script, off in the trainer (for exact resume).
+  bool optimize;
   torch::jit::Module backbone;
   torch::nn::Linear head{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer;
@@ -59,6 +67,7 @@ double Median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  tlserve::worker::KeepFreedTensorMemoryForReuse();  // as tlworker does
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
   const int size = absl::GetFlag(FLAGS_size);
   const int batch = absl::GetFlag(FLAGS_batch_size);
@@ -67,8 +76,9 @@ int main(int argc, char** argv) {
   const torch::Tensor y = torch::randint(0, 10, {batch});
 
   std::vector<Variant> variants;
-  variants.emplace_back("torch", false);
-  variants.emplace_back("fused", true);
+  variants.emplace_back("torch", false, true);
+  variants.emplace_back("fused", true, true);
+  variants.emplace_back("fused_noopt", true, false);
   for (Variant& v : variants) {
     try {
       v.backbone = torch::jit::load(absl::GetFlag(FLAGS_backbone));
@@ -95,6 +105,7 @@ int main(int argc, char** argv) {
   const int steps = absl::GetFlag(FLAGS_steps);
   for (int round = 0; round <= absl::GetFlag(FLAGS_rounds); ++round) {
     for (Variant& v : variants) {
+      torch::jit::setGraphExecutorOptimize(v.optimize);
       for (int s = 0; s < steps; ++s) {
         const Clock::time_point t0 = Clock::now();
         v.optimizer->zero_grad();

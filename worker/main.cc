@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "worker/allocator.h"
 #include "worker/connection.h"
 
 namespace {
@@ -43,6 +44,7 @@ ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  tlserve::worker::KeepFreedTensorMemoryForReuse();
   // Signals are taken by one thread with sigwait; block them before any
   // other thread starts so every thread inherits the mask.
   sigset_t signals;
