@@ -41,10 +41,15 @@ ABSL_FLAG(std::string, cache_dir, "",
 ABSL_FLAG(int, threads, static_cast<int>(std::thread::hardware_concurrency()),
           "LibTorch threads for training and for each inference batch (0: LibTorch's default)");
 ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
+ABSL_FLAG(bool, keep_freed_memory, true,
+          "fix glibc's malloc thresholds so freed tensor buffers are reused "
+          "(worker/allocator.h); false: glibc's defaults");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  tlserve::worker::KeepFreedTensorMemoryForReuse();
+  if (absl::GetFlag(FLAGS_keep_freed_memory)) {
+    tlserve::worker::KeepFreedTensorMemoryForReuse();
+  }
   // Signals are taken by one thread with sigwait; block them before any
   // other thread starts so every thread inherits the mask.
   sigset_t signals;
