@@ -251,6 +251,8 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
   input.set_channels(3);
   input.set_height(32);
   input.set_width(32);
+  for (float m : {0.485f, 0.456f, 0.406f}) input.add_mean(m);
+  for (float s : {0.229f, 0.224f, 0.225f}) input.add_std(s);
   auto backbone = cluster_.client().UploadBackbone("resnet18", *path, input, "");
   ASSERT_OK(backbone.status());
 
