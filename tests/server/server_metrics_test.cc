@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,12 @@ class ServerMetricsTest : public ::testing::Test {
     auto blobs = BlobStore::Open(dir_ + "/blobs");
     ASSERT_TRUE(blobs.ok()) << blobs.status();
     blobs_ = *std::move(blobs);
+  }
+
+  void TearDown() override {
+    store_.reset();
+    std::error_code ignored;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
   }
 
   void PutJob(const std::string& id, tlserve::v1::JobState state) {
