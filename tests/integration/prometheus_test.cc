@@ -1,7 +1,7 @@
-// A real Prometheus scraping a real tlserve on loopback while a worker
-// fine-tunes and serves a model: the job, inference and gRPC series must
-// move as Prometheus sees them (its HTTP query API), and the endpoint's
-// text must pass `promtool check metrics`.
+// A real Prometheus scraping a real tlserve and tlworker on loopback while
+// the worker fine-tunes and serves a model: the job, inference, gRPC and
+// worker series must move as Prometheus sees them (its HTTP query API), and
+// both endpoints' text must pass `promtool check metrics`.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -180,9 +180,9 @@ class PrometheusTest : public ::testing::Test {
     }
   }
 
-  // Starts Prometheus scraping 127.0.0.1:`target` every second and waits
-  // until its first scrape of it has succeeded.
-  absl::Status StartPrometheus(int target) {
+  // Starts Prometheus scraping the server's and the worker's endpoints
+  // every second and waits until its first scrape of both has succeeded.
+  absl::Status StartPrometheus(int server_target, int worker_target) {
     prometheus_port_ = FreePort();
     if (prometheus_port_ == 0) return absl::InternalError("no free port");
     const std::string config = cluster_.dir() + "/prometheus.yml";
@@ -190,8 +190,11 @@ class PrometheusTest : public ::testing::Test {
       std::ofstream out(config);
       out << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
           << "  evaluation_interval: 1s\n"
-          << "scrape_configs:\n  - job_name: tlserve\n    static_configs:\n"
-          << "      - targets: ['127.0.0.1:" << target << "']\n";
+          << "scrape_configs:\n"
+          << "  - job_name: tlserve\n    static_configs:\n"
+          << "      - targets: ['127.0.0.1:" << server_target << "']\n"
+          << "  - job_name: tlworker\n    static_configs:\n"
+          << "      - targets: ['127.0.0.1:" << worker_target << "']\n";
     }
     auto started = ChildProcess::Start(
         {kPrometheus, "--config.file=" + config,
@@ -202,14 +205,14 @@ class PrometheusTest : public ::testing::Test {
     if (!started.ok()) return started.status();
     prometheus_ = *std::move(started);
     const std::optional<double> up = WaitForQuery(
-        prometheus_port_, "up{job=\"tlserve\"}", [](double v) { return v == 1; },
-        absl::Seconds(30));
-    if (!up.has_value() || *up != 1) {
+        prometheus_port_, "sum(up)", [](double v) { return v == 2; }, absl::Seconds(30));
+    if (!up.has_value() || *up != 2) {
       std::ifstream log(cluster_.dir() + "/prometheus.log");
       std::stringstream text;
       text << log.rdbuf();
       return absl::DeadlineExceededError(absl::StrCat(
-          "Prometheus did not scrape tlserve within 30 s (up = ", Show(up), "):\n",
+          "Prometheus did not scrape tlserve and tlworker within 30 s (sum(up) = ",
+          Show(up), "):\n",
           text.str()));
     }
     return absl::OkStatus();
@@ -228,16 +231,27 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
   int metrics_port = 0;
   std::ifstream(port_file) >> metrics_port;
   ASSERT_GT(metrics_port, 0) << "tlserve wrote no metrics port";
-  ASSERT_OK(StartPrometheus(metrics_port));
+  // The worker starts before Prometheus, so both targets are up at once;
+  // it connects later than the first scrape, which the baseline below sees.
+  const std::string worker_port_file = cluster_.dir() + "/worker_metrics_port";
+  ASSERT_OK(cluster_.StartWorker(
+      "w1", 1, {"--metrics_listen=127.0.0.1:0", "--metrics_port_file=" + worker_port_file}));
+  int worker_metrics_port = 0;
+  for (absl::Time give_up = absl::Now() + absl::Seconds(20);
+       worker_metrics_port == 0 && absl::Now() < give_up;) {
+    std::ifstream(worker_port_file) >> worker_metrics_port;
+    if (worker_metrics_port == 0) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_GT(worker_metrics_port, 0) << "tlworker wrote no metrics port";
+  ASSERT_OK(StartPrometheus(metrics_port, worker_metrics_port));
 
   // Before any job: the series exist (made at start) and are zero.
   EXPECT_EQ(Query(prometheus_port_, "tlserve_jobs_finished_total{outcome=\"SUCCEEDED\"}")
                 .value_or(std::nullopt),
             std::optional<double>(0));
-  EXPECT_EQ(Query(prometheus_port_, "tlserve_workers_connected").value_or(std::nullopt),
+  EXPECT_EQ(Query(prometheus_port_, "tlserve_worker_training_samples_total")
+                .value_or(std::nullopt),
             std::optional<double>(0));
-
-  ASSERT_OK(cluster_.StartWorker("w1", 1));
   const std::string data_dir = cluster_.dir() + "/data";
   ASSERT_OK(MakeDirs(data_dir));
   auto parts = WriteFashionMnistSubset(data_dir, {0, 1}, 40, 10);
@@ -265,6 +279,7 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
   spec.set_epochs(1);
   spec.set_batch_size(16);
   spec.set_seed(7);
+  spec.set_checkpoint_every_epoch(true);  // a checkpoint for the worker's series
   spec.mutable_freeze()->set_mode(v1::FreezePolicy::FROZEN);
   auto created = cluster_.client().CreateJob(spec, "");
   ASSERT_OK(created.status());
@@ -316,6 +331,10 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
       // Dataset, backbone, checkpoint and model blobs are all on disk.
       {"tlserve_blob_bytes", at_least(100000), ">= 100000"},
       {"tlserve_store_size_bytes", [](double v) { return v > 0; }, "> 0"},
+      // The worker's own endpoint: 80% of 2 x 40 images trained for 1 epoch.
+      {"tlserve_worker_training_samples_total", equal(64), "64"},
+      {"tlserve_worker_checkpoint_write_duration_seconds_count", at_least(1), ">= 1"},
+      {"tlserve_worker_checkpoint_written_bytes_total", at_least(1000), ">= 1000"},
   };
   for (const auto& check : checks) {
     const std::optional<double> got = WaitForQuery(prometheus_port_, check.promql, check.ok);
@@ -324,18 +343,20 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
   }
 
   // The exposition text itself, linted as Prometheus's own tool does.
-  absl::StatusOr<std::string> text = HttpGet(metrics_port, "/metrics");
-  ASSERT_OK(text.status());
-  const std::string scraped = cluster_.dir() + "/metrics.txt";
-  const std::string lint = cluster_.dir() + "/promtool.out";
-  std::ofstream(scraped) << *text;
-  const int rc = std::system(
-      absl::StrCat(kPromtool, " check metrics < ", scraped, " > ", lint, " 2>&1").c_str());
-  std::ifstream lint_in(lint);
-  std::stringstream lint_text;
-  lint_text << lint_in.rdbuf();
-  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0)
-      << "promtool check metrics failed:\n" << lint_text.str();
+  for (int port : {metrics_port, worker_metrics_port}) {
+    absl::StatusOr<std::string> text = HttpGet(port, "/metrics");
+    ASSERT_OK(text.status());
+    const std::string scraped = absl::StrCat(cluster_.dir(), "/metrics.", port, ".txt");
+    const std::string lint = scraped + ".promtool";
+    std::ofstream(scraped) << *text;
+    const int rc = std::system(
+        absl::StrCat(kPromtool, " check metrics < ", scraped, " > ", lint, " 2>&1").c_str());
+    std::ifstream lint_in(lint);
+    std::stringstream lint_text;
+    lint_text << lint_in.rdbuf();
+    EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0)
+        << "promtool check metrics on port " << port << " failed:\n" << lint_text.str();
+  }
 
   prometheus_->Kill(SIGTERM);
   EXPECT_TRUE(prometheus_->Wait(absl::Seconds(15)).ok());
