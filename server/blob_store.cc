@@ -204,6 +204,23 @@ bool BlobStore::Has(std::string_view sha256) const {
          IsRegularFile(absl::StrCat(BlobDir(root_), "/", AsAbsl(sha256)));
 }
 
+absl::StatusOr<int64_t> BlobStore::TotalBytes() const {
+  std::error_code ec;
+  int64_t total = 0;
+  for (std::filesystem::directory_iterator it(BlobDir(root_), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    // A blob removed while we walk is simply not counted.
+    std::error_code size_ec;
+    const auto size = it->file_size(size_ec);
+    if (!size_ec) total += static_cast<int64_t>(size);
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot list blobs in ", BlobDir(root_),
+                                            ": ", ec.message()));
+  }
+  return total;
+}
+
 absl::StatusOr<std::string> BlobStore::PathOf(std::string_view sha256) const {
   // The name becomes part of a path: only a well-formed digest may, so
   // "../x" can never leave the store.

@@ -57,6 +57,9 @@ class BlobStore {
   // Re-hashes a stored blob and compares it with its name.
   absl::Status Verify(std::string_view sha256) const;
   absl::Status Remove(std::string_view sha256);
+  // Bytes of all stored blobs (uploads in progress not counted). Walks the
+  // folder: call it at scrape rate, not per request.
+  absl::StatusOr<int64_t> TotalBytes() const;
   const std::string& root() const { return root_; }
 
  private:

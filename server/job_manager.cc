@@ -58,6 +58,14 @@ absl::Status JobManager::Transition(Job* job, JobState to,
   extra.push_back(std::move(change));
   RETURN_IF_ERROR(store_->PutJob(*job, &extra, enter_queue));
   events_->Notify(job->id());
+  // Counted only once stored: a failed write changed nothing.
+  if (metrics_ != nullptr && IsFinalState(to)) {
+    std::optional<absl::Duration> ran;
+    if (job->has_start_time()) {
+      ran = FromProtoTime(job->end_time()) - FromProtoTime(job->start_time());
+    }
+    metrics_->JobFinished(to, ran);
+  }
   return absl::OkStatus();
 }
 
@@ -274,7 +282,8 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
     const absl::Time now = options_.now();
     job.set_attempt(job.attempt() + 1);
     job.set_worker_id(worker_id);
-    if (!job.has_start_time()) {
+    const bool first_start = !job.has_start_time();
+    if (first_start) {
       *job.mutable_start_time() = ToProtoTime(now);
       job.set_queue_wait_seconds(
           absl::ToDoubleSeconds(now - FromProtoTime(job.create_time())));
@@ -298,6 +307,9 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
         &job, tlserve::v1::RUNNING,
         absl::StrFormat("attempt %d of %d on worker %s%s", job.attempt(),
                         job.spec().max_attempts(), worker_id, resume)));
+    if (metrics_ != nullptr && first_start) {
+      metrics_->JobStarted(absl::Seconds(job.queue_wait_seconds()));
+    }
     return std::optional<AssignJob>(std::move(assign));
   }
   return std::optional<AssignJob>();

@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "server/blob_store.h"
 #include "server/event_hub.h"
+#include "server/server_metrics.h"
 #include "server/store.h"
 #include "tlserve/v1/job.pb.h"
 #include "tlserve/v1/worker.pb.h"
@@ -47,6 +48,8 @@ class JobManager {
   JobManager(Options options, Store* store, BlobStore* blobs, EventHub* events);
 
   void set_dispatcher(JobDispatcher* dispatcher) { dispatcher_ = dispatcher; }
+  // Where job starts and ends are counted (optional; not owned).
+  void set_metrics(ServerMetrics* metrics) { metrics_ = metrics; }
 
   // At start-up: attempts that were RUNNING when the server stopped go back
   // to QUEUED (their workers, if alive, are told to stop when they return).
@@ -121,6 +124,7 @@ class JobManager {
   BlobStore* blobs_;
   EventHub* events_;
   JobDispatcher* dispatcher_ = nullptr;
+  ServerMetrics* metrics_ = nullptr;
   absl::Mutex mu_;
 };
 

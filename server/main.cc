@@ -32,6 +32,22 @@ ABSL_FLAG(bool, share_backbones, true,
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, e.g. 0.0.0.0:9464 (empty: none)");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "write the /metrics port here once serving (with --metrics_listen=HOST:0)");
+
+namespace {
+
+// Written to a temp name and renamed, so a reader never sees half a number.
+void WritePortFile(const std::string& file, int port) {
+  if (file.empty()) return;
+  FILE* f = std::fopen((file + ".tmp").c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "%d\n", port);
+  std::fclose(f);
+  std::rename((file + ".tmp").c_str(), file.c_str());
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -66,14 +82,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tlserve: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  if (const std::string file = absl::GetFlag(FLAGS_port_file); !file.empty()) {
-    FILE* f = std::fopen((file + ".tmp").c_str(), "w");
-    if (f != nullptr) {
-      std::fprintf(f, "%d\n", (*server)->port());
-      std::fclose(f);
-      std::rename((file + ".tmp").c_str(), file.c_str());
-    }
-  }
+  // The metrics port first: whoever waits for port_file then finds both.
+  WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port());
+  WritePortFile(absl::GetFlag(FLAGS_port_file), (*server)->port());
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);

@@ -66,6 +66,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->inference_metrics_ = std::make_unique<InferenceMetrics>(*s->registry_);
   s->router_->set_metrics(s->inference_metrics_.get());
+  ServerMetrics::Sources sources;
+  sources.store = s->store_.get();
+  sources.blobs = s->blobs_.get();
+  Scheduler* scheduler = s->scheduler_.get();
+  sources.connected_workers = [scheduler] { return scheduler->ConnectedWorkers(); };
+  s->server_metrics_ = std::make_unique<ServerMetrics>(*s->registry_, std::move(sources));
+  s->jobs_->set_metrics(s->server_metrics_.get());
+  s->grpc_metrics_ = std::make_unique<GrpcMetrics>(
+      *s->registry_,
+      std::vector<std::string>{"tlserve.v1.DatasetService", "tlserve.v1.ModelService",
+                               "tlserve.v1.JobService", "tlserve.v1.InferenceService",
+                               "tlserve.v1.WorkerService", "inference.GRPCInferenceService",
+                               "grpc.health.v1.Health",
+                               "grpc.reflection.v1alpha.ServerReflection"});
+  ServerMetrics* server_metrics = s->server_metrics_.get();
+  s->scraped_ = std::make_shared<RefreshingCollectable>(
+      s->registry_, [server_metrics] { server_metrics->Refresh(); });
   if (!options.metrics_listen.empty()) {
     try {
       s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
@@ -74,7 +91,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
           "cannot serve metrics on ", options.metrics_listen, ": ", e.what(),
           "; pick another with --metrics_listen"));
     }
-    s->exposer_->RegisterCollectable(s->registry_);
+    s->exposer_->RegisterCollectable(s->scraped_);
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? 0 : ports[0];
   }
@@ -101,6 +118,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
                            grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(s->grpc_metrics_->NewInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(s->dataset_service_.get());
   builder.RegisterService(s->model_service_.get());
   builder.RegisterService(s->job_service_.get());
@@ -149,6 +170,8 @@ void Server::Shutdown(absl::Duration grace) {
 Server::~Server() {
   Shutdown();
   if (grpc_server_ != nullptr) grpc_server_->Wait();
+  // A scrape reads the scheduler and the stores: stop scrapes first.
+  exposer_.reset();
   // Threads that call into the store stop before it closes.
   router_.reset();
   scheduler_.reset();

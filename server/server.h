@@ -10,7 +10,9 @@
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "server/inference_metrics.h"
+#include "server/grpc_metrics.h"
 #include "server/inference_router.h"
+#include "server/server_metrics.h"
 #include "server/uploads.h"
 
 namespace tlserve {
@@ -79,6 +81,11 @@ class Server {
   std::unique_ptr<Scheduler> scheduler_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<InferenceMetrics> inference_metrics_;
+  std::unique_ptr<ServerMetrics> server_metrics_;
+  // Outlives grpc_server_, whose interceptors record into it.
+  std::unique_ptr<GrpcMetrics> grpc_metrics_;
+  // What the exposer scrapes (it holds only a weak_ptr).
+  std::shared_ptr<prometheus::Collectable> scraped_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int metrics_port_ = 0;
   std::unique_ptr<InferenceRouter> router_;

@@ -1,6 +1,7 @@
 #include "server/store.h"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <cstdint>
 #include <limits>
@@ -847,6 +848,33 @@ absl::StatusOr<std::vector<Job>> Store::JobsInState(JobState state) {
                          "ORDER BY create_seq ASC"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{state}));
   return CollectJobs(stmt);
+}
+
+absl::StatusOr<std::map<JobState, int64_t>> Store::CountJobsByState() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state"));
+  std::map<JobState, int64_t> counts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    counts[static_cast<JobState>(stmt.Int64(0))] = stmt.Int64(1);
+  }
+  return counts;
+}
+
+absl::StatusOr<int64_t> Store::SizeOnDisk() {
+  absl::MutexLock lock(&mu_);
+  const char* path = sqlite3_db_filename(db_, "main");
+  if (path == nullptr || *path == '\0') return int64_t{0};  // in-memory
+  int64_t total = 0;
+  // The WAL holds committed pages not yet checkpointed into the main file.
+  for (const std::string& file : {std::string(path), std::string(path) + "-wal"}) {
+    struct stat st;
+    if (::stat(file.c_str(), &st) == 0) total += st.st_size;
+  }
+  return total;
 }
 
 absl::Status Store::AppendEvents(const std::string& job_id,

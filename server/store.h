@@ -2,6 +2,7 @@
 #define TLSERVE_SERVER_STORE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -93,6 +94,11 @@ class Store {
   // Jobs in the given state (any order); used at start-up for recovery.
   absl::StatusOr<std::vector<tlserve::v1::Job>> JobsInState(
       tlserve::v1::JobState state);
+  // How many jobs are in each state (states with none are absent).
+  absl::StatusOr<std::map<tlserve::v1::JobState, int64_t>> CountJobsByState();
+  // Bytes of the database file and its WAL: what the data dir's store
+  // holds on disk.
+  absl::StatusOr<int64_t> SizeOnDisk();
   // Appends events to a job without rewriting it.
   absl::Status AppendEvents(const std::string& job_id,
                             std::vector<tlserve::v1::JobEvent>* events);

@@ -27,6 +27,7 @@
 #include "tlserve/v1/dataset.pb.h"
 #include "tlserve/v1/job.pb.h"
 #include "worker/trainer.h"
+#include "worker/worker_metrics.h"
 
 namespace tlserve::worker {
 namespace {
@@ -717,6 +718,12 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
 
   absl::Time last_progress = absl::InfinitePast();
   TrainerCallbacks callbacks;
+  if (WorkerMetrics* metrics = options_.metrics; metrics != nullptr) {
+    callbacks.on_samples_trained = [metrics](int64_t n) { metrics->SamplesTrained(n); };
+    callbacks.on_checkpoint_written = [metrics](absl::Duration took, int64_t bytes) {
+      metrics->CheckpointWritten(took, bytes);
+    };
+  }
   callbacks.on_progress = [&](const tlserve::v1::Progress& progress) {
     const absl::Time now = absl::Now();
     const bool epoch_end =

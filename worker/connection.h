@@ -37,6 +37,8 @@
 
 namespace tlserve::worker {
 
+class WorkerMetrics;
+
 class WorkerAgent {
  public:
   struct Options {
@@ -72,6 +74,9 @@ class WorkerAgent {
     // from the thread in Run(). May be empty.
     std::function<void(bool connected, const std::string& detail)>
         on_connection_change;
+    // Where training and checkpoint series are recorded; may be null. Not
+    // owned; must outlive the agent.
+    WorkerMetrics* metrics = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<WorkerAgent>> Create(Options options);

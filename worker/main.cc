@@ -6,14 +6,18 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "prometheus/registry.h"
 #include "worker/allocator.h"
 #include "worker/connection.h"
+#include "worker/metrics_http.h"
+#include "worker/worker_metrics.h"
 
 namespace {
 
@@ -26,6 +30,16 @@ std::string DefaultWorkerId() {
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
   return absl::StrCat(host[0] != '\0' ? host : "worker", "-", getpid());
+}
+
+// Written to a temp name and renamed, so a reader never sees half a number.
+void WritePortFile(const std::string& file, int port) {
+  if (file.empty()) return;
+  FILE* f = std::fopen((file + ".tmp").c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "%d\n", port);
+  std::fclose(f);
+  std::rename((file + ".tmp").c_str(), file.c_str());
 }
 
 }  // namespace
@@ -44,6 +58,10 @@ ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "fix glibc's malloc thresholds so freed tensor buffers are reused "
           "(worker/allocator.h); false: glibc's defaults");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Prometheus /metrics address, e.g. 0.0.0.0:9465 (empty: none)");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "write the /metrics port here once serving (with --metrics_listen=HOST:0)");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -75,6 +93,20 @@ int main(int argc, char** argv) {
                  connected ? "" : "disconnected: ", detail.c_str());
   };
 
+  auto registry = std::make_shared<prometheus::Registry>();
+  tlserve::worker::WorkerMetrics metrics(*registry);
+  options.metrics = &metrics;
+  std::unique_ptr<tlserve::worker::MetricsHttpServer> metrics_server;
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    auto started = tlserve::worker::MetricsHttpServer::Start(listen, registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "tlworker: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    metrics_server = *std::move(started);
+    WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
+  }
+
   auto agent = tlserve::worker::WorkerAgent::Create(options);
   if (!agent.ok()) {
     std::fprintf(stderr, "tlworker: %s\n", agent.status().ToString().c_str());
@@ -92,5 +124,6 @@ int main(int argc, char** argv) {
   raw->Run();
   waiter.join();
   agent->reset();
+  metrics_server.reset();  // before the metrics it reads go
   return 0;
 }

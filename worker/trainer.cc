@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -916,6 +917,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     loss_sum += loss.item<double>() * b;
     correct += logits.argmax(1).eq(y).sum().item<int64_t>();
     ++batches_done_;
+    if (callbacks_.on_samples_trained) callbacks_.on_samples_trained(b);
     if (callbacks_.on_progress) {
       const double elapsed = train_seconds_ + SecondsSince(start);
       const int64_t remaining =
@@ -975,9 +977,16 @@ absl::Status Trainer::Checkpoint(const TrainingCursor& cursor,
   const EarlyStopper::State& state = stopper_->state();
   CheckpointExtras extras{state.best_epoch, state.best_value,
                           state.epochs_since_best, best_weights_};
+  const absl::Time save_start = absl::Now();
   RETURN_IF_ERROR(SaveCheckpoint(
       path, cursor, classifier_, *optimizer_,
       [this](const std::string& name) { return Unchanged(name); }, &extras));
+  if (callbacks_.on_checkpoint_written) {
+    std::error_code size_error;
+    const auto bytes = std::filesystem::file_size(path, size_error);
+    callbacks_.on_checkpoint_written(absl::Now() - save_start,
+                                     size_error ? 0 : static_cast<int64_t>(bytes));
+  }
   if (metrics != nullptr) {
     if (callbacks_.on_epoch_end) {
       RETURN_IF_ERROR(callbacks_.on_epoch_end(*metrics, path));

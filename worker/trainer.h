@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/dataset_loader.h"
 #include "tlserve/v1/common.pb.h"
 #include "tlserve/v1/job.pb.h"
@@ -34,6 +35,10 @@ struct TrainerCallbacks {
   std::function<absl::Status(int epoch, int64_t batch,
                              const std::string& checkpoint_path)>
       on_checkpoint;
+  // For metrics: samples of each batch trained on, and each checkpoint
+  // file's write time and size. May be empty.
+  std::function<void(int64_t samples)> on_samples_trained;
+  std::function<void(absl::Duration took, int64_t bytes)> on_checkpoint_written;
   // Human-readable notes for the job's events.
   std::function<void(const std::string&)> on_log;
   // Polled once per batch: true stops the job (cancelled) within a batch.

@@ -144,12 +144,14 @@ void Cluster::KillServer(int signal) {
   server_.reset();
 }
 
-absl::Status Cluster::StartWorker(const std::string& id, int threads) {
+absl::Status Cluster::StartWorker(const std::string& id, int threads,
+                                  std::vector<std::string> extra_flags) {
   std::vector<std::string> argv = {
       WorkerBinary(), absl::StrCat("--server=", address()),
       absl::StrCat("--worker_id=", id),
       absl::StrCat("--cache_dir=", dir_, "/cache-", id),
       absl::StrCat("--threads=", threads)};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   auto started = ChildProcess::Start(argv, dir_ + "/tlserve.log");
   if (!started.ok()) return started.status();
   workers_[id] = *std::move(started);

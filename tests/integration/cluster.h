@@ -44,7 +44,8 @@ class Cluster {
   // until it is healthy.
   absl::Status StartServer(std::vector<std::string> extra_flags = {});
   void KillServer(int signal);
-  absl::Status StartWorker(const std::string& id, int threads = 1);
+  absl::Status StartWorker(const std::string& id, int threads = 1,
+                           std::vector<std::string> extra_flags = {});
   void KillWorker(const std::string& id, int signal);
 
   Client& client() { return *client_; }

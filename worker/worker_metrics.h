@@ -1,0 +1,34 @@
+#ifndef TLSERVE_WORKER_WORKER_METRICS_H_
+#define TLSERVE_WORKER_WORKER_METRICS_H_
+
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace tlserve::worker {
+
+// A worker's own Prometheus series, served on tlworker --metrics_listen
+// (Prometheus tells workers apart by target, so no worker label):
+//   tlserve_worker_training_samples_total              samples trained on
+//   tlserve_worker_checkpoint_write_duration_seconds   one checkpoint's save
+//   tlserve_worker_checkpoint_written_bytes_total      bytes of those files
+// Thread-safe.
+class WorkerMetrics {
+ public:
+  explicit WorkerMetrics(prometheus::Registry& registry);
+
+  void SamplesTrained(int64_t samples);
+  void CheckpointWritten(absl::Duration took, int64_t bytes);
+
+ private:
+  prometheus::Counter& samples_;
+  prometheus::Histogram& checkpoint_seconds_;
+  prometheus::Counter& checkpoint_bytes_;
+};
+
+}  // namespace tlserve::worker
+
+#endif  // TLSERVE_WORKER_WORKER_METRICS_H_
