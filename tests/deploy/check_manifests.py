@@ -297,6 +297,18 @@ def check_worker(where, docs, overlay):
         service_ports = [p["port"] for p in service["spec"]["ports"]]
         if host.split(".")[0] != "tlserve" or int(port) not in service_ports:
             fail(where, f"workers dial {server_address}, which is not the tlserve Service")
+    # The worker's own /metrics: listened on and annotated for the scrape.
+    listen = flag_value(args, "metrics_listen")
+    annotations = worker["spec"]["template"]["metadata"].get("annotations", {})
+    if not listen:
+        fail(where, "worker does not serve /metrics (no --metrics_listen)")
+    else:
+        port = listen.rsplit(":", 1)[1]
+        if annotations.get("prometheus.io/scrape") != "true" or \
+                annotations.get("prometheus.io/port") != port:
+            fail(where, f"worker metrics on {port} are not annotated for scraping")
+        if int(port) not in [p.get("containerPort") for p in container.get("ports", [])]:
+            fail(where, f"worker container does not declare its metrics port {port}")
     budget = find(docs, "PodDisruptionBudget", prefix="")
     pod_labels = worker["spec"]["template"]["metadata"].get("labels", {})
     if budget is None:
