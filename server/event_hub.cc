@@ -27,4 +27,19 @@ void EventHub::Notify(const std::string& job_id) {
   for (const Listener& listener : to_call) listener();
 }
 
+void EventHub::Close() {
+  std::vector<Listener> to_call;
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+    for (const auto& [token, entry] : entries_) to_call.push_back(entry.listener);
+  }
+  for (const Listener& listener : to_call) listener();
+}
+
+bool EventHub::closed() {
+  absl::MutexLock lock(&mu_);
+  return closed_;
+}
+
 }  // namespace tlserve

@@ -23,6 +23,10 @@ class EventHub {
   // already under way on another thread.
   void Unsubscribe(uint64_t token);
   void Notify(const std::string& job_id);
+  // Server shutdown: marks the hub closed and calls every listener once, so
+  // that watchers see closed() and end their streams.
+  void Close();
+  bool closed();
 
  private:
   struct Entry {
@@ -32,6 +36,7 @@ class EventHub {
   absl::Mutex mu_;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace tlserve

@@ -252,6 +252,18 @@ std::vector<InferenceRouter::ModelStats> InferenceRouter::Stats(
   return out;
 }
 
+bool InferenceRouter::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    if (!in_flight_.empty()) return false;
+    for (const auto& [key, lane] : lanes_) {
+      if (!lane.calls.empty()) return false;
+    }
+    return true;
+  };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
 int InferenceRouter::ConnectedWorkers() {
   absl::MutexLock lock(&mu_);
   RefreshWorkersLocked(absl::Now(), /*force=*/true);

@@ -103,6 +103,9 @@ class InferenceRouter : public InferenceSink {
   // Optional; set before Start. Not owned.
   void set_metrics(InferenceMetrics* metrics) { metrics_ = metrics; }
   void Start();
+  // Waits until no call is queued and no batch is out on a worker, or
+  // `deadline`; true when idle. For shutdown, once no new calls come.
+  bool WaitIdle(absl::Time deadline);
   // `done` runs exactly once, possibly before the call returns, on the
   // caller's thread or one of the router's.
   void Predict(const tlserve::v1::PredictRequest& request, absl::Time deadline,

@@ -5,6 +5,7 @@
 #include <queue>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/proto_time.h"
 #include "common/status_macros.h"
@@ -70,10 +71,13 @@ absl::Status JobManager::Transition(Job* job, JobState to,
 }
 
 absl::Status JobManager::RequeueOrFail(Job* job, const std::string& reason) {
-  if (job->attempt() >= job->spec().max_attempts()) {
+  // Attempts handed back by stopping workers are not failures: a rolling
+  // restart of every worker must not use up a job's attempts.
+  const int used = job->attempt() - job->handed_back_attempts();
+  if (used >= job->spec().max_attempts()) {
     return Transition(job, tlserve::v1::FAILED,
                       absl::StrFormat("%s; no attempts left (%d of %d used)",
-                                      reason, job->attempt(),
+                                      reason, used,
                                       job->spec().max_attempts()));
   }
   job->clear_worker_id();
@@ -473,9 +477,21 @@ absl::Status JobManager::OnFinished(const std::string& worker_id,
     }
     if (finished.cancelled()) {
       // The worker gave the attempt back (e.g. it is shutting down).
-      RETURN_IF_ERROR(RequeueOrFail(
-          &job, absl::StrFormat("worker %s handed back attempt %d", worker_id,
-                                job.attempt())));
+      std::string reason = absl::StrFormat("worker %s handed back attempt %d",
+                                           worker_id, job.attempt());
+      if (finished.handed_back()) {
+        job.set_handed_back_attempts(job.handed_back_attempts() + 1);
+        const tlserve::v1::CheckpointInfo& at = job.latest_checkpoint();
+        absl::StrAppend(&reason, " as it stopped",
+                        at.sha256().empty()
+                            ? std::string(" (no checkpoint yet: the next "
+                                          "attempt starts over)")
+                            : absl::StrFormat(
+                                  "; the next attempt resumes at epoch %d + "
+                                  "%d batches",
+                                  at.epoch(), at.batch()));
+      }
+      RETURN_IF_ERROR(RequeueOrFail(&job, reason));
       requeued = job.state() == tlserve::v1::QUEUED;
     } else {
       return Transition(&job, tlserve::v1::FAILED,

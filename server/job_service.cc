@@ -3,6 +3,7 @@
 #include <deque>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
@@ -83,6 +84,15 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent> {
       last_sequence_ = current_.sequence();
       writing_ = true;
       StartWrite(&current_);
+      return;
+    }
+    if (hub_->closed()) {
+      // Everything stored was sent; the client can watch again (on the
+      // next server) from the last sequence it got.
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("tlserve is shutting down; watch again after event ",
+                       last_sequence_, " to continue")));
       return;
     }
     auto job = store_->GetJob(job_id_);

@@ -29,7 +29,9 @@ pid_t LocalWorkers::Spawn(int index) {
   std::vector<std::string> args = {
       options_.binary, absl::StrCat("--server=", options_.server_address),
       absl::StrCat("--worker_id=", id),
-      absl::StrCat("--cache_dir=", options_.cache_root, "/", id)};
+      absl::StrCat("--cache_dir=", options_.cache_root, "/", id),
+      absl::StrCat("--drain_seconds=",
+                   absl::ToDoubleSeconds(options_.drain))};
   if (options_.threads_per_worker > 0) {
     args.push_back(absl::StrCat("--threads=", options_.threads_per_worker));
   }

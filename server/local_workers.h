@@ -23,7 +23,11 @@ class LocalWorkers {
     std::string server_address;  // what the workers dial
     std::string cache_root;      // each worker gets <cache_root>/local-<i>
     int threads_per_worker = 0;  // 0: the worker's default
-    absl::Duration stop_grace = absl::Seconds(5);
+    // On stop, workers get SIGTERM and `drain` to hand their jobs back
+    // with a checkpoint (tlworker --drain_seconds); after stop_grace they
+    // are killed.
+    absl::Duration drain = absl::Seconds(10);
+    absl::Duration stop_grace = absl::Seconds(15);
   };
   explicit LocalWorkers(Options options);
   ~LocalWorkers();

@@ -121,6 +121,7 @@ void Scheduler::OnMessage(const std::string& worker_id,
       it->second.running_jobs.erase(message.finished().job_id());
       kicked_ = true;
     }
+    if (message.has_draining()) it->second.draining = true;
   }
   switch (message.msg_case()) {
     case WorkerMessage::kProgress:
@@ -149,6 +150,10 @@ void Scheduler::OnMessage(const std::string& worker_id,
       }
       break;
     }
+    case WorkerMessage::kDraining:
+      std::fprintf(stderr, "tlserve: worker %s is draining: %s\n",
+                   worker_id.c_str(), message.draining().reason().c_str());
+      break;
     case WorkerMessage::kInferenceReply:
       if (sink_ != nullptr) sink_->OnInferenceReply(worker_id, message.inference_reply());
       break;
@@ -161,9 +166,21 @@ std::vector<Scheduler::WorkerSnapshot> Scheduler::Workers() {
   absl::MutexLock lock(&mu_);
   std::vector<WorkerSnapshot> out;
   for (const auto& [id, w] : workers_) {
+    if (w.draining) continue;
     out.push_back({id, w.device, w.loaded_models, w.running_jobs});
   }
   return out;
+}
+
+void Scheduler::CloseAllWorkers(const std::string& reason) {
+  std::vector<std::shared_ptr<WorkerChannel>> channels;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, w] : workers_) channels.push_back(w.channel);
+  }
+  for (auto& channel : channels) {
+    channel->Close(absl::UnavailableError(reason));
+  }
 }
 
 bool Scheduler::SendTo(const std::string& worker_id,
@@ -237,7 +254,7 @@ void Scheduler::Dispatch() {
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, w] : workers_) {
-      if (w.running_jobs.empty()) idle.emplace_back(id, w.device);
+      if (w.running_jobs.empty() && !w.draining) idle.emplace_back(id, w.device);
     }
   }
   for (const auto& [id, device] : idle) {

@@ -77,8 +77,12 @@ class Scheduler : public JobDispatcher {
   void OnMessage(const std::string& worker_id,
                  const tlserve::v1::WorkerMessage& message);
 
-  // For inference routing.
+  // For inference routing: the workers that take new batches (not those
+  // draining).
   std::vector<WorkerSnapshot> Workers();
+  // Ends every worker stream with UNAVAILABLE (server shutdown). Workers
+  // keep their running jobs and reconnect to the next server.
+  void CloseAllWorkers(const std::string& reason);
   bool SendTo(const std::string& worker_id,
               const tlserve::v1::ServerMessage& message);
 
@@ -95,6 +99,8 @@ class Scheduler : public JobDispatcher {
     absl::Time last_seen;
     std::set<std::string> running_jobs;
     std::set<std::string> loaded_models;
+    // Sent WorkerDraining: it is stopping and takes no new work.
+    bool draining = false;
   };
 
   void Loop();

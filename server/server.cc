@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstdio>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -160,11 +161,31 @@ void Server::Wait() { grpc_server_->Wait(); }
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  local_workers_.reset();
   // Null when Start failed before serving.
+  if (grpc_server_ != nullptr) {
+    // Readiness fails first, so load balancers stop sending calls here.
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  }
+  // Local workers drain while the server still serves them: they hand
+  // their jobs back with a checkpoint, which they upload here.
+  local_workers_.reset();
   if (grpc_server_ == nullptr) return;
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  const absl::Time deadline = absl::Now() + grace;
+  // grpc::Server::Shutdown refuses new calls at once and waits for running
+  // ones until the deadline. The long-lived streams would hold it that long,
+  // so they are ended here: watches once they have sent what is stored,
+  // worker streams once the inference batches out on workers came back.
+  std::thread closer([this, deadline] {
+    events_->Close();
+    if (!router_->WaitIdle(deadline)) {
+      std::fprintf(stderr,
+                   "tlserve: inference calls still running at the end of "
+                   "the grace period\n");
+    }
+    scheduler_->CloseAllWorkers("tlserve is shutting down");
+  });
+  grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+  closer.join();
 }
 
 Server::~Server() {

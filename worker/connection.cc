@@ -94,6 +94,8 @@ struct WorkerAgent::Job {
   AssignJob assign;
   // Set by a cancel for this attempt or by Stop(); polled by the trainer.
   std::atomic<bool> cancel{false};
+  // Set by Drain(): checkpoint, then give the attempt back.
+  std::atomic<bool> hand_back{false};
   // Set just before the JobFinished goes out: the thread is about to exit
   // and a new assignment may already be on its way.
   std::atomic<bool> finishing{false};
@@ -192,6 +194,45 @@ void WorkerAgent::Stop() {
   }
   // Blob transfers can take minutes: cut them short too.
   if (blob_cache_ != nullptr) blob_cache_->Shutdown();
+}
+
+bool WorkerAgent::IdleLocked() const {
+  return (job_ == nullptr || job_->done) && inference_queue_.empty() &&
+         static_cast<int>(idle_inference_threads_.size()) >=
+             options_.inference_threads;
+}
+
+void WorkerAgent::SendDraining() {
+  WorkerMessage message;
+  message.mutable_draining()->set_reason("the worker was asked to stop");
+  Send(message);
+}
+
+bool WorkerAgent::Drain(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    draining_ = true;
+    if (job_ != nullptr) job_->hand_back = true;
+  }
+  SendDraining();
+  bool drained = false;
+  while (true) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) break;
+    // Job::done is set under write_mu_, not mu_: look again every slice.
+    if (IdleLocked()) {
+      drained = true;
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) break;
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_),
+                         std::min(deadline - now, absl::Milliseconds(50)));
+  }
+  Stop();
+  return drained;
 }
 
 void WorkerAgent::JoinThreads() {
@@ -322,6 +363,12 @@ absl::Status WorkerAgent::ServeOneConnection(bool* registered) {
     while (sent < held_.size() && stream_->Write(held_[sent])) ++sent;
     held_.erase(held_.begin(), held_.begin() + static_cast<long>(sent));
   }
+  bool draining = false;
+  {
+    absl::MutexLock lock(&mu_);
+    draining = draining_;
+  }
+  if (draining) SendDraining();
   {
     absl::MutexLock lock(&mu_);
     heartbeat_stop_ = false;
@@ -406,15 +453,27 @@ void WorkerAgent::JoinFinishedJob() {
 
 void WorkerAgent::OnAssign(const AssignJob& assign) {
   JoinFinishedJob();
+  WorkerMessage refusal;
+  JobFinished* finished = refusal.mutable_finished();
+  finished->set_job_id(assign.job_id());
+  finished->set_attempt(assign.attempt());
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
-    if (job_ != nullptr) {
-      // The same attempt again (e.g. re-sent after a reconnect): it runs.
-      if (job_->assign.job_id() == assign.job_id() &&
-          job_->assign.attempt() == assign.attempt()) {
-        return;
-      }
+    if (job_ != nullptr && job_->assign.job_id() == assign.job_id() &&
+        job_->assign.attempt() == assign.attempt()) {
+      return;  // The same attempt again (e.g. re-sent after a reconnect).
+    }
+    if (draining_) {
+      // Sent before the server read our WorkerDraining: straight back, and
+      // as a hand-back it costs the job no attempt.
+      finished->set_cancelled(true);
+      finished->set_handed_back(true);
+      finished->set_error("worker stopping");
+    } else if (job_ != nullptr) {
+      // The server sends one job at a time, so this should not happen.
+      finished->set_cancelled(true);
+      finished->set_error("worker busy");
     } else {
       job_ = std::make_unique<Job>();
       job_->assign = assign;
@@ -423,25 +482,12 @@ void WorkerAgent::OnAssign(const AssignJob& assign) {
         return;
       } catch (const std::system_error& e) {
         job_.reset();
-        WorkerMessage failed;
-        JobFinished* finished = failed.mutable_finished();
-        finished->set_job_id(assign.job_id());
-        finished->set_attempt(assign.attempt());
         finished->set_error(absl::StrCat(
             "RESOURCE_EXHAUSTED: starting the job thread: ", e.what()));
-        Send(failed);
-        return;
       }
     }
   }
-  // The server sends one job at a time, so this should not happen.
-  WorkerMessage busy;
-  JobFinished* finished = busy.mutable_finished();
-  finished->set_job_id(assign.job_id());
-  finished->set_attempt(assign.attempt());
-  finished->set_cancelled(true);
-  finished->set_error("worker busy");
-  Send(busy);
+  Send(refusal);
 }
 
 void WorkerAgent::OnCancel(const CancelAssignment& cancel) {
@@ -625,8 +671,9 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   }
   RETURN_IF_ERROR(Annotate(MakeDirs(work_dir), "creating the work folder: "));
   auto cancelled = [&] {
-    if (!job->cancel) return false;
+    if (!job->cancel && !job->hand_back) return false;
     finished->set_cancelled(true);
+    finished->set_handed_back(!job->cancel);
     return true;
   };
 
@@ -791,10 +838,18 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   };
   callbacks.on_log = [&](const std::string& text) { SendJobLog(*job, text); };
   callbacks.should_stop = [job] { return job->cancel.load(); };
+  callbacks.should_hand_back = [job] { return job->hand_back.load(); };
 
   ASSIGN_OR_RETURN(TrainJobOutput output,
                    RunTrainingJob(input, *data, callbacks));
-  if (output.cancelled || cancelled()) {
+  if (output.cancelled) {
+    finished->set_cancelled(true);
+    finished->set_handed_back(output.handed_back);
+    return absl::OkStatus();
+  }
+  // A hand-back asked for after the last batch is too late to matter: the
+  // finished job is reported.
+  if (job->cancel) {
     finished->set_cancelled(true);
     return absl::OkStatus();
   }

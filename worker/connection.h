@@ -93,6 +93,15 @@ class WorkerAgent {
   // Makes Run() return soon. Thread-safe, idempotent, never blocks long.
   void Stop();
 
+  // A graceful stop (SIGTERM): tells the server to send no more work, has
+  // the running job store a checkpoint of where it got to and hands it
+  // back (the server requeues it and another worker resumes from there),
+  // lets the inference calls it holds finish, then Stop()s. Blocks until
+  // that is done or `timeout` has passed (then it stops anyway); true when
+  // it drained in time. Thread-safe; Stop() from another thread cuts it
+  // short.
+  bool Drain(absl::Duration timeout);
+
  private:
   using Stream = grpc::ClientReaderWriterInterface<tlserve::v1::WorkerMessage,
                                                    tlserve::v1::ServerMessage>;
@@ -127,6 +136,10 @@ class WorkerAgent {
   void JoinFinishedJob();
 
   void RunJob(Job* job);
+  // Tells the server this worker drains (again after a reconnect).
+  void SendDraining();
+  // True when no job runs and no inference call is queued or running.
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's work; OK with *cancelled set when should_stop fired.
   absl::Status RunJobSteps(Job* job, tlserve::v1::JobFinished* finished);
   void SendJobLog(const Job& job, const std::string& text);
@@ -148,6 +161,8 @@ class WorkerAgent {
   // Agent state: stop flag, the job, the heartbeat and inference threads.
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Drain() was called: new jobs are handed straight back.
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool heartbeat_stop_ ABSL_GUARDED_BY(mu_) = false;
   std::unique_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
   // The context of the live Connect call, for Stop() to cancel it.

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "prometheus/registry.h"
 #include "worker/allocator.h"
 #include "worker/connection.h"
@@ -58,6 +60,10 @@ ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "fix glibc's malloc thresholds so freed tensor buffers are reused "
           "(worker/allocator.h); false: glibc's defaults");
+ABSL_FLAG(double, drain_seconds, 60,
+          "on SIGTERM/SIGINT: seconds to checkpoint and hand back the "
+          "running job and finish held inference calls before stopping; a "
+          "second signal stops at once");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, e.g. 0.0.0.0:9465 (empty: none)");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -113,16 +119,37 @@ int main(int argc, char** argv) {
     return 1;
   }
   tlserve::worker::WorkerAgent* raw = agent->get();
-  // Run() returns only after Stop(), which only this thread calls, so the
-  // join below never waits for a signal that already came.
-  std::thread waiter([raw, signals] {
+  // The first signal drains (Drain() ends with Stop()); a second one, or
+  // Run() returning for another reason, cuts the drain short. Run()
+  // returns only after Stop(), so the joins below never wait for a signal.
+  const absl::Duration drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
+  std::atomic<bool> run_returned{false};
+  std::thread drainer;
+  std::thread waiter([raw, signals, drain, &run_returned, &drainer] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::fprintf(stderr, "tlworker: signal %d, shutting down\n", sig);
-    raw->Stop();
+    std::fprintf(stderr,
+                 "tlworker: signal %d, draining for up to %s (a second "
+                 "signal stops at once)\n",
+                 sig, absl::FormatDuration(drain).c_str());
+    drainer = std::thread([raw, drain] {
+      const bool drained = raw->Drain(drain);
+      std::fprintf(stderr, "tlworker: %s, stopping\n",
+                   drained ? "drained" : "drain time is up");
+    });
+    const timespec slice = {0, 100 * 1000 * 1000};
+    while (!run_returned) {
+      if (sigtimedwait(&signals, nullptr, &slice) > 0) {
+        std::fprintf(stderr, "tlworker: second signal, stopping now\n");
+        raw->Stop();
+        break;
+      }
+    }
   });
   raw->Run();
+  run_returned = true;
   waiter.join();
+  if (drainer.joinable()) drainer.join();
   agent->reset();
   metrics_server.reset();  // before the metrics it reads go
   return 0;

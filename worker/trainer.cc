@@ -281,8 +281,22 @@ class Trainer {
   void Log(const std::string& message) {
     if (callbacks_.on_log) callbacks_.on_log(message);
   }
-  bool ShouldStop() {
+  bool Cancelled() {
     return callbacks_.should_stop && callbacks_.should_stop();
+  }
+  bool HandBackRequested() {
+    return callbacks_.should_hand_back && callbacks_.should_hand_back();
+  }
+  bool ShouldStop() { return Cancelled() || HandBackRequested(); }
+  // How a stopped job reports: cancelled, and handed back unless it was
+  // cancelled outright.
+  TrainJobOutput Stopped(const std::string& where) {
+    TrainJobOutput output;
+    output.cancelled = true;
+    output.handed_back = !Cancelled() && HandBackRequested();
+    Log(absl::StrCat(output.handed_back ? "handed back" : "cancelled",
+                     " during ", where));
+    return output;
   }
 
   absl::Status BuildModel();
@@ -370,6 +384,9 @@ class Trainer {
   double checkpoint_every_seconds_ = kDefaultCheckpointSeconds;
   Clock::time_point last_checkpoint_;
   std::string previous_checkpoint_;
+  // Whether an optimizer step came after the latest checkpoint (or the one
+  // resumed from): a hand-back then stores a new one.
+  bool trained_since_checkpoint_ = false;
   double loader_wait_seconds_ = 0;
   int64_t steps_per_epoch_ = 0;
   int64_t feature_dim_ = 0;
@@ -886,6 +903,18 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     seen = resume_cursor_.seen;
   }
   for (int64_t batch = first_batch; batch < steps_per_epoch_; ++batch) {
+    if (!Cancelled() && HandBackRequested()) {
+      if (trained_since_checkpoint_) {
+        TrainingCursor cursor;
+        cursor.epoch = epoch - 1;
+        cursor.batch = batch;
+        cursor.loss_sum = loss_sum;
+        cursor.correct = correct;
+        cursor.seen = seen;
+        RETURN_IF_ERROR(Checkpoint(cursor, nullptr));
+      }
+      return false;
+    }
     if (ShouldStop()) return false;
     ASSIGN_OR_RETURN(LoadedBatch loaded, loader.Next());
     const at::Tensor& x = loaded.inputs;
@@ -917,6 +946,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     loss_sum += loss.item<double>() * b;
     correct += logits.argmax(1).eq(y).sum().item<int64_t>();
     ++batches_done_;
+    trained_since_checkpoint_ = true;
     if (callbacks_.on_samples_trained) callbacks_.on_samples_trained(b);
     if (callbacks_.on_progress) {
       const double elapsed = train_seconds_ + SecondsSince(start);
@@ -1002,6 +1032,7 @@ absl::Status Trainer::Checkpoint(const TrainingCursor& cursor,
   }
   previous_checkpoint_ = path;
   last_checkpoint_ = Clock::now();
+  trained_since_checkpoint_ = false;
   return absl::OkStatus();
 }
 
@@ -1127,10 +1158,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   if (InputsCached()) {
     const Clock::time_point cache_start = Clock::now();
     ASSIGN_OR_RETURN(bool done, CacheFeatures());
-    if (!done) {
-      output.cancelled = true;
-      return output;
-    }
+    if (!done) return Stopped("the feature cache");
     feature_cache_seconds_ = SecondsSince(cache_start);
   } else {
     train_inputs_ = tensors_.train.images;
@@ -1149,11 +1177,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
     ASSIGN_OR_RETURN(bool done,
                      TrainEpoch(epoch, epoch == first_epoch ? first_batch : 0,
                                 &metrics));
-    if (!done) {
-      output.cancelled = true;
-      Log(absl::StrCat("cancelled during epoch ", epoch));
-      return output;
-    }
+    if (!done) return Stopped(absl::StrCat("epoch ", epoch));
     ++epochs_run;
     metrics.set_learning_rate(static_cast<float>(
         optimizer_->param_groups()[0].options().get_lr()));

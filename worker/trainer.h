@@ -43,6 +43,11 @@ struct TrainerCallbacks {
   std::function<void(const std::string&)> on_log;
   // Polled once per batch: true stops the job (cancelled) within a batch.
   std::function<bool()> should_stop;
+  // Polled once per batch: true (the worker is stopping) stores a
+  // checkpoint of the position reached, unless the latest one already is
+  // there, and stops the job with `handed_back` set, so that another
+  // worker resumes it from that checkpoint.
+  std::function<bool()> should_hand_back;
 };
 
 struct TrainJobInput {
@@ -61,6 +66,8 @@ struct TrainJobInput {
 
 struct TrainJobOutput {
   bool cancelled = false;
+  // With cancelled: stopped by should_hand_back, its position checkpointed.
+  bool handed_back = false;
   // Test metrics on the dataset's test split (or the validation split when
   // there is none), feature_dim and blocks of the backbone.
   tlserve::v1::JobResult result;

@@ -166,4 +166,24 @@ void Cluster::KillWorker(const std::string& id, int signal) {
   workers_.erase(it);
 }
 
+absl::StatusOr<int> Cluster::SignalServerAndWait(int signal,
+                                                 absl::Duration timeout) {
+  if (server_ == nullptr) return absl::FailedPreconditionError("no server");
+  server_->Kill(signal);
+  absl::StatusOr<int> status = server_->Wait(timeout);
+  server_.reset();
+  return status;
+}
+
+absl::StatusOr<int> Cluster::SignalWorkerAndWait(const std::string& id,
+                                                 int signal,
+                                                 absl::Duration timeout) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return absl::NotFoundError("no such worker");
+  it->second->Kill(signal);
+  absl::StatusOr<int> status = it->second->Wait(timeout);
+  workers_.erase(it);
+  return status;
+}
+
 }  // namespace tlserve::testing

@@ -47,6 +47,12 @@ class Cluster {
   absl::Status StartWorker(const std::string& id, int threads = 1,
                            std::vector<std::string> extra_flags = {});
   void KillWorker(const std::string& id, int signal);
+  // Sends `signal` and waits up to `timeout` for the process to exit: its
+  // exit status as waitpid gives it, or DEADLINE_EXCEEDED (it is then
+  // SIGKILLed). The process is forgotten either way.
+  absl::StatusOr<int> SignalServerAndWait(int signal, absl::Duration timeout);
+  absl::StatusOr<int> SignalWorkerAndWait(const std::string& id, int signal,
+                                          absl::Duration timeout);
 
   Client& client() { return *client_; }
   const std::string& dir() const { return dir_; }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/proto_time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -228,6 +229,41 @@ TEST_F(JobManagerTest, FailsForGoodAfterMaxAttempts) {
   EXPECT_EQ(job.state(), tlserve::v1::FAILED);
   EXPECT_TRUE(absl::StrContains(job.error(), "crash two")) << job.error();
   EXPECT_TRUE(absl::StrContains(job.error(), "2 of 2")) << job.error();
+}
+
+// Attempts handed back by stopping workers are not failures: a job with
+// two attempts survives any number of them, and only crashes use attempts.
+TEST_F(JobManagerTest, HandedBackAttemptsDoNotCountAgainstMaxAttempts) {
+  JobSpec spec = Spec();
+  spec.set_max_attempts(2);
+  std::string id = manager_->CreateJob(spec, "")->id();
+  for (int i = 1; i <= 3; ++i) {
+    const std::string worker = absl::StrCat("w", i);
+    tlserve::v1::AssignJob assign = Claim(worker);
+    EXPECT_EQ(assign.attempt(), i);
+    tlserve::v1::JobFinished back;
+    back.set_job_id(id);
+    back.set_attempt(i);
+    back.set_cancelled(true);
+    back.set_handed_back(true);
+    ASSERT_TRUE(manager_->OnFinished(worker, back).ok());
+    Job job = *manager_->GetJob(id);
+    EXPECT_EQ(job.state(), tlserve::v1::QUEUED) << job.error();
+    EXPECT_EQ(job.handed_back_attempts(), i);
+    EXPECT_TRUE(absl::StrContains(
+        Events(id).back().state_change().reason(),
+        absl::StrCat("worker ", worker, " handed back attempt ", i,
+                     " as it stopped (no checkpoint yet")))
+        << Events(id).back().state_change().reason();
+  }
+  Claim("w4");
+  manager_->OnWorkerLost("w4", "crash one");
+  EXPECT_EQ(manager_->GetJob(id)->state(), tlserve::v1::QUEUED);
+  Claim("w5");
+  manager_->OnWorkerLost("w5", "crash two");
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.state(), tlserve::v1::FAILED);
+  EXPECT_TRUE(absl::StrContains(job.error(), "2 of 2 used")) << job.error();
 }
 
 TEST_F(JobManagerTest, NextAttemptResumesFromLatestCheckpoint) {

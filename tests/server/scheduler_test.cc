@@ -151,6 +151,49 @@ TEST_F(SchedulerTest, GivesABusyWorkerNoSecondJob) {
   EXPECT_EQ(store_->GetJob(first)->state(), tlserve::v1::FAILED);
 }
 
+// A draining worker hands its job back; the job goes to another worker, the
+// draining one gets nothing new and leaves the inference routing set.
+TEST_F(SchedulerTest, DrainingWorkerGetsNoWorkAndItsJobMovesOn) {
+  auto w1 = Connect("w1");
+  std::string id = CreatePretrainJob();
+  ASSERT_TRUE(w1->WaitFor(ServerMessage::kAssign));
+  tlserve::v1::WorkerMessage draining;
+  draining.mutable_draining()->set_reason("asked to stop");
+  scheduler_->OnMessage("w1", draining);
+  tlserve::v1::WorkerMessage back;
+  back.mutable_finished()->set_job_id(id);
+  back.mutable_finished()->set_attempt(1);
+  back.mutable_finished()->set_cancelled(true);
+  back.mutable_finished()->set_handed_back(true);
+  scheduler_->OnMessage("w1", back);
+  EXPECT_TRUE(WaitForState(id, tlserve::v1::QUEUED));
+  absl::SleepFor(absl::Milliseconds(600));
+  // Idle, connected, and still not given the queued job.
+  EXPECT_EQ(store_->GetJob(id)->state(), tlserve::v1::QUEUED);
+  std::vector<std::string> routed;
+  for (const auto& w : scheduler_->Workers()) routed.push_back(w.id);
+  EXPECT_TRUE(routed.empty());
+
+  auto w2 = Connect("w2");
+  ServerMessage assign;
+  ASSERT_TRUE(w2->WaitFor(ServerMessage::kAssign, &assign));
+  EXPECT_EQ(assign.assign().job_id(), id);
+  EXPECT_EQ(assign.assign().attempt(), 2);
+  EXPECT_EQ(store_->GetJob(id)->handed_back_attempts(), 1);
+  {
+    absl::MutexLock lock(&w1->mu);
+    int assigns = 0;
+    for (const auto& m : w1->sent) assigns += m.has_assign();
+    EXPECT_EQ(assigns, 1);
+  }
+  // Server shutdown closes every worker stream with UNAVAILABLE.
+  scheduler_->CloseAllWorkers("tlserve is shutting down");
+  EXPECT_TRUE(w1->IsClosed());
+  EXPECT_TRUE(w2->IsClosed());
+  absl::MutexLock lock(&w2->mu);
+  EXPECT_TRUE(absl::IsUnavailable(w2->close_status));
+}
+
 TEST_F(SchedulerTest, SilentWorkerLosesItsLeaseAndTheJobIsRequeued) {
   auto channel = Connect("w1");
   std::string id = CreatePretrainJob();

@@ -51,6 +51,19 @@ class FakeWorkerService final : public tlserve::v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     return fetches_;
   }
+  // While held, FetchBlob waits (until released or the call is cancelled).
+  void HoldFetches(bool hold) {
+    absl::MutexLock lock(&mu_);
+    hold_fetches_ = hold;
+  }
+  // Waits until a FetchBlob call came in.
+  bool WaitForFetch(absl::Duration timeout = absl::Seconds(10)) {
+    absl::MutexLock lock(&mu_);
+    auto fetched = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return fetches_ > 0;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&fetched), timeout);
+  }
   void DropConnections(int n) {
     absl::MutexLock lock(&mu_);
     drop_connections_ = n;
@@ -111,6 +124,11 @@ class FakeWorkerService final : public tlserve::v1::WorkerService::Service {
     {
       absl::MutexLock lock(&mu_);
       ++fetches_;
+      while (hold_fetches_ && !context->IsCancelled()) {
+        mu_.AwaitWithTimeout(absl::Condition(+[](bool* hold) { return !*hold; },
+                                             &hold_fetches_),
+                             absl::Milliseconds(20));
+      }
       auto it = blobs_.find(request->sha256());
       if (it == blobs_.end()) {
         return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such blob");
@@ -143,6 +161,7 @@ class FakeWorkerService final : public tlserve::v1::WorkerService::Service {
   std::map<std::string, std::string> blobs_ ABSL_GUARDED_BY(mu_);
   int fetches_ ABSL_GUARDED_BY(mu_) = 0;
   int drop_connections_ ABSL_GUARDED_BY(mu_) = 0;
+  bool hold_fetches_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<WorkerMessage> received_ ABSL_GUARDED_BY(mu_);
   grpc::ServerReaderWriter<ServerMessage, WorkerMessage>* stream_
       ABSL_GUARDED_BY(mu_) = nullptr;
@@ -365,6 +384,85 @@ TEST_F(WorkerAgentTest, ReportsAJobWhoseDatasetCannotBeFetched) {
   }));
   // The job's scratch folder is gone; the agent takes new work.
   EXPECT_FALSE(fs::exists(dir_ / "agent" / "jobs" / "job-1-a2"));
+}
+
+// SIGTERM's path with nothing running: the server is told, and the agent
+// stops by itself.
+TEST_F(WorkerAgentTest, DrainOfAnIdleWorkerTellsTheServerAndStops) {
+  StartAgent();
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kHeartbeat) >= 1;
+  }));
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] { drained = agent_->Drain(absl::Seconds(20)); });
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kDraining) == 1;
+  }));
+  drainer.join();
+  EXPECT_TRUE(drained);
+  runner_.join();  // Run() returns after the drain's Stop()
+  agent_.reset();
+}
+
+// A drain waits for the running job to hand itself back; an assignment
+// that crosses the WorkerDraining message goes straight back, handed back
+// so that it costs no attempt.
+TEST_F(WorkerAgentTest, DrainWaitsForTheJobAndHandsBackAJobAssignedMeanwhile) {
+  StartAgent();
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kHeartbeat) >= 1;
+  }));
+  // A job held in its first step: the dataset download waits for the test.
+  service_.HoldFetches(true);
+  ServerMessage first;
+  first.mutable_assign()->set_job_id("job-1");
+  first.mutable_assign()->set_attempt(1);
+  first.mutable_assign()->mutable_spec()->set_kind(tlserve::v1::PRETRAIN);
+  tlserve::v1::DatasetPart* part =
+      first.mutable_assign()->mutable_dataset()->add_parts();
+  part->set_role(tlserve::v1::TRAIN_IMAGES);
+  part->set_sha256(service_.AddBlob("images"));
+  ASSERT_TRUE(service_.Push(first));
+  ASSERT_TRUE(service_.WaitForFetch());
+
+  std::atomic<bool> returned{false};
+  bool drained = false;
+  std::thread drainer([&] {
+    drained = agent_->Drain(absl::Seconds(20));
+    returned = true;
+  });
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kDraining) == 1;
+  }));
+  ServerMessage second;
+  second.mutable_assign()->set_job_id("job-7");
+  second.mutable_assign()->set_attempt(3);
+  ASSERT_TRUE(service_.Push(second));
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    for (const WorkerMessage& msg : m) {
+      if (msg.has_finished() && msg.finished().job_id() == "job-7") {
+        return msg.finished().cancelled() && msg.finished().handed_back() &&
+               msg.finished().attempt() == 3;
+      }
+    }
+    return false;
+  }));
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(returned) << "the drain left a job running";
+
+  service_.HoldFetches(false);
+  drainer.join();
+  EXPECT_TRUE(drained);
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    for (const WorkerMessage& msg : m) {
+      if (msg.has_finished() && msg.finished().job_id() == "job-1") {
+        return msg.finished().cancelled() && msg.finished().handed_back();
+      }
+    }
+    return false;
+  }));
+  runner_.join();
+  agent_.reset();
 }
 
 }  // namespace

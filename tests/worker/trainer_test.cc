@@ -425,6 +425,101 @@ TEST(TrainerTest, StoppedMidEpochResumesToTheSameMetrics) {
   }
 }
 
+// A worker told to stop (SIGTERM) checkpoints the batch it got to and
+// hands the job back; resuming there ends exactly like a run never stopped.
+// With nothing trained since the last checkpoint there is nothing to store,
+// and a cancel outranks a hand-back.
+TEST(TrainerTest, HandBackCheckpointsWhereItStoppedAndResumesThere) {
+  const std::string dir = testing::MakeTempDir("hand_back");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.mutable_head()->set_dropout(0.3f);
+  input.spec.mutable_augment()->set_horizontal_flip(true);
+  input.spec.mutable_data()->set_validation_fraction(0.25f);
+  input.spec.set_checkpoint_every_seconds(3600);  // no timed checkpoints
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+
+  input.work_dir = testing::MakeTempDir("hand_back_full");
+  Recorder full;
+  absl::StatusOr<TrainJobOutput> a = RunTrainingJob(input, data, full.Callbacks());
+  ASSERT_TRUE(a.ok()) << a.status();
+
+  input.work_dir = testing::MakeTempDir("hand_back_stopped");
+  Recorder stopped;
+  TrainerCallbacks callbacks = stopped.Callbacks();
+  std::vector<std::pair<int, int64_t>> positions;
+  const std::string kept = dir + "/kept.pt";
+  callbacks.on_checkpoint = [&](int epoch, int64_t batch,
+                                const std::string& path) {
+    std::filesystem::copy_file(path, kept,
+                               std::filesystem::copy_options::overwrite_existing);
+    positions.emplace_back(epoch, batch);
+    return absl::OkStatus();
+  };
+  bool hand_back = false;
+  callbacks.on_progress = [&](const tlserve::v1::Progress& p) {
+    if (p.epoch() == 2 && p.batch() == 3) hand_back = true;
+  };
+  callbacks.should_hand_back = [&] { return hand_back; };
+  absl::StatusOr<TrainJobOutput> b = RunTrainingJob(input, data, callbacks);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->cancelled);
+  EXPECT_TRUE(b->handed_back);
+  EXPECT_TRUE(stopped.Logged("handed back during epoch 2"));
+  // Epoch 1 + 3 batches of epoch 2, and no other checkpoint.
+  EXPECT_THAT(positions, ElementsAre(std::make_pair(1, int64_t{3})));
+
+  input.work_dir = testing::MakeTempDir("hand_back_resumed");
+  input.resume_checkpoint_path = kept;
+  input.resume_epoch = 1;
+  Recorder resumed;
+  TrainerCallbacks resumed_callbacks = resumed.Callbacks();
+  absl::StatusOr<TrainJobOutput> c =
+      RunTrainingJob(input, data, resumed_callbacks);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(resumed.Logged("resumed from checkpoint inside epoch 2 after "
+                             "batch 3"));
+  EXPECT_EQ(a->result.test_loss(), c->result.test_loss());
+  auto sa = StateMap(torch::jit::load(a->artifact_path));
+  auto sc = StateMap(torch::jit::load(c->artifact_path));
+  ASSERT_EQ(sa.size(), sc.size());
+  for (const auto& [name, tensor] : sa) {
+    EXPECT_TRUE(torch::equal(tensor, sc[name])) << name << " differs";
+  }
+
+  // Told to stop straight after resuming: the checkpoint it resumed from
+  // already holds that position, so none is written.
+  input.work_dir = testing::MakeTempDir("hand_back_again");
+  Recorder again;
+  TrainerCallbacks again_callbacks = again.Callbacks();
+  int written = 0;
+  again_callbacks.on_checkpoint = [&](int, int64_t, const std::string&) {
+    ++written;
+    return absl::OkStatus();
+  };
+  again_callbacks.should_hand_back = [] { return true; };
+  absl::StatusOr<TrainJobOutput> d = RunTrainingJob(input, data, again_callbacks);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->cancelled);
+  EXPECT_TRUE(d->handed_back);
+  EXPECT_EQ(written, 0);
+
+  // Cancelled and asked to hand back: cancelled.
+  input.work_dir = testing::MakeTempDir("hand_back_cancelled");
+  input.resume_checkpoint_path.clear();
+  Recorder cancelled;
+  TrainerCallbacks cancel_callbacks = cancelled.Callbacks();
+  cancel_callbacks.should_stop = [] { return true; };
+  cancel_callbacks.should_hand_back = [] { return true; };
+  absl::StatusOr<TrainJobOutput> e = RunTrainingJob(input, data, cancel_callbacks);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_TRUE(e->cancelled);
+  EXPECT_FALSE(e->handed_back);
+}
+
 // A frozen backbone is left out of checkpoints: they hold the head (and
 // BatchNorm statistics), and resuming from one still ends the same.
 TEST(TrainerTest, FrozenBackboneCheckpointsHoldOnlyWhatTrains) {
