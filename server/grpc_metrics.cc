@@ -1,9 +1,11 @@
 #include "server/grpc_metrics.h"
 
+#include <algorithm>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "google/protobuf/descriptor.h"
 
 namespace tlserve {
@@ -17,13 +19,19 @@ prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return b;
 }
 
+// A client's x-request-id goes into logs as is, up to this many bytes.
+constexpr size_t kMaxRequestIdBytes = 128;
+
 // Times one call from its arrival (the interceptor is made then) to its
 // status; a call that ends without one (the client went away before the
-// handler finished) counts as CANCELLED when the call is destroyed.
+// handler finished) counts as CANCELLED when the call is destroyed. Logs
+// each call answered with an error, with the client's x-request-id.
 class MetricsInterceptor : public grpc::experimental::Interceptor {
  public:
-  MetricsInterceptor(GrpcMetrics* metrics, GrpcMetrics::Method* method)
-      : metrics_(metrics), method_(method), start_(absl::Now()) {}
+  MetricsInterceptor(GrpcMetrics* metrics, GrpcMetrics::Method* method,
+                     const char* path)
+      : metrics_(metrics), method_(method), path_(path == nullptr ? "" : path),
+        start_(absl::Now()) {}
   ~MetricsInterceptor() override {
     if (!recorded_) {
       metrics_->Handled(*method_, grpc::StatusCode::CANCELLED, absl::Now() - start_);
@@ -31,18 +39,50 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      if (auto* md = methods->GetRecvInitialMetadata(); md != nullptr) {
+        if (auto it = md->find("x-request-id"); it != md->end()) {
+          request_id_.assign(it->second.data(),
+                             std::min(it->second.size(), kMaxRequestIdBytes));
+        }
+      }
+    }
     if (!recorded_ && methods->QueryInterceptionHookPoint(
                           grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
       recorded_ = true;
-      metrics_->Handled(*method_, methods->GetSendStatus().error_code(),
-                        absl::Now() - start_);
+      const grpc::Status status = methods->GetSendStatus();
+      metrics_->Handled(*method_, status.error_code(), absl::Now() - start_);
+      if (!status.ok()) LogFailure(status);
     }
     methods->Proceed();
   }
 
  private:
+  void LogFailure(const grpc::Status& status) const {
+    const auto code = static_cast<absl::StatusCode>(status.error_code());
+    // Codes that point at the server rather than at the request.
+    const bool server_fault = code == absl::StatusCode::kInternal ||
+                              code == absl::StatusCode::kUnknown ||
+                              code == absl::StatusCode::kDataLoss ||
+                              code == absl::StatusCode::kUnimplemented;
+    const absl::string_view method =
+        method_->label == GrpcMetrics::kOtherMethod ? path_ : method_->label;
+    if (request_id_.empty()) {
+      Log(server_fault ? LogSeverity::kError : LogSeverity::kWarning, "rpc failed",
+          {{"method", method}, {"code", absl::StatusCodeToString(code)},
+           {"error", status.error_message()}});
+    } else {
+      Log(server_fault ? LogSeverity::kError : LogSeverity::kWarning, "rpc failed",
+          {{"method", method}, {"code", absl::StatusCodeToString(code)},
+           {"error", status.error_message()}, {"request_id", request_id_}});
+    }
+  }
+
   GrpcMetrics* metrics_;
   GrpcMetrics::Method* method_;  // owned by metrics_
+  absl::string_view path_;  // the server's method table outlives the call
+  std::string request_id_;  // the client's x-request-id, if it sent one
   absl::Time start_;
   bool recorded_ = false;
 };
@@ -54,7 +94,8 @@ class MetricsInterceptorFactory
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     const char* path = info->method();
-    return new MetricsInterceptor(metrics_, &metrics_->Find(path == nullptr ? "" : path));
+    return new MetricsInterceptor(metrics_, &metrics_->Find(path == nullptr ? "" : path),
+                                  path);
   }
 
  private:

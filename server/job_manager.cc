@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/log.h"
 #include "common/proto_time.h"
 #include "common/status_macros.h"
 #include "server/ids.h"
@@ -58,6 +59,13 @@ absl::Status JobManager::Transition(Job* job, JobState to,
   // then seen everything that led to it.
   extra.push_back(std::move(change));
   RETURN_IF_ERROR(store_->PutJob(*job, &extra, enter_queue));
+  Log(to == tlserve::v1::FAILED ? LogSeverity::kWarning : LogSeverity::kInfo,
+      "job state change",
+      {{"job_id", job->id()},
+       {"from", tlserve::v1::JobState_Name(extra.back().state_change().from())},
+       {"to", tlserve::v1::JobState_Name(to)},
+       {"attempt", job->attempt()},
+       {"reason", reason}});
   events_->Notify(job->id());
   // Counted only once stored: a failed write changed nothing.
   if (metrics_ != nullptr && IsFinalState(to)) {

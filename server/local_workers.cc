@@ -6,10 +6,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace tlserve {
 
@@ -35,22 +36,40 @@ pid_t LocalWorkers::Spawn(int index) {
   if (options_.threads_per_worker > 0) {
     args.push_back(absl::StrCat("--threads=", options_.threads_per_worker));
   }
+  // Workers log like the server, whichever source set its format.
+  args.push_back(absl::StrCat("--log_format=", AbslUnparseFlag(CurrentLogFormat())));
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // The workers inherit the environment (TLSERVE_DEVICE reaches them) but
+  // not the server's config file, nor its /metrics address, which they share
+  // the flag names of but must not share the port of.
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view var(*e);
+    if (absl::StartsWith(var, "TLSERVE_CONFIG=") ||
+        absl::StartsWith(var, "TLSERVE_METRICS_LISTEN=") ||
+        absl::StartsWith(var, "TLSERVE_METRICS_PORT_FILE=")) {
+      continue;
+    }
+    envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
+  if (access(argv[0], X_OK) != 0) {
+    Log(LogSeverity::kError, "cannot run the worker binary (--worker_binary)",
+        {{"path", options_.binary}, {"error", std::strerror(errno)}});
+  }
   pid_t pid = fork();
   if (pid == 0) {
     // The child dies with the server, even on SIGKILL of the server.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    std::fprintf(stderr, "tlserve: cannot start %s: %s\n", argv[0],
-                 std::strerror(errno));
-    _exit(127);
+    execve(argv[0], argv.data(), envp.data());
+    _exit(127);  // logged by Supervise as exit code 127
   }
   if (pid < 0) {
-    std::fprintf(stderr, "tlserve: fork failed: %s\n", std::strerror(errno));
+    Log(LogSeverity::kError, "fork failed", {{"error", std::strerror(errno)}});
   } else {
-    std::fprintf(stderr, "tlserve: started worker %s (pid %d)\n", id.c_str(), pid);
+    Log(LogSeverity::kInfo, "started worker", {{"worker_id", id}, {"pid", pid}});
   }
   return pid;
 }
@@ -68,9 +87,16 @@ void LocalWorkers::Supervise() {
         if (pids_[i] > 0) {
           int status = 0;
           if (waitpid(pids_[i], &status, WNOHANG) == pids_[i]) {
-            std::fprintf(stderr, "tlserve: worker local-%d (pid %d) exited (%s %d); restarting\n",
-                         i, pids_[i], WIFSIGNALED(status) ? "signal" : "code",
-                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            if (WIFSIGNALED(status)) {
+              Log(LogSeverity::kWarning, "worker exited; restarting",
+                  {{"worker_id", absl::StrCat("local-", i)}, {"pid", pids_[i]},
+                   {"signal", WTERMSIG(status)}});
+            } else {
+              // 127: execve failed (a wrong --worker_binary).
+              Log(LogSeverity::kWarning, "worker exited; restarting",
+                  {{"worker_id", absl::StrCat("local-", i)}, {"pid", pids_[i]},
+                   {"exit_code", WEXITSTATUS(status)}});
+            }
             pids_[i] = -1;
             restart_at[i] = absl::Now() + backoff[i];
             backoff[i] = std::min(backoff[i] * 2, absl::Seconds(10));

@@ -6,34 +6,54 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "common/config.h"
+#include "common/log.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address");
-ABSL_FLAG(int, port, -1, "shorthand for --listen=0.0.0.0:PORT (0: any free port)");
-ABSL_FLAG(std::string, data_dir, "./var", "folder for tlserve.db and blobs/");
-ABSL_FLAG(int, local_workers, 0, "tlworker processes to start and supervise");
-ABSL_FLAG(std::string, worker_binary, "", "path of tlworker (default: beside tlserve)");
-ABSL_FLAG(int, worker_threads, 0, "LibTorch threads per local worker (0: all cores)");
-ABSL_FLAG(double, lease_seconds, 10, "a worker silent this long is lost");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "gRPC listen address, host:port; port 0 takes any free port "
+          "(see --port_file)");
+ABSL_FLAG(int, port, -1,
+          "shorthand for --listen=0.0.0.0:PORT; 0 takes any free port, -1 "
+          "uses --listen");
+ABSL_FLAG(std::string, data_dir, "./var",
+          "folder for the job database (tlserve.db) and the blobs/ store "
+          "(datasets, backbones, checkpoints); created if missing");
+ABSL_FLAG(int, local_workers, 0,
+          "tlworker processes to start on this machine and restart when they "
+          "exit (0: none; workers then dial in from elsewhere)");
+ABSL_FLAG(std::string, worker_binary, "",
+          "path of the tlworker binary for --local_workers (empty: the "
+          "tlworker beside this tlserve)");
+ABSL_FLAG(int, worker_threads, 0,
+          "LibTorch threads per local worker (0: all cores)");
+ABSL_FLAG(double, lease_seconds, 10,
+          "seconds a worker may stay silent before it counts as lost and "
+          "its job is requeued");
 ABSL_FLAG(int, max_batch_size, 64,
-          "inference: inputs per batch sent to a worker (the dynamic batcher)");
+          "inference: most inputs per batch sent to a worker by the dynamic "
+          "batcher");
 ABSL_FLAG(int, max_queue_delay_us, 0,
           "inference: microseconds a call may wait for others to fill its "
           "batch while a worker is free (0: send at once)");
 ABSL_FLAG(int, max_inference_queue, 1024,
-          "inference: calls queued per model before RESOURCE_EXHAUSTED");
+          "inference: calls queued per model before new ones get "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, batches_per_worker, 2,
-          "inference: batches in flight per worker");
+          "inference: batches in flight per worker at once");
 ABSL_FLAG(bool, share_backbones, true,
           "inference: batch calls of models on the same frozen backbone "
           "together, running the backbone once per batch");
 ABSL_FLAG(std::string, metrics_listen, "",
-          "Prometheus /metrics address, e.g. 0.0.0.0:9464 (empty: none)");
-ABSL_FLAG(std::string, port_file, "", "write the chosen port here once serving");
+          "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
+          "takes any free port (empty: no /metrics)");
+ABSL_FLAG(std::string, port_file, "",
+          "file to write the gRPC port to once serving, for tests and "
+          "scripts that start tlserve on port 0 (empty: none)");
 ABSL_FLAG(std::string, metrics_port_file, "",
-          "write the /metrics port here once serving (with --metrics_listen=HOST:0)");
+          "file to write the /metrics port to once serving, with "
+          "--metrics_listen=HOST:0 (empty: none)");
 
 namespace {
 
@@ -50,7 +70,14 @@ void WritePortFile(const std::string& file, int port) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  tlserve::BinaryInfo info;
+  info.name = "tlserve";
+  info.usage =
+      "the tlserve control plane: the gRPC API for datasets, backbones, "
+      "fine-tuning jobs and inference, the job store and the scheduler that "
+      "hands jobs to tlworker processes.\n\nUsage: tlserve [--flag=value]...";
+  info.own_dirs = {"server", "common"};
+  tlserve::InitFlags(argc, argv, info);
   // Signals are taken by one thread with sigwait; block them everywhere else.
   sigset_t signals;
   sigemptyset(&signals);
@@ -79,16 +106,21 @@ int main(int argc, char** argv) {
 
   auto server = tlserve::Server::Start(options);
   if (!server.ok()) {
-    std::fprintf(stderr, "tlserve: %s\n", server.status().ToString().c_str());
+    tlserve::Log(tlserve::LogSeverity::kError, "cannot start",
+                 {{"error", server.status().ToString()}});
     return 1;
   }
   // The metrics port first: whoever waits for port_file then finds both.
   WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port());
   WritePortFile(absl::GetFlag(FLAGS_port_file), (*server)->port());
+  tlserve::Log(tlserve::LogSeverity::kInfo, "serving",
+               {{"port", (*server)->port()},
+                {"metrics_port", (*server)->metrics_port()},
+                {"data_dir", options.data_dir}});
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::fprintf(stderr, "tlserve: signal %d, shutting down\n", sig);
+    tlserve::Log(tlserve::LogSeverity::kInfo, "shutting down", {{"signal", sig}});
     (*server)->Shutdown();
   });
   (*server)->Wait();

@@ -1,8 +1,7 @@
 #include "server/scheduler.h"
 
-#include <cstdio>
-
 #include "absl/strings/str_format.h"
+#include "common/log.h"
 
 namespace tlserve {
 
@@ -65,9 +64,9 @@ absl::StatusOr<tlserve::v1::Registered> Scheduler::Connect(
     w.running_jobs.insert(held.begin(), held.end());
     kicked_ = true;
   }
-  std::fprintf(stderr, "tlserve: worker %s connected (%s, pid %lld)\n",
-               id.c_str(), hello.device().c_str(),
-               static_cast<long long>(hello.pid()));
+  Log(LogSeverity::kInfo, "worker connected",
+      {{"worker_id", id}, {"device", hello.device()},
+       {"pid", static_cast<long long>(hello.pid())}});
   return registered;
 }
 
@@ -88,8 +87,8 @@ void Scheduler::DropWorker(const std::string& worker_id,
     absl::MutexLock lock(&mu_);
     if (workers_.erase(worker_id) == 0) return;
   }
-  std::fprintf(stderr, "tlserve: worker %s lost: %s\n", worker_id.c_str(),
-               reason.c_str());
+  Log(LogSeverity::kWarning, "worker lost",
+      {{"worker_id", worker_id}, {"reason", reason}});
   jobs_->OnWorkerLost(worker_id, reason);
   if (sink_ != nullptr) sink_->OnWorkerGone(worker_id);
 }
@@ -98,8 +97,9 @@ void Scheduler::HandleRejected(const std::string& worker_id,
                                const std::string& job_id,
                                const absl::Status& status) {
   if (status.ok()) return;
-  std::fprintf(stderr, "tlserve: update from %s refused: %s\n",
-               worker_id.c_str(), std::string(status.message()).c_str());
+  Log(LogSeverity::kWarning, "worker update refused",
+      {{"worker_id", worker_id}, {"job_id", job_id},
+       {"error", status.message()}});
   if (absl::IsAborted(status)) {
     // A fenced (stale) attempt: make the worker stop it.
     CancelAttempt(worker_id, job_id, 0);
@@ -144,15 +144,15 @@ void Scheduler::OnMessage(const std::string& worker_id,
     case WorkerMessage::kFinished: {
       absl::Status s = jobs_->OnFinished(worker_id, message.finished());
       if (!s.ok() && !absl::IsAborted(s)) {
-        std::fprintf(stderr, "tlserve: finishing job %s failed: %s\n",
-                     message.finished().job_id().c_str(),
-                     std::string(s.message()).c_str());
+        Log(LogSeverity::kError, "finishing job failed",
+            {{"job_id", message.finished().job_id()},
+             {"worker_id", worker_id}, {"error", s.message()}});
       }
       break;
     }
     case WorkerMessage::kDraining:
-      std::fprintf(stderr, "tlserve: worker %s is draining: %s\n",
-                   worker_id.c_str(), message.draining().reason().c_str());
+      Log(LogSeverity::kInfo, "worker draining: no new work for it",
+          {{"worker_id", worker_id}, {"reason", message.draining().reason()}});
       break;
     case WorkerMessage::kInferenceReply:
       if (sink_ != nullptr) sink_->OnInferenceReply(worker_id, message.inference_reply());
@@ -260,8 +260,8 @@ void Scheduler::Dispatch() {
   for (const auto& [id, device] : idle) {
     auto claimed = jobs_->ClaimNextJob(id, device);
     if (!claimed.ok()) {
-      std::fprintf(stderr, "tlserve: claiming a job failed: %s\n",
-                   std::string(claimed.status().message()).c_str());
+      Log(LogSeverity::kError, "claiming a job failed",
+          {{"worker_id", id}, {"error", claimed.status().message()}});
       return;
     }
     if (!claimed->has_value()) return;  // Queue empty (for this device).

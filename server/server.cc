@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -151,8 +152,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
     s->local_workers_ = std::make_unique<LocalWorkers>(lw);
     s->local_workers_->Start();
   }
-  std::fprintf(stderr, "tlserve: serving on port %d, data in %s\n", s->port_,
-               options.data_dir.c_str());
   return s;
 }
 
@@ -178,9 +177,8 @@ void Server::Shutdown(absl::Duration grace) {
   std::thread closer([this, deadline] {
     events_->Close();
     if (!router_->WaitIdle(deadline)) {
-      std::fprintf(stderr,
-                   "tlserve: inference calls still running at the end of "
-                   "the grace period\n");
+      Log(LogSeverity::kWarning,
+          "inference calls still running at the end of the grace period");
     }
     scheduler_->CloseAllWorkers("tlserve is shutting down");
   });

@@ -6,15 +6,15 @@
 
 #include <atomic>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/config.h"
+#include "common/log.h"
 #include "prometheus/registry.h"
 #include "worker/allocator.h"
 #include "worker/connection.h"
@@ -22,11 +22,6 @@
 #include "worker/worker_metrics.h"
 
 namespace {
-
-std::string DefaultServer() {
-  const char* env = std::getenv("TLSERVE_SERVER");
-  return env != nullptr && env[0] != '\0' ? env : "127.0.0.1:50051";
-}
 
 std::string DefaultWorkerId() {
   char host[256] = {};
@@ -46,31 +41,44 @@ void WritePortFile(const std::string& file, int port) {
 
 }  // namespace
 
-ABSL_FLAG(std::string, server, DefaultServer(),
-          "tlserve address host:port (default: $TLSERVE_SERVER or "
-          "127.0.0.1:50051)");
+ABSL_FLAG(std::string, server, "127.0.0.1:50051",
+          "tlserve address to dial, host:port (TLSERVE_SERVER sets it like "
+          "any flag)");
 ABSL_FLAG(std::string, worker_id, "",
-          "name of this worker (default: <hostname>-<pid>)");
+          "name of this worker in tlserve's scheduler and logs; must be "
+          "unique per server (empty: <hostname>-<pid>)");
 ABSL_FLAG(std::string, cache_dir, "",
-          "blob cache and job scratch folder (default: "
-          "./var/worker-cache/<worker_id>)");
+          "folder for the blob cache and job scratch files; created if "
+          "missing (empty: ./var/worker-cache/<worker_id>)");
 ABSL_FLAG(int, threads, static_cast<int>(std::thread::hardware_concurrency()),
-          "LibTorch threads for training and for each inference batch (0: LibTorch's default)");
-ABSL_FLAG(std::string, device, "cpu", "device to train on: cpu or cuda:N");
+          "LibTorch threads for training and for each inference batch "
+          "(default: this machine's cores; 0: LibTorch's own choice)");
+ABSL_FLAG(std::string, device, "cpu",
+          "device to train and infer on: cpu, or cuda:N for GPU N");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "fix glibc's malloc thresholds so freed tensor buffers are reused "
-          "(worker/allocator.h); false: glibc's defaults");
+          "instead of returned to the OS (worker/allocator.h); false: "
+          "glibc's defaults");
 ABSL_FLAG(double, drain_seconds, 60,
           "on SIGTERM/SIGINT: seconds to checkpoint and hand back the "
           "running job and finish held inference calls before stopping; a "
           "second signal stops at once");
 ABSL_FLAG(std::string, metrics_listen, "",
-          "Prometheus /metrics address, e.g. 0.0.0.0:9465 (empty: none)");
+          "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9465; port 0 "
+          "takes any free port (empty: no /metrics)");
 ABSL_FLAG(std::string, metrics_port_file, "",
-          "write the /metrics port here once serving (with --metrics_listen=HOST:0)");
+          "file to write the /metrics port to once serving, with "
+          "--metrics_listen=HOST:0 (empty: none)");
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  tlserve::BinaryInfo info;
+  info.name = "tlworker";
+  info.usage =
+      "a tlserve worker: dials tlserve and runs the fine-tuning jobs and "
+      "inference batches it is given, with LibTorch.\n\nUsage: tlworker "
+      "[--flag=value]...";
+  info.own_dirs = {"worker", "common"};
+  tlserve::InitFlags(argc, argv, info);
   if (absl::GetFlag(FLAGS_keep_freed_memory)) {
     tlserve::worker::KeepFreedTensorMemoryForReuse();
   }
@@ -95,8 +103,9 @@ int main(int argc, char** argv) {
   const std::string worker_id = options.worker_id;
   options.on_connection_change = [worker_id](bool connected,
                                              const std::string& detail) {
-    std::fprintf(stderr, "tlworker %s: %s%s\n", worker_id.c_str(),
-                 connected ? "" : "disconnected: ", detail.c_str());
+    tlserve::Log(connected ? tlserve::LogSeverity::kInfo : tlserve::LogSeverity::kWarning,
+                 connected ? detail : absl::StrCat("disconnected: ", detail),
+                 {{"worker_id", worker_id}});
   };
 
   auto registry = std::make_shared<prometheus::Registry>();
@@ -106,7 +115,8 @@ int main(int argc, char** argv) {
   if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
     auto started = tlserve::worker::MetricsHttpServer::Start(listen, registry);
     if (!started.ok()) {
-      std::fprintf(stderr, "tlworker: %s\n", started.status().ToString().c_str());
+      tlserve::Log(tlserve::LogSeverity::kError, "cannot serve /metrics",
+                   {{"error", started.status().ToString()}});
       return 1;
     }
     metrics_server = *std::move(started);
@@ -115,7 +125,8 @@ int main(int argc, char** argv) {
 
   auto agent = tlserve::worker::WorkerAgent::Create(options);
   if (!agent.ok()) {
-    std::fprintf(stderr, "tlworker: %s\n", agent.status().ToString().c_str());
+    tlserve::Log(tlserve::LogSeverity::kError, "cannot start",
+                 {{"error", agent.status().ToString()}});
     return 1;
   }
   tlserve::worker::WorkerAgent* raw = agent->get();
@@ -128,19 +139,23 @@ int main(int argc, char** argv) {
   std::thread waiter([raw, signals, drain, &run_returned, &drainer] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::fprintf(stderr,
-                 "tlworker: signal %d, draining for up to %s (a second "
-                 "signal stops at once)\n",
-                 sig, absl::FormatDuration(drain).c_str());
+    tlserve::Log(tlserve::LogSeverity::kInfo,
+                 "draining: the running job is checkpointed and handed back; "
+                 "a second signal stops at once",
+                 {{"signal", sig},
+                  {"drain_seconds", absl::ToDoubleSeconds(drain)}});
     drainer = std::thread([raw, drain] {
       const bool drained = raw->Drain(drain);
-      std::fprintf(stderr, "tlworker: %s, stopping\n",
-                   drained ? "drained" : "drain time is up");
+      tlserve::Log(drained ? tlserve::LogSeverity::kInfo
+                           : tlserve::LogSeverity::kWarning,
+                   drained ? "drained, stopping"
+                           : "drain time is up, stopping");
     });
     const timespec slice = {0, 100 * 1000 * 1000};
     while (!run_returned) {
       if (sigtimedwait(&signals, nullptr, &slice) > 0) {
-        std::fprintf(stderr, "tlworker: second signal, stopping now\n");
+        tlserve::Log(tlserve::LogSeverity::kWarning,
+                     "second signal, stopping now");
         raw->Stop();
         break;
       }
