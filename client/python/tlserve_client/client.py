@@ -293,22 +293,46 @@ class Client:
 
     # --- Backbones and models ---
 
-    def upload_backbone(self, source: Source, name: str, *, channels: int, height: int,
-                        width: int, mean: Sequence[float] = (), std: Sequence[float] = (),
-                        fit: Optional[str] = None, shorter_side: int = 0,
+    def upload_backbone(self, source: Source, name: str,
+                        input_spec: Union[common_pb2.InputSpec, Mapping, str, None] = None, *,
+                        channels: Optional[int] = None, height: Optional[int] = None,
+                        width: Optional[int] = None, mean: Optional[Sequence[float]] = None,
+                        std: Optional[Sequence[float]] = None, fit: Optional[str] = None,
+                        shorter_side: Optional[int] = None,
                         request_id: str = "") -> model_pb2.Backbone:
         """Uploads a TorchScript feature extractor ([N,C,H,W] floats in
-        [0,1] -> [N,D]) from a path or bytes. `mean`/`std`: one value per
-        channel, applied inside the model. `fit`: "stretch" (default) or
-        "resize_center_crop" (torchvision's Resize(shorter_side) +
-        CenterCrop)."""
+        [0,1] -> [N,D]) from a path or bytes.
+
+        Its input: `input_spec` as an InputSpec, a dict in InputSpec's JSON
+        form, or the path of such a JSON file (tools/export_backbone.py
+        writes one beside the model); keywords override its fields. `mean`
+        and `std` have one value per channel, applied inside the model;
+        `fit` is "stretch" (default) or "resize_center_crop" (torchvision's
+        Resize(shorter_side) + CenterCrop)."""
         blob = _Blob(source)
-        size, sha256 = blob.digest()
-        spec = common_pb2.InputSpec(channels=channels, height=height, width=width,
-                                    mean=list(mean), std=list(std))
+        spec = common_pb2.InputSpec()
+        try:
+            if isinstance(input_spec, common_pb2.InputSpec):
+                spec.CopyFrom(input_spec)
+            elif isinstance(input_spec, Mapping):
+                json_format.ParseDict(dict(input_spec), spec)
+            elif input_spec is not None:
+                with open(input_spec) as f:
+                    json_format.Parse(f.read(), spec)
+        except json_format.ParseError as e:
+            raise ValueError(f"bad input spec: {e}") from e
+        for field, value in (("channels", channels), ("height", height), ("width", width)):
+            if value is not None:
+                setattr(spec, field, value)
+        if mean is not None:
+            spec.mean[:] = list(mean)
+        if std is not None:
+            spec.std[:] = list(std)
         if fit is not None:
             spec.fit.mode = _enum_value(common_pb2.InputFit.Mode, fit, "input fit")
+        if shorter_side is not None:
             spec.fit.shorter_side = shorter_side
+        size, sha256 = blob.digest()
         header = model_pb2.BackboneUploadHeader(name=name, input_spec=spec, size_bytes=size,
                                                 sha256=sha256, request_id=request_id)
 

@@ -78,11 +78,13 @@ class ProgressPrinter:
     def on_event(self, event: job_pb2.JobEvent) -> None:
         kind = event.WhichOneof("kind")
         if kind == "progress":
-            self._total_epochs = event.progress.total_epochs
+            if event.progress.total_epochs > 0:
+                self._total_epochs = event.progress.total_epochs
             line = format_progress(event.progress, self._bar_width)
             if self._tty:
-                # Pad so a shorter line fully covers the previous one.
-                self._out.write("\r" + line.ljust(79))
+                # Back to the line's start and clear it: no leftovers from a
+                # longer previous line.
+                self._out.write("\r\033[K" + line)
                 self._bar_shown = True
             elif time.monotonic() - self._last_plain >= self._plain_interval:
                 self._out.write(line + "\n")
@@ -91,15 +93,23 @@ class ProgressPrinter:
             self._line(format_epoch(event.epoch_metrics, self._total_epochs))
         elif kind == "state_change":
             change = event.state_change
-            text = (f"{state_name(getattr(change, 'from'))} -> "
-                    f"{state_name(change.to)}")
+            previous = getattr(change, "from")  # a Python keyword
+            # A new job's first change comes from no state at all.
+            text = "state "
+            if previous != job_pb2.JOB_STATE_UNSPECIFIED:
+                text += f"{state_name(previous)} -> "
+            text += state_name(change.to)
             if change.reason:
-                text += f" ({change.reason})"
+                text += f": {change.reason}"
             self._line(text)
         elif kind == "checkpoint":
-            self._line(f"checkpoint after epoch {event.checkpoint.epoch}")
+            checkpoint = event.checkpoint
+            text = f"checkpoint: epoch {checkpoint.epoch}"
+            if checkpoint.batch > 0:
+                text += f" + {checkpoint.batch} batches of epoch {checkpoint.epoch + 1}"
+            self._line(text)
         elif kind == "message":
-            self._line(event.message)
+            self._line(f"note: {event.message}")
         self._out.flush()
 
     def finish(self) -> None:
@@ -111,6 +121,6 @@ class ProgressPrinter:
 
     def _line(self, text: str) -> None:
         if self._bar_shown:
-            self._out.write("\r" + " " * 79 + "\r")
+            self._out.write("\r\033[K")
             self._bar_shown = False
         self._out.write(text + "\n")
