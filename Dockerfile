@@ -95,10 +95,12 @@ CMD ["--cache_dir=/var/cache/tlworker", "--device=cpu"]
 # Last, so that a plain `docker build .` makes the server image.
 FROM runtime AS server
 COPY --from=build /out/server-packages.txt /tmp/packages.txt
+# sqlite3: for backup-data-dir.sh (docs/operations.md), run by kubectl exec.
 RUN apt-get update \
-    && xargs -a /tmp/packages.txt apt-get install -y --no-install-recommends \
+    && xargs -a /tmp/packages.txt apt-get install -y --no-install-recommends sqlite3 \
     && rm -rf /var/lib/apt/lists/* /tmp/packages.txt
 COPY --from=build /out/server/ /usr/local/bin/
+COPY --from=build /src/scripts/backup-data-dir.sh /usr/local/bin/backup-data-dir.sh
 USER 10001:10001
 WORKDIR /var/lib/tlserve
 # gRPC (with grpc.health.v1) and Prometheus /metrics.

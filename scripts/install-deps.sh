@@ -18,6 +18,8 @@ PACKAGES=(
   dataset-fashion-mnist
   # tests/deploy: yamllint, promtool (from prometheus), PyYAML.
   yamllint prometheus python3-yaml
+  # scripts/backup-data-dir.sh (and its test): SQLite's online backup.
+  sqlite3
 )
 # tests/deploy renders deploy/'s overlays with kubectl; Debian's (1.20) only
 # where there is none, so that a newer kubectl is never replaced.
