@@ -2,7 +2,17 @@
 
 namespace tlserve::worker {
 
-WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
+namespace {
+
+DeviceMetrics::Options DeviceOptions(const std::string& device) {
+  DeviceMetrics::Options options;
+  options.device = device;
+  return options;
+}
+
+}  // namespace
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& device)
     : samples_(prometheus::BuildCounter()
                    .Name("tlserve_worker_training_samples_total")
                    .Help("Training samples the worker has trained on (forward and backward)")
@@ -20,7 +30,8 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
                             .Name("tlserve_worker_checkpoint_written_bytes_total")
                             .Help("Bytes of checkpoint files the worker has written")
                             .Register(registry)
-                            .Add({})) {}
+                            .Add({})),
+      device_(std::make_unique<DeviceMetrics>(registry, DeviceOptions(device))) {}
 
 void WorkerMetrics::SamplesTrained(int64_t samples) {
   samples_.Increment(static_cast<double>(samples));

@@ -2,11 +2,14 @@
 #define TLSERVE_WORKER_WORKER_METRICS_H_
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "absl/time/time.h"
 #include "prometheus/counter.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "worker/device_metrics.h"
 
 namespace tlserve::worker {
 
@@ -15,10 +18,11 @@ namespace tlserve::worker {
 //   tlserve_worker_training_samples_total              samples trained on
 //   tlserve_worker_checkpoint_write_duration_seconds   one checkpoint's save
 //   tlserve_worker_checkpoint_written_bytes_total      bytes of those files
-// Thread-safe.
+// and the device series of DeviceMetrics for `device` (tlworker --device),
+// refreshed on a thread of their own. Thread-safe.
 class WorkerMetrics {
  public:
-  explicit WorkerMetrics(prometheus::Registry& registry);
+  explicit WorkerMetrics(prometheus::Registry& registry, const std::string& device = "cpu");
 
   void SamplesTrained(int64_t samples);
   void CheckpointWritten(absl::Duration took, int64_t bytes);
@@ -27,6 +31,7 @@ class WorkerMetrics {
   prometheus::Counter& samples_;
   prometheus::Histogram& checkpoint_seconds_;
   prometheus::Counter& checkpoint_bytes_;
+  std::unique_ptr<DeviceMetrics> device_;
 };
 
 }  // namespace tlserve::worker

@@ -335,6 +335,16 @@ TEST_F(PrometheusTest, SeesJobInferenceAndGrpcSeriesMoveAndTheTextPassesPromtool
       {"tlserve_worker_training_samples_total", equal(64), "64"},
       {"tlserve_worker_checkpoint_write_duration_seconds_count", at_least(1), ">= 1"},
       {"tlserve_worker_checkpoint_written_bytes_total", at_least(1000), ">= 1000"},
+      // Its device series; device="cpu" is the worker process itself (its
+      // resident memory holds LibTorch, far more than 1 MiB).
+      {"tlserve_worker_device_memory_used_bytes{device=\"cpu\"}", at_least(1 << 20),
+       ">= 1 MiB"},
+      {"tlserve_worker_device_memory_total_bytes{device=\"cpu\"}"
+       " - tlserve_worker_device_memory_used_bytes{device=\"cpu\"}",
+       [](double v) { return v > 0; }, "> 0"},
+      {"tlserve_worker_device_utilization_ratio{device=\"cpu\"}",
+       [](double v) { return v >= 0 && v <= 1; }, "in [0, 1]"},
+      {"process_cpu_seconds_total{job=\"tlworker\"}", [](double v) { return v > 0; }, "> 0"},
   };
   for (const auto& check : checks) {
     const std::optional<double> got = WaitForQuery(prometheus_port_, check.promql, check.ok);

@@ -58,6 +58,10 @@ TEST(MetricsHttpServerTest, ServesTheWorkerSeriesOnMetricsAndNothingElse) {
   EXPECT_THAT(answer, HasSubstr("\ntlserve_worker_checkpoint_written_bytes_total 5000\n"));
   EXPECT_THAT(answer,
               HasSubstr("\ntlserve_worker_checkpoint_write_duration_seconds_count 1\n"));
+  // WorkerMetrics's device series (device="cpu" by default) are served too.
+  EXPECT_THAT(answer, HasSubstr("\ntlserve_worker_device_memory_used_bytes{device=\"cpu\"} "));
+  EXPECT_THAT(answer, HasSubstr("\ntlserve_worker_device_memory_total_bytes{device=\"cpu\"} "));
+  EXPECT_THAT(answer, HasSubstr("\nprocess_cpu_seconds_total "));
 
   EXPECT_THAT(Fetch((*server)->port(), "/"), StartsWith("HTTP/1.0 404"));
   server->reset();  // stops within its poll interval
