@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
   };
 
   auto registry = std::make_shared<prometheus::Registry>();
-  tlserve::worker::WorkerMetrics metrics(*registry);
+  tlserve::worker::WorkerMetrics metrics(*registry, options.device);
   options.metrics = &metrics;
   std::unique_ptr<tlserve::worker::MetricsHttpServer> metrics_server;
   if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
