@@ -34,6 +34,21 @@ void SetDeadline(grpc::ClientContext* ctx, absl::Time deadline) {
   }
 }
 
+// A failed call's status, with the request id the server logged it under
+// (sent back in the trailers) added, so that a user can quote it.
+absl::Status CallStatus(const grpc::ClientContext& ctx,
+                        const grpc::Status& status) {
+  absl::Status out = FromGrpcStatus(status);
+  if (out.ok()) return out;
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  auto it = trailers.find("x-request-id");
+  if (it == trailers.end()) return out;
+  return absl::Status(
+      out.code(), absl::StrCat(out.message(), " (request id ",
+                               std::string(it->second.data(), it->second.size()),
+                               ")"));
+}
+
 absl::Status ErrnoStatus(const char* what, const std::string& path) {
   int err = errno;
   std::string message = absl::StrCat(what, " '", path, "': ", strerror(err));
@@ -79,9 +94,9 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
 // Sends requests on a client stream, then collects the response. A Write
 // that fails means the server ended the call: Finish says why.
 template <typename Writer>
-absl::Status FinishUpload(Writer& writer) {
+absl::Status FinishUpload(const grpc::ClientContext& ctx, Writer& writer) {
   writer->WritesDone();
-  return FromGrpcStatus(writer->Finish());
+  return CallStatus(ctx, writer->Finish());
 }
 
 template <typename Page, typename Item, typename Fetch, typename Items>
@@ -198,7 +213,7 @@ Client::Client(Options options, std::shared_ptr<grpc::Channel> channel)
     SetDeadline(&ctx, absl::Now() + options_.timeout);            \
     Response response;                                            \
     grpc::Status status = stub->method(&ctx, request, &response); \
-    if (!status.ok()) return FromGrpcStatus(status);              \
+    if (!status.ok()) return CallStatus(ctx, status);             \
     return response;                                              \
   } while (0)
 
@@ -243,7 +258,7 @@ absl::StatusOr<v1::Dataset> Client::UploadDatasetFiles(
       return read;
     }
   }
-  RETURN_IF_ERROR(FinishUpload(writer));
+  RETURN_IF_ERROR(FinishUpload(ctx, writer));
   return dataset;
 }
 
@@ -277,7 +292,7 @@ absl::Status Client::DeleteDataset(const std::string& id) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, absl::Now() + options_.timeout);
   google::protobuf::Empty response;
-  return FromGrpcStatus(datasets_->DeleteDataset(&ctx, request, &response));
+  return CallStatus(ctx, datasets_->DeleteDataset(&ctx, request, &response));
 }
 
 absl::StatusOr<v1::Backbone> Client::UploadBackbone(
@@ -310,7 +325,7 @@ absl::StatusOr<v1::Backbone> Client::UploadBackbone(
       return read;
     }
   }
-  RETURN_IF_ERROR(FinishUpload(writer));
+  RETURN_IF_ERROR(FinishUpload(ctx, writer));
   return backbone;
 }
 
@@ -407,7 +422,7 @@ absl::StatusOr<std::string> Client::ExportModel(const std::string& id,
   }
   grpc::Status status = reader->Finish();
   RETURN_IF_ERROR(write_status);
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) return CallStatus(ctx, status);
   if (expected_bytes < 0) {
     return absl::DataLossError(
         absl::StrCat("export of model '", id, "' sent no data"));
@@ -555,7 +570,7 @@ absl::StatusOr<v1::PredictResponse> Client::Predict(
   SetDeadline(&ctx, absl::Now() + deadline);
   v1::PredictResponse response;
   grpc::Status status = inference_->Predict(&ctx, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) return CallStatus(ctx, status);
   return response;
 }
 
@@ -565,7 +580,7 @@ absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request,
   SetDeadline(&ctx, absl::Now() + deadline);
   v1::EmbedResponse response;
   grpc::Status status = inference_->Embed(&ctx, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) return CallStatus(ctx, status);
   return response;
 }
 

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "server/ids.h"
 #include "google/protobuf/descriptor.h"
 
 namespace tlserve {
@@ -25,7 +26,8 @@ constexpr size_t kMaxRequestIdBytes = 128;
 // Times one call from its arrival (the interceptor is made then) to its
 // status; a call that ends without one (the client went away before the
 // handler finished) counts as CANCELLED when the call is destroyed. Logs
-// each call answered with an error, with the client's x-request-id.
+// each call answered with an error with its request id (the client's
+// x-request-id, or one made here), which goes back in the trailers.
 class MetricsInterceptor : public grpc::experimental::Interceptor {
  public:
   MetricsInterceptor(GrpcMetrics* metrics, GrpcMetrics::Method* method,
@@ -53,7 +55,16 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
       recorded_ = true;
       const grpc::Status status = methods->GetSendStatus();
       metrics_->Handled(*method_, status.error_code(), absl::Now() - start_);
-      if (!status.ok()) LogFailure(status);
+      if (!status.ok()) {
+        // The id goes back with the error, so that whoever saw it can find
+        // this call's log line; a call without one gets one.
+        if (request_id_.empty()) request_id_ = NewId("req");
+        if (auto* trailers = methods->GetSendTrailingMetadata();
+            trailers != nullptr && trailers->count("x-request-id") == 0) {
+          trailers->emplace("x-request-id", request_id_);
+        }
+        LogFailure(status);
+      }
     }
     methods->Proceed();
   }
@@ -68,21 +79,16 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
                               code == absl::StatusCode::kUnimplemented;
     const absl::string_view method =
         method_->label == GrpcMetrics::kOtherMethod ? path_ : method_->label;
-    if (request_id_.empty()) {
-      Log(server_fault ? LogSeverity::kError : LogSeverity::kWarning, "rpc failed",
-          {{"method", method}, {"code", absl::StatusCodeToString(code)},
-           {"error", status.error_message()}});
-    } else {
-      Log(server_fault ? LogSeverity::kError : LogSeverity::kWarning, "rpc failed",
-          {{"method", method}, {"code", absl::StatusCodeToString(code)},
-           {"error", status.error_message()}, {"request_id", request_id_}});
-    }
+    Log(server_fault ? LogSeverity::kError : LogSeverity::kWarning, "rpc failed",
+        {{"method", method}, {"code", absl::StatusCodeToString(code)},
+         {"error", status.error_message()}, {"request_id", request_id_}});
   }
 
   GrpcMetrics* metrics_;
   GrpcMetrics::Method* method_;  // owned by metrics_
   absl::string_view path_;  // the server's method table outlives the call
-  std::string request_id_;  // the client's x-request-id, if it sent one
+  // The client's x-request-id; on an error without one, one made here.
+  std::string request_id_;
   absl::Time start_;
   bool recorded_ = false;
 };

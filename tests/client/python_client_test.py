@@ -181,6 +181,9 @@ class PythonClientTest(unittest.TestCase):
         with self.assertRaises(TlserveError) as raised:
             self.client.get_job("job-missing")
         self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        # The id the server logged the failure under comes with the error.
+        self.assertRegex(raised.exception.request_id, r"^req-[0-9a-f]{16}$")
+        self.assertIn(f"(request id {raised.exception.request_id})", str(raised.exception))
 
     def test_an_image_that_does_not_decode_is_invalid_argument(self):
         with self.assertRaises(TlserveError) as raised:

@@ -26,6 +26,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -154,6 +155,24 @@ TEST(TlserveConfigTest, FileEnvironmentAndCommandLineTogetherWithJsonLogs) {
     request.set_id("no-such-job");
     tlserve::v1::Job job;
     EXPECT_EQ(stub->GetJob(&context, request, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+    // It comes back in the trailers, as sent.
+    auto echoed = context.GetServerTrailingMetadata().find("x-request-id");
+    ASSERT_NE(echoed, context.GetServerTrailingMetadata().end());
+    EXPECT_EQ(std::string(echoed->second.data(), echoed->second.size()), "req-\"42\"");
+  }
+  // Without one, the server makes one up, logs it, and sends it back: the
+  // client library adds it to the error its caller sees.
+  std::string made_id;
+  {
+    auto client = tlserve::Client::Connect(tlserve::Client::Options{.target = absl::StrCat("127.0.0.1:", port)});
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::StatusOr<tlserve::v1::Job> job = (*client)->GetJob("no-such-job-either");
+    ASSERT_TRUE(absl::IsNotFound(job.status())) << job.status();
+    const std::string message(job.status().message());
+    const size_t at = message.find(" (request id req-");
+    ASSERT_NE(at, std::string::npos) << message;
+    made_id = message.substr(at + 13, message.size() - at - 14);
+    EXPECT_EQ(made_id.size(), 20u) << made_id;  // "req-" and 16 hex digits
   }
 
   server.Signal(SIGTERM);
@@ -173,12 +192,13 @@ TEST(TlserveConfigTest, FileEnvironmentAndCommandLineTogetherWithJsonLogs) {
       "assert serving and serving[0][\"port\"] == int(sys.argv[2]), records\n"
       "assert any(r[\"msg\"] == \"shutting down\" for r in records), records\n"
       "failed = [r for r in records if r[\"msg\"] == \"rpc failed\"]\n"
-      "assert len(failed) == 1, records\n"
+      "assert len(failed) == 2, records\n"
+      "assert failed[1][\"request_id\"] == sys.argv[3], failed\n"
       "assert failed[0][\"method\"] == \"tlserve.v1.JobService/GetJob\", failed\n"
       "assert failed[0][\"code\"] == \"NOT_FOUND\", failed\n"
       "assert failed[0][\"request_id\"] == \"req-\\\"42\\\"\", failed\n"
       "' ",
-      log, " ", port);
+      log, " ", port, " ", made_id);
   EXPECT_EQ(std::system(check.c_str()), 0) << ReadFile(log);
 }
 

@@ -54,19 +54,28 @@ IDX_FILE_NAMES = {
 class TlserveError(Exception):
     """A call the server (or gRPC on the way) failed.
 
-    `code` is the grpc.StatusCode (e.g. grpc.StatusCode.NOT_FOUND) and
-    `message` the server's explanation."""
+    `code` is the grpc.StatusCode (e.g. grpc.StatusCode.NOT_FOUND),
+    `message` the server's explanation, and `request_id` the id the server
+    logged the failure under ("" when the call never reached it): quote it
+    to whoever runs the server."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = ""):
+        suffix = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"{code.name}: {message}{suffix}")
         self.code = code
         self.message = message
+        self.request_id = request_id
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> "TlserveError":
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = error.details() if hasattr(error, "details") else str(error)
-        return cls(code or grpc.StatusCode.UNKNOWN, details or "")
+        request_id = ""
+        if hasattr(error, "trailing_metadata"):
+            for key, value in error.trailing_metadata() or ():
+                if key == "x-request-id":
+                    request_id = value
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "", request_id)
 
 
 @dataclass(frozen=True)
