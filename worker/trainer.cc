@@ -935,6 +935,17 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
         logits, y,
         torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
             hyper_.label_smoothing));
+    // A loss that is no longer finite poisons every weight it touches:
+    // fail here, before the step, so no checkpoint ever holds it.
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "training diverged: the loss is %f at epoch %d, batch %d of %d "
+          "(learning rate %g); lower spec.optimizer.learning_rate or set "
+          "spec.grad_clip_norm. No checkpoint was written from this batch on",
+          loss_value, epoch, batch + 1, steps_per_epoch_,
+          base_lrs_.empty() ? 0.0 : base_lrs_[0] * factor));
+    }
     loss.backward();
     if (hyper_.grad_clip_norm > 0) {
       torch::nn::utils::clip_grad_norm_(all_params_, hyper_.grad_clip_norm);
@@ -943,7 +954,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
 
     const int64_t b = y.size(0);
     seen += b;
-    loss_sum += loss.item<double>() * b;
+    loss_sum += loss_value * b;
     correct += logits.argmax(1).eq(y).sum().item<int64_t>();
     ++batches_done_;
     trained_since_checkpoint_ = true;
@@ -1004,6 +1015,17 @@ absl::Status Trainer::Checkpoint(const TrainingCursor& cursor,
        absl::StrCat("checkpoint_epoch_", cursor.epoch, "_batch_", cursor.batch,
                     ".pt"))
           .string();
+  // A step can leave weights that are not finite while the loss before it
+  // was; such a checkpoint would only ever resume into the same failure.
+  for (const at::Tensor& p : all_params_) {
+    if (!torch::isfinite(p).all().item<bool>()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "training diverged: weights are no longer finite after epoch %d "
+          "batch %d; lower spec.optimizer.learning_rate or set "
+          "spec.grad_clip_norm. The checkpoint was not written",
+          cursor.epoch + (cursor.batch > 0 ? 1 : 0), cursor.batch));
+    }
+  }
   const EarlyStopper::State& state = stopper_->state();
   CheckpointExtras extras{state.best_epoch, state.best_value,
                           state.epochs_since_best, best_weights_};

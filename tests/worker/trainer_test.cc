@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <torch/script.h>
+#include <torch/serialize/input-archive.h>
 
 #include <atomic>
 #include <cstdio>
@@ -518,6 +519,46 @@ TEST(TrainerTest, HandBackCheckpointsWhereItStoppedAndResumesThere) {
   ASSERT_TRUE(e.ok()) << e.status();
   EXPECT_TRUE(e->cancelled);
   EXPECT_FALSE(e->handed_back);
+}
+
+// A loss that is no longer finite fails the job with a reason a person can
+// act on, before any checkpoint holds non-finite weights.
+TEST(TrainerTest, DivergingRunFailsBeforeAnyCheckpointIsPoisoned) {
+  const std::string dir = testing::MakeTempDir("diverge");
+  DecodedDataset data = testing::SyntheticDataset(3, 20, 5, 12, 1, 9);
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 8);
+  input.spec.set_checkpoint_every_seconds(1e-6f);  // after every batch
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 4);
+  // A normalisation by a (denormal) std of 1e-40 overflows the inputs to
+  // infinity, as a far too high learning rate does to weights in a few
+  // steps: the loss is not finite from the first batch.
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.backbone_input_spec.clear_std();
+  input.backbone_input_spec.add_std(1e-40f);
+  input.num_threads = 2;
+  input.work_dir = testing::MakeTempDir("diverge_run");
+  Recorder recorder;
+  TrainerCallbacks callbacks = recorder.Callbacks();
+  std::vector<std::string> kept;
+  callbacks.on_checkpoint = [&](int, int64_t, const std::string& path) {
+    kept.push_back(absl::StrCat(dir, "/kept_", kept.size(), ".pt"));
+    std::filesystem::copy_file(path, kept.back());
+    return absl::OkStatus();
+  };
+  absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, callbacks);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("training diverged"));
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("spec.optimizer.learning_rate"));
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("at epoch 1, batch 1 of"));
+  // It stopped before its first step, so nothing was stored, although a
+  // checkpoint was due after every batch.
+  EXPECT_TRUE(kept.empty());
+  EXPECT_TRUE(recorder.checkpoints.empty());
 }
 
 // A frozen backbone is left out of checkpoints: they hold the head (and
