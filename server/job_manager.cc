@@ -362,6 +362,15 @@ absl::Status JobManager::OnEpochDone(const std::string& worker_id,
                    LoadRunningAttempt(worker_id, done.job_id(), done.attempt()));
   std::vector<JobEvent> events(1, NewEvent());
   *events[0].mutable_epoch_metrics() = done.metrics();
+  // An epoch trained again (a lost attempt got past its last checkpoint)
+  // replaces what that attempt recorded for it and any later epoch, so the
+  // job's history is that of one run.
+  auto* metrics = job.mutable_metrics();
+  metrics->erase(std::remove_if(metrics->begin(), metrics->end(),
+                                [&](const tlserve::v1::EpochMetrics& m) {
+                                  return m.epoch() >= done.metrics().epoch();
+                                }),
+                 metrics->end());
   *job.add_metrics() = done.metrics();
   if (done.has_checkpoint()) {
     RETURN_IF_ERROR(

@@ -293,6 +293,43 @@ TEST_F(JobManagerTest, NextAttemptResumesFromLatestCheckpoint) {
   EXPECT_EQ(store_->ListCheckpoints(id)->size(), 1u);
 }
 
+// A lost attempt that recorded epochs past its last checkpoint: the next
+// attempt trains them again, and its metrics replace the lost ones, so the
+// job shows each epoch once.
+TEST_F(JobManagerTest, EpochTrainedAgainReplacesTheLostAttemptsMetrics) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  auto epoch_done = [&](const std::string& worker, int attempt, int epoch,
+                        float loss) {
+    tlserve::v1::JobEpochDone done;
+    done.set_job_id(id);
+    done.set_attempt(attempt);
+    done.mutable_metrics()->set_epoch(epoch);
+    done.mutable_metrics()->set_train_loss(loss);
+    if (epoch == 1) {
+      done.mutable_checkpoint()->set_epoch(1);
+      done.mutable_checkpoint()->set_sha256(*blobs_->Put("epoch 1"));
+    }
+    return manager_->OnEpochDone(worker, done);
+  };
+  Claim("w1");
+  ASSERT_TRUE(epoch_done("w1", 1, 1, 0.9f).ok());
+  ASSERT_TRUE(epoch_done("w1", 1, 2, 0.8f).ok());
+  ASSERT_TRUE(epoch_done("w1", 1, 3, 0.7f).ok());
+  manager_->OnWorkerLost("w1", "killed");
+  EXPECT_EQ(Claim("w2").resume_from().epoch(), 1);
+  ASSERT_TRUE(epoch_done("w2", 2, 2, 0.6f).ok());
+  Job job = *manager_->GetJob(id);
+  ASSERT_EQ(job.metrics_size(), 2);
+  EXPECT_EQ(job.metrics(0).epoch(), 1);
+  EXPECT_FLOAT_EQ(job.metrics(0).train_loss(), 0.9f);
+  EXPECT_EQ(job.metrics(1).epoch(), 2);
+  EXPECT_FLOAT_EQ(job.metrics(1).train_loss(), 0.6f);
+  ASSERT_TRUE(epoch_done("w2", 2, 3, 0.5f).ok());
+  job = *manager_->GetJob(id);
+  ASSERT_EQ(job.metrics_size(), 3);
+  EXPECT_FLOAT_EQ(job.metrics(2).train_loss(), 0.5f);
+}
+
 TEST_F(JobManagerTest, CheckpointInsideAnEpochIsWhereTheNextAttemptResumes) {
   std::string id = manager_->CreateJob(Spec(), "")->id();
   Claim("w1");
