@@ -186,13 +186,9 @@ absl::StatusOr<Job> JobManager::GetJob(const std::string& id) {
 }
 
 void JobManager::FillQueueEstimate(Job* job) {
-  auto queued = store_->QueuedJobs();
-  if (!queued.ok()) return;
-  int64_t position = -1;
-  for (size_t i = 0; i < queued->size(); ++i) {
-    if ((*queued)[i].id() == job->id()) position = static_cast<int64_t>(i);
-  }
-  if (position < 0) return;
+  auto ahead = store_->QueuePosition(job->id());
+  if (!ahead.ok()) return;
+  const int64_t position = *ahead;
   job->set_queue_position(position);
 
   const int workers = dispatcher_ != nullptr ? dispatcher_->ConnectedWorkers() : 0;
@@ -266,63 +262,69 @@ absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {
 absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
     const std::string& worker_id, const std::string& device) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::vector<Job> queued, store_->QueuedJobs());
   const bool has_cuda = absl::StartsWith(device, "cuda");
-  for (Job& job : queued) {
-    if (job.spec().device() == "cuda" && !has_cuda) continue;
-    AssignJob assign;
-    auto dataset = store_->GetDataset(job.spec().data().dataset_id());
-    if (!dataset.ok()) {
-      RETURN_IF_ERROR(Transition(&job, tlserve::v1::FAILED,
-                                 "dataset is gone: " +
-                                     std::string(dataset.status().message())));
-      continue;
-    }
-    *assign.mutable_dataset() = *dataset;
-    if (job.spec().kind() == tlserve::v1::FINE_TUNE) {
-      auto backbone = store_->GetBackbone(job.spec().backbone_id());
-      if (!backbone.ok()) {
-        RETURN_IF_ERROR(Transition(&job, tlserve::v1::FAILED,
-                                   "backbone is gone: " +
-                                       std::string(backbone.status().message())));
+  // The head of the queue almost always has a job this worker can run;
+  // the whole queue (thousands of jobs under load) is read only when not.
+  constexpr int kHeadOfQueue = 32;
+  for (int limit : {kHeadOfQueue, 0}) {
+    ASSIGN_OR_RETURN(std::vector<Job> queued, store_->QueuedJobs(limit));
+    for (Job& job : queued) {
+      if (job.spec().device() == "cuda" && !has_cuda) continue;
+      AssignJob assign;
+      auto dataset = store_->GetDataset(job.spec().data().dataset_id());
+      if (!dataset.ok()) {
+        RETURN_IF_ERROR(Transition(
+            &job, tlserve::v1::FAILED,
+            "dataset is gone: " + std::string(dataset.status().message())));
         continue;
       }
-      assign.mutable_backbone()->set_sha256(backbone->sha256());
-      assign.mutable_backbone()->set_size_bytes(backbone->size_bytes());
-      *assign.mutable_backbone_input_spec() = backbone->input_spec();
+      *assign.mutable_dataset() = *dataset;
+      if (job.spec().kind() == tlserve::v1::FINE_TUNE) {
+        auto backbone = store_->GetBackbone(job.spec().backbone_id());
+        if (!backbone.ok()) {
+          RETURN_IF_ERROR(Transition(
+              &job, tlserve::v1::FAILED,
+              "backbone is gone: " + std::string(backbone.status().message())));
+          continue;
+        }
+        assign.mutable_backbone()->set_sha256(backbone->sha256());
+        assign.mutable_backbone()->set_size_bytes(backbone->size_bytes());
+        *assign.mutable_backbone_input_spec() = backbone->input_spec();
+      }
+      const absl::Time now = options_.now();
+      job.set_attempt(job.attempt() + 1);
+      job.set_worker_id(worker_id);
+      const bool first_start = !job.has_start_time();
+      if (first_start) {
+        *job.mutable_start_time() = ToProtoTime(now);
+        job.set_queue_wait_seconds(
+            absl::ToDoubleSeconds(now - FromProtoTime(job.create_time())));
+      }
+      std::string resume;
+      if (job.has_latest_checkpoint()) {
+        *assign.mutable_resume_from() = job.latest_checkpoint();
+        const tlserve::v1::CheckpointInfo& from = job.latest_checkpoint();
+        resume = absl::StrFormat(
+            "; resuming from checkpoint of epoch %d%s (attempt %d, sha256 %s)",
+            from.epoch(),
+            from.batch() > 0 ? absl::StrFormat(" + %d batches of epoch %d",
+                                               from.batch(), from.epoch() + 1)
+                             : "",
+            from.attempt(), from.sha256().substr(0, 12));
+      }
+      assign.set_job_id(job.id());
+      assign.set_attempt(job.attempt());
+      *assign.mutable_spec() = job.spec();
+      RETURN_IF_ERROR(Transition(
+          &job, tlserve::v1::RUNNING,
+          absl::StrFormat("attempt %d of %d on worker %s%s", job.attempt(),
+                          job.spec().max_attempts(), worker_id, resume)));
+      if (metrics_ != nullptr && first_start) {
+        metrics_->JobStarted(absl::Seconds(job.queue_wait_seconds()));
+      }
+      return std::optional<AssignJob>(std::move(assign));
     }
-    const absl::Time now = options_.now();
-    job.set_attempt(job.attempt() + 1);
-    job.set_worker_id(worker_id);
-    const bool first_start = !job.has_start_time();
-    if (first_start) {
-      *job.mutable_start_time() = ToProtoTime(now);
-      job.set_queue_wait_seconds(
-          absl::ToDoubleSeconds(now - FromProtoTime(job.create_time())));
-    }
-    std::string resume;
-    if (job.has_latest_checkpoint()) {
-      *assign.mutable_resume_from() = job.latest_checkpoint();
-      const tlserve::v1::CheckpointInfo& from = job.latest_checkpoint();
-      resume = absl::StrFormat(
-          "; resuming from checkpoint of epoch %d%s (attempt %d, sha256 %s)",
-          from.epoch(),
-          from.batch() > 0 ? absl::StrFormat(" + %d batches of epoch %d",
-                                             from.batch(), from.epoch() + 1)
-                           : "",
-          from.attempt(), from.sha256().substr(0, 12));
-    }
-    assign.set_job_id(job.id());
-    assign.set_attempt(job.attempt());
-    *assign.mutable_spec() = job.spec();
-    RETURN_IF_ERROR(Transition(
-        &job, tlserve::v1::RUNNING,
-        absl::StrFormat("attempt %d of %d on worker %s%s", job.attempt(),
-                        job.spec().max_attempts(), worker_id, resume)));
-    if (metrics_ != nullptr && first_start) {
-      metrics_->JobStarted(absl::Seconds(job.queue_wait_seconds()));
-    }
-    return std::optional<AssignJob>(std::move(assign));
+    if (static_cast<int>(queued.size()) < kHeadOfQueue) break;
   }
   return std::optional<AssignJob>();
 }

@@ -89,8 +89,12 @@ class Store {
   absl::StatusOr<Page<tlserve::v1::Job>> ListJobs(
       tlserve::v1::JobState state, int page_size,
       const std::string& page_token);
-  // Every QUEUED job, in run order: priority high to low, then queue_seq.
-  absl::StatusOr<std::vector<tlserve::v1::Job>> QueuedJobs();
+  // QUEUED jobs in run order (priority high to low, then queue_seq): the
+  // first `limit`, or every one when limit <= 0.
+  absl::StatusOr<std::vector<tlserve::v1::Job>> QueuedJobs(int limit = 0);
+  // How many queued jobs run before job `id`; NOT_FOUND when it is not
+  // queued.
+  absl::StatusOr<int64_t> QueuePosition(const std::string& id);
   // Jobs in the given state (any order); used at start-up for recovery.
   absl::StatusOr<std::vector<tlserve::v1::Job>> JobsInState(
       tlserve::v1::JobState state);

@@ -55,6 +55,8 @@ class Cluster {
                                           absl::Duration timeout);
 
   Client& client() { return *client_; }
+  // The running server's pid, or -1.
+  pid_t server_pid() const { return server_ ? server_->pid() : -1; }
   const std::string& dir() const { return dir_; }
   std::string address() const;
   std::string ServerLog() const;

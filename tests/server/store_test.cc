@@ -417,6 +417,19 @@ TEST_F(StoreTest, QueuedJobsRunByPriorityThenFifo) {
 
   ASSERT_OK_AND_ASSIGN(auto running, store_->JobsInState(tlserve::v1::RUNNING));
   EXPECT_THAT(Ids(running), ElementsAre("e"));
+
+  // The head of the queue, and each job's place in it, agree with the
+  // whole list.
+  ASSERT_OK_AND_ASSIGN(auto head, store_->QueuedJobs(2));
+  EXPECT_THAT(Ids(head), ElementsAre("d", "b"));
+  for (size_t i = 0; i < queued.size(); ++i) {
+    ASSERT_OK_AND_ASSIGN(int64_t position, store_->QueuePosition(queued[i].id()));
+    EXPECT_EQ(position, static_cast<int64_t>(i)) << queued[i].id();
+  }
+  EXPECT_EQ(store_->QueuePosition("e").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->QueuePosition("nope").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(StoreTest, EventsGetIncreasingSequencesAndResume) {
