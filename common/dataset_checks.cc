@@ -71,8 +71,10 @@ uint64_t ImageContentHash(const Image& image) {
       reinterpret_cast<const char*>(image.pixels.data()), image.pixels.size()));
   const std::string hex = hasher.FinalHex();
   uint64_t value = 0;
-  // 16 hex digits always parse.
-  absl::SimpleHexAtoi(absl::string_view(hex.data(), 16), &value);
+  // 16 hex digits always parse; 0 is never returned in practice.
+  if (!absl::SimpleHexAtoi(absl::string_view(hex.data(), 16), &value)) {
+    return 0;
+  }
   return value;
 }
 

@@ -80,14 +80,21 @@ absl::StatusOr<std::vector<uint8_t>> Gunzip(std::string_view bytes,
   std::vector<uint8_t> out;
   // The gzip trailer's ISIZE (size mod 2^32) is a good first guess; +1 so
   // an exact guess does not force a regrow just to see the stream end.
+  // It is only the sender's word, though: deflate expands at most 1032:1,
+  // so a larger claim is capped there (a forged trailer on a 31-byte
+  // upload once made this allocate 4 GiB before inflating anything).
+  constexpr int64_t kMaxDeflateRatio = 1032;
   int64_t guess = int64_t{1} << 16;
   if (bytes.size() >= 18) {
     const auto* t =
         reinterpret_cast<const uint8_t*>(bytes.data() + bytes.size() - 4);
-    guess = std::max<int64_t>(guess,
-                              ((uint32_t{t[3]} << 24) | (uint32_t{t[2]} << 16) |
-                               (uint32_t{t[1]} << 8) | t[0]) +
-                                  int64_t{1});
+    const int64_t isize = (uint32_t{t[3]} << 24) | (uint32_t{t[2]} << 16) |
+                          (uint32_t{t[1]} << 8) | t[0];
+    guess = std::max<int64_t>(
+        guess,
+        std::min<int64_t>(isize, static_cast<int64_t>(bytes.size()) *
+                                     kMaxDeflateRatio) +
+            1);
   }
   out.resize(std::min<int64_t>(max_bytes, guess));
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));

@@ -2,6 +2,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
 #include <zlib.h>
@@ -181,6 +182,24 @@ TEST(ParseIdxTest, EnforcesGunzipLimit) {
   limits.max_idx_bytes = 1000;
   std::string big = Gzip(Idx({2000}, std::vector<uint8_t>(2000)));
   ExpectInvalid(ParseIdx(big, limits).status(), "after gunzip");
+}
+
+// The gzip trailer's size is the sender's claim. tests/fuzz/idx_fuzzer
+// found that a forged one (4 GiB on a 31-byte file) made ParseIdx allocate
+// and zero that much before inflating a byte (corpus/idx/forged_gzip_size).
+TEST(ParseIdxTest, DoesNotTrustTheGzipSizeTrailer) {
+  DatasetLimits limits;
+  limits.max_idx_bytes = int64_t{1} << 30;
+  std::string gz = Gzip(Idx({3}, {1, 2, 3}));
+  for (size_t i = gz.size() - 4; i < gz.size(); ++i) gz[i] = '\xff';
+  rusage before{};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
+  // zlib checks the trailer against what it inflated.
+  ExpectInvalid(ParseIdx(gz, limits).status(), "corrupt gzip");
+  rusage after{};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &after), 0);
+  // Peak resident KiB: the buggy version grew it by the whole 1 GiB.
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 * 1024);
 }
 
 // ---- LoadDataset: IDX
