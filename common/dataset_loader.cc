@@ -68,8 +68,13 @@ Image Fit(Image image, const DatasetLoadOptions& options) {
 // ---- IDX
 // ---------------------------------------------------------------------
 
+// Inflates at most max_bytes. prefix: stopping there is success (the
+// caller wants only the start); otherwise more output is an error, with
+// `excess` as its message when given.
 absl::StatusOr<std::vector<uint8_t>> Gunzip(std::string_view bytes,
-                                            int64_t max_bytes) {
+                                            int64_t max_bytes,
+                                            bool prefix = false,
+                                            std::string_view excess = "") {
   z_stream zs;
   std::memset(&zs, 0, sizeof(zs));
   // 16 + MAX_WBITS: gzip wrapper only.
@@ -104,6 +109,10 @@ absl::StatusOr<std::vector<uint8_t>> Gunzip(std::string_view bytes,
   while (ret != Z_STREAM_END) {
     if (produced == out.size()) {
       if (static_cast<int64_t>(out.size()) >= max_bytes) {
+        if (prefix) break;
+        if (!excess.empty()) {
+          return absl::InvalidArgumentError(std::string(excess));
+        }
         return absl::InvalidArgumentError(absl::StrCat(
             "IDX: more than ", max_bytes, " bytes after gunzip (the limit)"));
       }
@@ -131,6 +140,47 @@ absl::StatusOr<std::vector<uint8_t>> Gunzip(std::string_view bytes,
   }
   out.resize(produced);
   return out;
+}
+
+// A gzip'd IDX file. Its header declares the size: that is inflated first
+// and checked against the limit, so a bomb (a small upload that inflates
+// to gigabytes) is refused before anything large is allocated, and no
+// more than the declared size is ever inflated.
+absl::StatusOr<std::vector<uint8_t>> GunzipIdx(std::string_view bytes,
+                                               int64_t max_bytes) {
+  ASSIGN_OR_RETURN(std::vector<uint8_t> head, Gunzip(bytes, 4, true));
+  // Not an IDX header: ParseRawIdx names what is wrong with it.
+  if (head.size() < 4 || head[0] != 0 || head[1] != 0 || head[2] != 0x08 ||
+      head[3] == 0) {
+    return head;
+  }
+  const int ndims = head[3];
+  const int64_t header = 4 + 4 * int64_t{ndims};
+  ASSIGN_OR_RETURN(head, Gunzip(bytes, header, true));
+  if (static_cast<int64_t>(head.size()) < header) return head;
+  std::vector<int64_t> dims;
+  int64_t declared = 1;
+  for (int i = 0; i < ndims; ++i) {
+    const uint8_t* p = head.data() + 4 + 4 * i;
+    const int64_t d = (int64_t{p[0]} << 24) | (int64_t{p[1]} << 16) |
+                      (int64_t{p[2]} << 8) | int64_t{p[3]};
+    dims.push_back(d);
+    // Saturates past the limit, where the exact product does not matter.
+    if (d != 0 && declared > (max_bytes + 1) / d) {
+      declared = max_bytes + 1;
+    } else {
+      declared *= d;
+    }
+  }
+  if (declared > max_bytes - header) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IDX: header dims ", absl::StrJoin(dims, "x"), " declare more than ",
+        max_bytes, " bytes after gunzip, the limit"));
+  }
+  // One byte over the declared size, so that extra data is seen and named.
+  return Gunzip(bytes, header + declared + 1, false,
+                absl::StrCat("IDX: more data after gunzip than header dims ",
+                             absl::StrJoin(dims, "x"), " declare"));
 }
 
 // The data after the header, with dims checked against its size.
@@ -703,7 +753,7 @@ absl::StatusOr<IdxArray> ParseIdx(std::string_view bytes,
   if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x1f &&
       static_cast<uint8_t>(bytes[1]) == 0x8b) {
     ASSIGN_OR_RETURN(std::vector<uint8_t> raw,
-                     Gunzip(bytes, limits.max_idx_bytes));
+                     GunzipIdx(bytes, limits.max_idx_bytes));
     return ParseRawIdx(std::move(raw));
   }
   if (static_cast<int64_t>(bytes.size()) > limits.max_idx_bytes) {

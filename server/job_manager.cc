@@ -108,6 +108,7 @@ absl::Status JobManager::RecoverAfterRestart() {
 
 absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
                                           const std::string& request_id) {
+  RETURN_IF_ERROR(ValidateRequestId(request_id, "request_id"));
   ApplyJobDefaults(&spec);
   if (spec.data().dataset_id().empty()) {
     return absl::InvalidArgumentError("spec.data.dataset_id is required");

@@ -45,6 +45,10 @@ ABSL_FLAG(int, batches_per_worker, 2,
 ABSL_FLAG(bool, share_backbones, true,
           "inference: batch calls of models on the same frozen backbone "
           "together, running the backbone once per batch");
+ABSL_FLAG(int64_t, max_decoded_part_bytes, 512LL << 20,
+          "uploads: largest IDX part, after gunzip, that the server decodes "
+          "in memory to validate a dataset; a larger one (or a gzip bomb) "
+          "gets INVALID_ARGUMENT before it is inflated");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
           "takes any free port (empty: no /metrics)");
@@ -96,6 +100,8 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.limits.dataset.max_idx_bytes =
+      absl::GetFlag(FLAGS_max_decoded_part_bytes);
   options.inference.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.inference.max_queue_delay =
       absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));

@@ -103,11 +103,14 @@ absl::Status DatasetUpload::OnHeader(const tlserve::v1::DatasetUploadHeader& h) 
     }
   }
   if (h.class_names_size() > kMaxClasses) {
-    return absl::InvalidArgumentError("header.class_names has too many entries");
+    return absl::InvalidArgumentError(
+        absl::StrFormat("header.class_names has %d entries; the most is %d",
+                        h.class_names_size(), kMaxClasses));
   }
   for (const std::string& name : h.class_names()) {
     RETURN_IF_ERROR(CheckName(name, "header.class_names[]"));
   }
+  RETURN_IF_ERROR(ValidateRequestId(h.request_id(), "header.request_id"));
   if (!h.request_id().empty()) {
     ASSIGN_OR_RETURN(existing_id_, store_->LookupRequest("dataset", h.request_id()));
   }
@@ -140,7 +143,20 @@ absl::Status DatasetUpload::OnMessage(
         "chunk.part_index %d is outside [0, %d)", chunk.part_index(),
         header_.parts_size()));
   }
-  return writers_[chunk.part_index()]->Append(chunk.data());
+  // Refused at the first byte past the declared size, not after storing
+  // however much more the client sends.
+  const auto& declared = header_.parts(chunk.part_index());
+  BlobStore::Writer& writer = *writers_[chunk.part_index()];
+  if (declared.size_bytes() != 0 &&
+      writer.size() + static_cast<int64_t>(chunk.data().size()) >
+          declared.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: received more than the %d bytes header.parts[%d].size_bytes "
+        "declared",
+        DatasetPartRole_Name(declared.role()), declared.size_bytes(),
+        chunk.part_index()));
+  }
+  return writer.Append(chunk.data());
 }
 
 absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
@@ -240,6 +256,7 @@ absl::Status BackboneUpload::OnMessage(
       return absl::InvalidArgumentError(
           "header.sha256 must be 64 lowercase hex digits");
     }
+    RETURN_IF_ERROR(ValidateRequestId(h.request_id(), "header.request_id"));
     if (!h.request_id().empty()) {
       ASSIGN_OR_RETURN(existing_id_,
                        store_->LookupRequest("backbone", h.request_id()));
@@ -256,6 +273,13 @@ absl::Status BackboneUpload::OnMessage(
         "the first message of UploadBackbone must be the header");
   }
   if (existing_id_.has_value()) return absl::OkStatus();
+  if (header_.size_bytes() != 0 &&
+      writer_->size() + static_cast<int64_t>(request.chunk().size()) >
+          header_.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "received more than the %d bytes header.size_bytes declared",
+        header_.size_bytes()));
+  }
   return writer_->Append(request.chunk());
 }
 

@@ -202,6 +202,34 @@ TEST(ParseIdxTest, DoesNotTrustTheGzipSizeTrailer) {
   EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 * 1024);
 }
 
+// A gzip bomb: a few KiB that inflate to far more than the header
+// declares, or a header that declares more than the limit. Neither is
+// inflated past the declared size, so memory stays small.
+TEST(ParseIdxTest, InflatesNoMoreThanTheHeaderDeclares) {
+  DatasetLimits limits;
+  limits.max_idx_bytes = int64_t{1} << 30;
+  std::string raw = Idx({10}, std::vector<uint8_t>(10, 1));
+  raw += std::string(64 << 20, '\0');  // 64 MiB past the declared 10 bytes
+  const std::string bomb = Gzip(raw);
+  ASSERT_LT(bomb.size(), 256u << 10);
+  rusage before{};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
+  ExpectInvalid(ParseIdx(bomb, limits).status(),
+                "more data after gunzip than header dims 10 declare");
+  rusage after{};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &after), 0);
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 16 * 1024);  // KiB
+
+  limits.max_idx_bytes = 1 << 20;
+  ExpectInvalid(ParseIdx(Gzip(Idx({2000, 28, 28}, std::vector<uint8_t>(
+                                                      2000 * 28 * 28))),
+                         limits)
+                    .status(),
+                "header dims 2000x28x28 declare more than 1048576 bytes");
+  // A header cut short inside the dims is reported as such.
+  ExpectInvalid(ParseIdx(Gzip(raw.substr(0, 6)), limits).status(), "too short");
+}
+
 // ---- LoadDataset: IDX
 // ----------------------------------------------------------
 
