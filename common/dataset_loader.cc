@@ -400,8 +400,13 @@ class EntryDecoder {
     absl::Status status;
   };
 
-  EntryDecoder(const ImageLimits& limits, const DatasetLoadOptions& options)
-      : limits_(limits), options_(options) {
+  // max_decoded_bytes: the most pixel bytes the archive's images may hold
+  // together (0: no bound).
+  EntryDecoder(const ImageLimits& limits, const DatasetLoadOptions& options,
+               int64_t max_decoded_bytes)
+      : limits_(limits),
+        options_(options),
+        max_decoded_bytes_(max_decoded_bytes) {
     if (options.decode_threads <= 1) return;
     for (int i = 0; i < options.decode_threads; ++i) {
       // Fewer threads (none: decode on the caller) only cost speed.
@@ -484,6 +489,17 @@ class EntryDecoder {
   void Store(int64_t index, const std::string& name,
              absl::StatusOr<Image> image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (image.ok()) {
+      decoded_bytes_ += static_cast<int64_t>(image->pixels.size());
+      // Small images that decode to gigabytes together (a tar of large
+      // PNGs of one colour compresses to almost nothing) stop here, at the
+      // image that crosses the bound.
+      if (max_decoded_bytes_ > 0 && decoded_bytes_ > max_decoded_bytes_) {
+        image = absl::InvalidArgumentError(absl::StrCat(
+            "the archive's images decode to more than ", max_decoded_bytes_,
+            " bytes, the limit"));
+      }
+    }
+    if (image.ok()) {
       images_[index] = *std::move(image);
     } else if (failed_index_ < 0 || index < failed_index_) {
       failed_index_ = index;
@@ -519,7 +535,9 @@ class EntryDecoder {
 
   const ImageLimits limits_;
   const DatasetLoadOptions options_;
+  const int64_t max_decoded_bytes_;
   absl::Mutex mu_;
+  int64_t decoded_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::CondVar work_cv_;  // queue_ gained a job, or stop_
   absl::CondVar done_cv_;  // a job finished
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
@@ -663,7 +681,7 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
     if (err == ENOENT) return absl::NotFoundError(msg);
     return absl::InvalidArgumentError(msg);
   }
-  EntryDecoder decoder(limits.image, options);
+  EntryDecoder decoder(limits.image, options, limits.max_decoded_bytes);
   const absl::Status read =
       ReadEntries(a, role_name, limits, images_so_far, &decoder, out);
   // A failed image comes before anything the reader refused, since the

@@ -22,6 +22,10 @@ struct DatasetLimits {
   int64_t max_entry_bytes = 64LL * 1024 * 1024;
   // Bytes after gunzip of one IDX file.
   int64_t max_idx_bytes = 4LL * 1024 * 1024 * 1024;
+  // Pixel bytes of one archive's decoded images, after any fit (0: no
+  // bound). The server bounds it like max_idx_bytes; the images of a part
+  // are held in memory together.
+  int64_t max_decoded_bytes = 0;
   ImageLimits image;
 };
 

@@ -46,9 +46,10 @@ ABSL_FLAG(bool, share_backbones, true,
           "inference: batch calls of models on the same frozen backbone "
           "together, running the backbone once per batch");
 ABSL_FLAG(int64_t, max_decoded_part_bytes, 512LL << 20,
-          "uploads: largest IDX part, after gunzip, that the server decodes "
-          "in memory to validate a dataset; a larger one (or a gzip bomb) "
-          "gets INVALID_ARGUMENT before it is inflated");
+          "uploads: largest dataset part the server decodes in memory to "
+          "validate it: an IDX file after gunzip (checked against its "
+          "header before inflating, so a gzip bomb costs nothing) or an "
+          "archive's decoded images; larger ones get INVALID_ARGUMENT");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
           "takes any free port (empty: no /metrics)");
@@ -101,6 +102,8 @@ int main(int argc, char** argv) {
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.limits.dataset.max_idx_bytes =
+      absl::GetFlag(FLAGS_max_decoded_part_bytes);
+  options.limits.dataset.max_decoded_bytes =
       absl::GetFlag(FLAGS_max_decoded_part_bytes);
   options.inference.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.inference.max_queue_delay =

@@ -446,6 +446,24 @@ TEST(LoadTarDatasetTest, EnforcesLimits) {
   limits = DatasetLimits{};
   limits.max_archive_entries = 3;
   ExpectInvalid(LoadDataset(TarFiles(path), limits).status(), "entries");
+
+  // The decoded images together: exactly their size passes, a byte less
+  // fails, however many threads decode.
+  absl::StatusOr<DecodedDataset> all = LoadDataset(TarFiles(path));
+  ASSERT_TRUE(all.ok()) << all.status();
+  int64_t total = 0;
+  for (const Image& image : all->train.images) total += image.pixels.size();
+  ASSERT_GT(total, 0);
+  for (int threads : {0, 3}) {
+    DatasetLoadOptions options;
+    options.decode_threads = threads;
+    limits = DatasetLimits{};
+    limits.max_decoded_bytes = total;
+    EXPECT_TRUE(LoadDataset(TarFiles(path), limits, options).ok());
+    limits.max_decoded_bytes = total - 1;
+    ExpectInvalid(LoadDataset(TarFiles(path), limits, options).status(),
+                  absl::StrCat("decode to more than ", total - 1, " bytes"));
+  }
 }
 
 TEST(LoadTarDatasetTest, RefusesFilesThatAreNotArchives) {

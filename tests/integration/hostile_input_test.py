@@ -222,6 +222,7 @@ def main() -> int:
         OK_IMAGES = idx([4, 28, 28], bytes(4 * 784))
         OK_LABELS = idx([4], bytes([0, 1, 0, 1]))
         INVALID = "INVALID_ARGUMENT"
+        BIG_FLAT_PNG = png(4000, 4000, b"".join(b"\x00" + bytes(4000) for _ in range(4000)))
         cases = [
             # (what, call, expected code, words the message must hold)
             ("IDX with a wrong magic number",
@@ -275,6 +276,9 @@ def main() -> int:
             ("PNG whose header claims 100000x100000 pixels",
              upload([(ARCH, tar_of([("a/x.png", real_png()), ("b/big.png", png(100000, 100000))]))]),
              INVALID, "b/big.png"),
+            ("tar of 40 one-colour 4000x4000 PNGs (15 KiB each, 610 MiB decoded)",
+             upload([(ARCH, tar_of([(f"c{i % 2}/{i}.png", BIG_FLAT_PNG) for i in range(40)]))]),
+             INVALID, "decode to more than"),
             ("PNG cut off after its header",
              upload([(ARCH, tar_of([("a/x.png", real_png()), ("b/cut.png", real_png()[:40])]))]),
              INVALID, "b/cut.png"),
