@@ -675,8 +675,9 @@ absl::Status ReadArchive(const std::string& path, DatasetPartRole role,
   archive_read_support_format_gnutar(a);
   if (archive_read_open_filename(a, path.c_str(), 1 << 16) != ARCHIVE_OK) {
     int err = archive_errno(a);
+    // The part's role names it; the path is the server's own business.
     std::string msg = absl::StrCat(
-        role_name, ": cannot open ", path, ": ",
+        role_name, ": not a readable tar archive: ",
         archive_error_string(a) ? archive_error_string(a) : std::strerror(err));
     if (err == ENOENT) return absl::NotFoundError(msg);
     return absl::InvalidArgumentError(msg);
