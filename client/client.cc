@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/channel_security.h"
 #include "common/grpc_status.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -28,11 +29,6 @@ constexpr size_t kChunkBytes = 1 << 20;
 constexpr int kMaxReceiveBytes = 64 << 20;
 constexpr int32_t kListPageSize = 100;
 
-void SetDeadline(grpc::ClientContext* ctx, absl::Time deadline) {
-  if (deadline != absl::InfiniteFuture()) {
-    ctx->set_deadline(absl::ToChronoTime(deadline));
-  }
-}
 
 // A failed call's status, with the request id the server logged it under
 // (sent back in the trailers) added, so that a user can quote it.
@@ -187,8 +183,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(Options options) {
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options.target, grpc::InsecureChannelCredentials(), args);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ClientChannelCredentials(options.tls_ca_file));
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot make a channel to '", options.target, "'"));
@@ -205,12 +203,21 @@ Client::Client(Options options, std::shared_ptr<grpc::Channel> channel)
       inference_(v1::InferenceService::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
+void Client::Prepare(grpc::ClientContext* ctx, absl::Time deadline) const {
+  if (deadline != absl::InfiniteFuture()) {
+    ctx->set_deadline(absl::ToChronoTime(deadline));
+  }
+  if (!options_.token.empty()) {
+    ctx->AddMetadata("authorization", "Bearer " + options_.token);
+  }
+}
+
 // Unary calls share one shape: a context with the unary deadline, the call,
 // one status conversion.
 #define TLSERVE_UNARY_(stub, method, request, Response)           \
   do {                                                            \
     grpc::ClientContext ctx;                                      \
-    SetDeadline(&ctx, absl::Now() + options_.timeout);            \
+    Prepare(&ctx, absl::Now() + options_.timeout);            \
     Response response;                                            \
     grpc::Status status = stub->method(&ctx, request, &response); \
     if (!status.ok()) return CallStatus(ctx, status);             \
@@ -239,7 +246,7 @@ absl::StatusOr<v1::Dataset> Client::UploadDatasetFiles(
   }
 
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + options_.stream_timeout);
+  Prepare(&ctx, absl::Now() + options_.stream_timeout);
   v1::Dataset dataset;
   auto writer = datasets_->UploadDataset(&ctx, &dataset);
   bool open = writer->Write(header_request);
@@ -290,7 +297,7 @@ absl::Status Client::DeleteDataset(const std::string& id) {
   v1::DeleteDatasetRequest request;
   request.set_id(id);
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + options_.timeout);
+  Prepare(&ctx, absl::Now() + options_.timeout);
   google::protobuf::Empty response;
   return CallStatus(ctx, datasets_->DeleteDataset(&ctx, request, &response));
 }
@@ -308,7 +315,7 @@ absl::StatusOr<v1::Backbone> Client::UploadBackbone(
   header->set_request_id(request_id);
 
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + options_.stream_timeout);
+  Prepare(&ctx, absl::Now() + options_.stream_timeout);
   v1::Backbone backbone;
   auto writer = models_->UploadBackbone(&ctx, &backbone);
   bool open = writer->Write(header_request);
@@ -396,7 +403,7 @@ absl::StatusOr<std::string> Client::ExportModel(const std::string& id,
   v1::ExportModelRequest request;
   request.set_id(id);
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + options_.stream_timeout);
+  Prepare(&ctx, absl::Now() + options_.stream_timeout);
   auto reader = models_->ExportModel(&ctx, request);
 
   AtomicFileWriter file(out_path);
@@ -504,7 +511,7 @@ absl::StatusOr<v1::Job> Client::WatchJob(
     request.set_id(id);
     request.set_after_sequence(last_sequence);
     grpc::ClientContext ctx;
-    SetDeadline(&ctx, deadline);
+    Prepare(&ctx, deadline);
     auto reader = jobs_->WatchJob(&ctx, request);
     v1::JobEvent event;
     bool stopped = false;
@@ -567,7 +574,7 @@ absl::StatusOr<v1::Job> Client::WaitForJob(const std::string& id,
 absl::StatusOr<v1::PredictResponse> Client::Predict(
     const v1::PredictRequest& request, absl::Duration deadline) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + deadline);
+  Prepare(&ctx, absl::Now() + deadline);
   v1::PredictResponse response;
   grpc::Status status = inference_->Predict(&ctx, request, &response);
   if (!status.ok()) return CallStatus(ctx, status);
@@ -577,7 +584,7 @@ absl::StatusOr<v1::PredictResponse> Client::Predict(
 absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request,
                                                 absl::Duration deadline) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + deadline);
+  Prepare(&ctx, absl::Now() + deadline);
   v1::EmbedResponse response;
   grpc::Status status = inference_->Embed(&ctx, request, &response);
   if (!status.ok()) return CallStatus(ctx, status);
@@ -587,7 +594,7 @@ absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request,
 absl::Status Client::CheckHealth() {
   grpc::health::v1::HealthCheckRequest request;
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Now() + std::min(options_.timeout, absl::Seconds(5)));
+  Prepare(&ctx, absl::Now() + std::min(options_.timeout, absl::Seconds(5)));
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = health_->Check(&ctx, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);

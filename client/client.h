@@ -41,10 +41,15 @@ class Client {
     // restarts, waiting watch_backoff, doubled each time, capped at 10 s.
     int watch_max_retries = 8;
     absl::Duration watch_backoff = absl::Milliseconds(250);
+    // Sent as "authorization: Bearer <token>" on every call; empty: none.
+    std::string token{};
+    // PEM CA to verify the server's certificate with; empty: plaintext.
+    std::string tls_ca_file{};
   };
 
-  // Makes the channel (insecure for now). Does not contact the server:
-  // gRPC connects lazily, so call WaitUntilHealthy() to know it is up.
+  // Makes the channel (TLS when tls_ca_file is set). Does not contact the
+  // server: gRPC connects lazily, so call WaitUntilHealthy() to know it is
+  // up.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(Options options);
 
   // --- Datasets ---
@@ -133,6 +138,8 @@ class Client {
 
  private:
   Client(Options options, std::shared_ptr<grpc::Channel> channel);
+  // The deadline (unless infinite) and the token.
+  void Prepare(grpc::ClientContext* ctx, absl::Time deadline) const;
 
   Options options_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -664,6 +664,8 @@ struct Context {
   std::ostream* err = nullptr;
   bool json = false;
   std::string server;
+  std::string token;
+  std::string tls_ca_file;
   absl::Duration timeout = absl::Seconds(30);
   std::unique_ptr<Client> client;
 
@@ -672,6 +674,8 @@ struct Context {
       Client::Options client_options;
       client_options.target = server;
       client_options.timeout = timeout;
+      client_options.token = token;
+      client_options.tls_ca_file = tls_ca_file;
       ASSIGN_OR_RETURN(client, Client::Connect(std::move(client_options)));
     }
     return client.get();
@@ -1530,7 +1534,9 @@ absl::StatusOr<int> DemoCommand(Context& ctx, const Args& args) {
 
 const std::vector<FlagDef>& GlobalFlags() {
   static const auto* flags =
-      new std::vector<FlagDef>{{"server"}, {"json", false}, {"timeout"}};
+      new std::vector<FlagDef>{{"server"},     {"json", false},
+                               {"timeout"},    {"token_file"},
+                               {"tls_ca_file"}};
   return *flags;
 }
 
@@ -1679,8 +1685,11 @@ const std::vector<Command>& Commands() {
 
 void PrintUsage(std::ostream& o) {
   o << "usage: tlctl [--server=host:port] [--json] [--timeout=SECONDS] "
-       "<command>\n\n"
-       "The server defaults to $TLSERVE_SERVER, else 127.0.0.1:50051.\n\n"
+       "[--token_file=FILE] [--tls_ca_file=PEM] <command>\n\n"
+       "The server defaults to $TLSERVE_SERVER, else 127.0.0.1:50051. The "
+       "token (sent as 'authorization: Bearer ...') is the file's content, "
+       "else $TLSERVE_TOKEN; --tls_ca_file (else $TLSERVE_TLS_CA_FILE) "
+       "turns on TLS.\n\n"
        "commands:\n";
   for (const Command& c : Commands()) o << "  " << c.usage << "\n";
 }
@@ -1704,7 +1713,8 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
       return 0;
     }
     rest.push_back(argv[i]);
-    if ((argv[i] == "--server" || argv[i] == "--timeout") &&
+    if ((argv[i] == "--server" || argv[i] == "--timeout" ||
+         argv[i] == "--token_file" || argv[i] == "--tls_ca_file") &&
         i + 1 < argv.size()) {
       rest.push_back(argv[++i]);
     }
@@ -1761,6 +1771,15 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
   if (!json.ok()) return fail(json.status());
   ctx.json = *json;
   ctx.server = args->Get("server", options.default_server);
+  ctx.token = options.default_token;
+  if (args->Has("token_file")) {
+    absl::StatusOr<std::string> token = ReadFile(args->Get("token_file", ""));
+    if (!token.ok()) {
+      return fail(FlagError("token_file", std::string(token.status().message())));
+    }
+    ctx.token = std::string(absl::StripAsciiWhitespace(*token));
+  }
+  ctx.tls_ca_file = args->Get("tls_ca_file", options.default_tls_ca_file);
   absl::StatusOr<int64_t> timeout_s = args->GetInt("timeout", 30);
   if (!timeout_s.ok()) return fail(timeout_s.status());
   if (*timeout_s < 1) return fail(FlagError("timeout", "must be >= 1"));

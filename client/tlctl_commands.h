@@ -96,6 +96,10 @@ std::string FormatTable(const std::vector<std::string>& header,
 struct RunOptions {
   // Used when neither --server nor TLSERVE_SERVER is given.
   std::string default_server = "127.0.0.1:50051";
+  // Used without --token_file ($TLSERVE_TOKEN) and --tls_ca_file
+  // ($TLSERVE_TLS_CA_FILE).
+  std::string default_token;
+  std::string default_tls_ca_file;
   // Whether `out` is a terminal (live progress bars).
   bool out_is_tty = false;
 };

@@ -15,6 +15,12 @@ int main(int argc, char** argv) {
       server != nullptr && *server != '\0') {
     options.default_server = server;
   }
+  if (const char* token = std::getenv("TLSERVE_TOKEN"); token != nullptr) {
+    options.default_token = token;
+  }
+  if (const char* ca = std::getenv("TLSERVE_TLS_CA_FILE"); ca != nullptr) {
+    options.default_tls_ca_file = ca;
+  }
   options.out_is_tty = isatty(STDOUT_FILENO) == 1;
   std::vector<std::string> args(argv + 1, argv + argc);
   return tlserve::cli::RunTlctl(args, options, std::cout, std::cerr);

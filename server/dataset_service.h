@@ -1,6 +1,7 @@
 #ifndef TLSERVE_SERVER_DATASET_SERVICE_H_
 #define TLSERVE_SERVER_DATASET_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/store.h"
 #include "server/uploads.h"
@@ -13,8 +14,9 @@ namespace tlserve {
 class DatasetServiceImpl final : public tlserve::v1::DatasetService::CallbackService {
  public:
   DatasetServiceImpl(Store* store, BlobStore* blobs, WorkPool* pool,
-                     UploadLimits limits)
-      : store_(store), blobs_(blobs), pool_(pool), limits_(limits) {}
+                     UploadLimits limits, const Authenticator* auth)
+      : store_(store), blobs_(blobs), pool_(pool), limits_(limits),
+        auth_(auth) {}
 
   grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>* UploadDataset(
       grpc::CallbackServerContext* context,
@@ -35,7 +37,7 @@ class DatasetServiceImpl final : public tlserve::v1::DatasetService::CallbackSer
   Store* store_;
   BlobStore* blobs_;
   WorkPool* pool_;
-  UploadLimits limits_;
+  UploadLimits limits_;  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "common/grpc_status.h"
+#include "server/reactors.h"
 
 namespace tlserve {
 namespace {
@@ -23,6 +24,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Predict(
     grpc::CallbackServerContext* context,
     const tlserve::v1::PredictRequest* request,
     tlserve::v1::PredictResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "Predict"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   router_->Predict(*request, CallDeadline(context),
                    [reactor, response](absl::StatusOr<tlserve::v1::PredictResponse> r) {
@@ -36,6 +40,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Embed(
     grpc::CallbackServerContext* context,
     const tlserve::v1::EmbedRequest* request,
     tlserve::v1::EmbedResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "Embed"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   router_->Embed(*request, CallDeadline(context),
                  [reactor, response](absl::StatusOr<tlserve::v1::EmbedResponse> r) {

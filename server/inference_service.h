@@ -1,6 +1,7 @@
 #ifndef TLSERVE_SERVER_INFERENCE_SERVICE_H_
 #define TLSERVE_SERVER_INFERENCE_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/inference_router.h"
 #include "tlserve/v1/inference.grpc.pb.h"
 
@@ -11,7 +12,8 @@ namespace tlserve {
 class InferenceServiceImpl final
     : public tlserve::v1::InferenceService::CallbackService {
  public:
-  explicit InferenceServiceImpl(InferenceRouter* router) : router_(router) {}
+  InferenceServiceImpl(InferenceRouter* router, const Authenticator* auth)
+      : router_(router), auth_(auth) {}
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
                                     const tlserve::v1::PredictRequest* request,
@@ -21,7 +23,7 @@ class InferenceServiceImpl final
                                   tlserve::v1::EmbedResponse* response) override;
 
  private:
-  InferenceRouter* router_;
+  InferenceRouter* router_;  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

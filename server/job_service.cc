@@ -129,6 +129,9 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent> {
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CreateJobRequest* request, Job* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "creating a job"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Job>(context, pool_, response,
                         [this, spec = request->spec(), rid = request->request_id()] {
                           return jobs_->CreateJob(spec, rid);
@@ -138,6 +141,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const tlserve::v1::GetJobRequest* request,
     Job* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a job"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Job>(context, pool_, response,
                         [this, id = request->id()] { return jobs_->GetJob(id); });
 }
@@ -146,6 +152,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListJobsRequest* request,
     tlserve::v1::ListJobsResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing jobs"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<tlserve::v1::ListJobsResponse>(
       context, pool_, response,
       [this, state = request->state(), size = request->page_size(),
@@ -161,6 +170,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CancelJobRequest* request, Job* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "cancelling a job"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Job>(context, pool_, response,
                         [this, id = request->id()] { return jobs_->CancelJob(id); });
 }
@@ -168,6 +180,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(
 grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::WatchJobRequest* request) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "watching a job"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<JobEvent>>(caller.status());
+  }
   return new WatchReactor(store_, events_, request->id(),
                           request->after_sequence());
 }
@@ -176,6 +191,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListCheckpointsRequest* request,
     tlserve::v1::ListCheckpointsResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing checkpoints"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<tlserve::v1::ListCheckpointsResponse>(
       context, pool_, response,
       [this, id = request->job_id()]()

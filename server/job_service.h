@@ -1,6 +1,7 @@
 #ifndef TLSERVE_SERVER_JOB_SERVICE_H_
 #define TLSERVE_SERVER_JOB_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/event_hub.h"
 #include "server/job_manager.h"
 #include "server/store.h"
@@ -13,8 +14,9 @@ namespace tlserve {
 // events, woken by the EventHub.
 class JobServiceImpl final : public tlserve::v1::JobService::CallbackService {
  public:
-  JobServiceImpl(JobManager* jobs, Store* store, EventHub* events, WorkPool* pool)
-      : jobs_(jobs), store_(store), events_(events), pool_(pool) {}
+  JobServiceImpl(JobManager* jobs, Store* store, EventHub* events, WorkPool* pool,
+                 const Authenticator* auth)
+      : jobs_(jobs), store_(store), events_(events), pool_(pool), auth_(auth) {}
 
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context,
                                       const tlserve::v1::CreateJobRequest* request,
@@ -40,7 +42,7 @@ class JobServiceImpl final : public tlserve::v1::JobService::CallbackService {
   JobManager* jobs_;
   Store* store_;
   EventHub* events_;
-  WorkPool* pool_;
+  WorkPool* pool_;  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

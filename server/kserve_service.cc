@@ -5,6 +5,7 @@
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "server/kserve_api.h"
+#include "server/reactors.h"
 
 namespace tlserve {
 namespace {
@@ -52,6 +53,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
     grpc::CallbackServerContext* context,
     const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelReady"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   absl::StatusOr<tlserve::v1::Model> model =
       FindModel(request->name(), request->version());
   if (!model.ok() && !absl::IsNotFound(model.status())) {
@@ -65,6 +69,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
 grpc::ServerUnaryReactor* KServeServiceImpl::ServerMetadata(
     grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ServerMetadata"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   response->set_name("tlserve");
   response->set_version(TLSERVE_VERSION);
   response->add_extensions("model_configuration");
@@ -76,6 +83,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelMetadata(
     grpc::CallbackServerContext* context,
     const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelMetadata"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   absl::StatusOr<tlserve::v1::Model> model =
       FindModel(request->name(), request->version());
   if (model.ok()) *response = kserve::Metadata(*model);
@@ -86,6 +96,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelConfig(
     grpc::CallbackServerContext* context,
     const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelConfig"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   absl::StatusOr<tlserve::v1::Model> model =
       FindModel(request->name(), request->version());
   if (model.ok()) {
@@ -98,6 +111,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelStatistics"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   if (!request->name().empty()) {
     absl::StatusOr<tlserve::v1::Model> model =
         FindModel(request->name(), request->version());
@@ -118,6 +134,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelInfer(
     grpc::CallbackServerContext* context,
     const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelInfer"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   if (request->model_name().empty()) {
     return Done(context,
                 absl::InvalidArgumentError("model_name: a model id is required"));

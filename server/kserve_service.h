@@ -2,6 +2,7 @@
 #define TLSERVE_SERVER_KSERVE_SERVICE_H_
 
 #include "inference/grpc_service.grpc.pb.h"
+#include "server/auth.h"
 #include "server/inference_router.h"
 #include "server/store.h"
 
@@ -14,8 +15,9 @@ namespace tlserve {
 class KServeServiceImpl final
     : public inference::GRPCInferenceService::CallbackService {
  public:
-  KServeServiceImpl(Store* store, InferenceRouter* router)
-      : store_(store), router_(router) {}
+  KServeServiceImpl(Store* store, InferenceRouter* router,
+                    const Authenticator* auth)
+      : store_(store), router_(router), auth_(auth) {}
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context,
                                        const inference::ServerLiveRequest* request,
@@ -51,7 +53,7 @@ class KServeServiceImpl final
                                                const std::string& version);
 
   Store* store_;
-  InferenceRouter* router_;
+  InferenceRouter* router_;  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

@@ -38,6 +38,7 @@ pid_t LocalWorkers::Spawn(int index) {
   }
   // Workers log like the server, whichever source set its format.
   args.push_back(absl::StrCat("--log_format=", AbslUnparseFlag(CurrentLogFormat())));
+  args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

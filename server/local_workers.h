@@ -23,6 +23,8 @@ class LocalWorkers {
     std::string server_address;  // what the workers dial
     std::string cache_root;      // each worker gets <cache_root>/local-<i>
     int threads_per_worker = 0;  // 0: the worker's default
+    // More flags for each worker (its token file, the CA to trust).
+    std::vector<std::string> extra_args;
     // On stop, workers get SIGTERM and `drain` to hand their jobs back
     // with a checkpoint (tlworker --drain_seconds); after stop_grace they
     // are killed.

@@ -50,6 +50,20 @@ ABSL_FLAG(int64_t, max_decoded_part_bytes, 512LL << 20,
           "validate it: an IDX file after gunzip (checked against its "
           "header before inflating, so a gzip bomb costs nothing) or an "
           "archive's decoded images; larger ones get INVALID_ARGUMENT");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "file of bearer tokens (lines '<tenant> <user|admin> <sha256 of "
+          "the token>', see scripts/make-token.sh); empty: authentication "
+          "off, every caller an admin (development only)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain the server presents (with --tls_key_file); "
+          "empty: plaintext");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA that signed --tls_cert_file, for local workers to trust "
+          "(empty: they trust --tls_cert_file itself)");
+ABSL_FLAG(std::string, local_worker_token_file, "",
+          "file holding the admin token local workers send (needed with "
+          "--local_workers and --auth_tokens_file)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
           "takes any free port (empty: no /metrics)");
@@ -101,6 +115,12 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  options.local_worker_token_file =
+      absl::GetFlag(FLAGS_local_worker_token_file);
   options.limits.dataset.max_idx_bytes =
       absl::GetFlag(FLAGS_max_decoded_part_bytes);
   options.limits.dataset.max_decoded_bytes =

@@ -12,6 +12,9 @@ using tlserve::v1::Model;
 grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>*
 ModelServiceImpl::UploadBackbone(grpc::CallbackServerContext* context,
                                  Backbone* response) {
+  if (auto caller = auth_->Check(*context, Role::kAdmin, "uploading a backbone"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>>(caller.status());
+  }
   auto upload = std::make_shared<BackboneUpload>(store_, blobs_, limits_);
   return new UploadReactor<tlserve::v1::UploadBackboneRequest, Backbone>(
       response, pool_,
@@ -24,6 +27,9 @@ ModelServiceImpl::UploadBackbone(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* ModelServiceImpl::GetBackbone(
     grpc::CallbackServerContext* context,
     const tlserve::v1::GetBackboneRequest* request, Backbone* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a backbone"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Backbone>(context, pool_, response,
                              [this, id = request->id()] { return store_->GetBackbone(id); });
 }
@@ -32,6 +38,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::ListBackbones(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListBackbonesRequest* request,
     tlserve::v1::ListBackbonesResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing backbones"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<tlserve::v1::ListBackbonesResponse>(
       context, pool_, response,
       [this, size = request->page_size(), token = request->page_token()]()
@@ -47,6 +56,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::ListBackbones(
 grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::GetModelRequest* request, Model* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a model"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Model>(context, pool_, response,
                           [this, id = request->id()] { return store_->GetModel(id); });
 }
@@ -54,6 +66,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(
 grpc::ServerUnaryReactor* ModelServiceImpl::DeployModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::DeployModelRequest* request, Model* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "deploying a model"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   // The stored model is rewritten (fsync): off the reactor thread.
   return RunOnPool<Model>(
       context, pool_, response,
@@ -65,6 +80,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::DeployModel(
 grpc::ServerUnaryReactor* ModelServiceImpl::UndeployModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::UndeployModelRequest* request, Model* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "undeploying a model"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<Model>(context, pool_, response,
                           [this, id = request->id()] { return router_->Undeploy(id); });
 }
@@ -73,6 +91,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListModelsRequest* request,
     tlserve::v1::ListModelsResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing models"); !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   return RunOnPool<tlserve::v1::ListModelsResponse>(
       context, pool_, response,
       [this, size = request->page_size(), token = request->page_token()]()
@@ -100,6 +121,9 @@ class ErrorWriteReactor : public grpc::ServerWriteReactor<Message> {
 grpc::ServerWriteReactor<ExportModelChunk>* ModelServiceImpl::ExportModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ExportModelRequest* request) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "exporting a model"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<ExportModelChunk>>(caller.status());
+  }
   auto model = store_->GetModel(request->id());
   if (!model.ok()) return new ErrorWriteReactor<ExportModelChunk>(model.status());
   auto path = blobs_->PathOf(model->sha256());

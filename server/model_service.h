@@ -1,6 +1,7 @@
 #ifndef TLSERVE_SERVER_MODEL_SERVICE_H_
 #define TLSERVE_SERVER_MODEL_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/inference_router.h"
 #include "server/store.h"
@@ -14,12 +15,14 @@ namespace tlserve {
 class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService {
  public:
   ModelServiceImpl(Store* store, BlobStore* blobs, WorkPool* pool,
-                   UploadLimits limits, InferenceRouter* router)
+                   UploadLimits limits, InferenceRouter* router,
+                   const Authenticator* auth)
       : store_(store),
         blobs_(blobs),
         pool_(pool),
         limits_(limits),
-        router_(router) {}
+        router_(router),
+        auth_(auth) {}
 
   grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>* UploadBackbone(
       grpc::CallbackServerContext* context,
@@ -57,6 +60,7 @@ class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService
   WorkPool* pool_;
   UploadLimits limits_;
   InferenceRouter* router_;
+  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

@@ -102,6 +102,25 @@ class FileStreamReactor : public grpc::ServerWriteReactor<Message> {
   bool first_ = true;
 };
 
+// A streaming reactor (read, write or bidi) that ends its call at once with
+// `status`: how a handler refuses a caller before any message moves.
+template <typename Base>
+class FinishedReactor : public Base {
+ public:
+  explicit FinishedReactor(const absl::Status& status) {
+    this->Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+
+// The same for a unary call.
+inline grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                        const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
 // Runs a blocking unary handler on the pool and finishes the reactor.
 template <typename Response>
 grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context,

@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/dataset_service.h"
 #include "server/event_hub.h"
@@ -45,11 +46,43 @@ std::string DefaultWorkerBinary() {
   return dir + "/../worker/tlworker";
 }
 
+// TLS when a certificate is given, plaintext otherwise.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const Server::Options& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert_file and --tls_key_file go together: give both or neither");
+  }
+  if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(options.tls_cert_file));
+  ASSIGN_OR_RETURN(pair.private_key, ReadFile(options.tls_key_file));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
+  if (options.auth_tokens_file.empty()) {
+    s->auth_ = std::make_unique<Authenticator>();
+    Log(LogSeverity::kWarning,
+        "authentication is off: every caller is an admin; pass "
+        "--auth_tokens_file outside development",
+        {});
+  } else {
+    ASSIGN_OR_RETURN(s->auth_, Authenticator::FromFile(options.auth_tokens_file));
+    if (options.local_workers > 0 && options.local_worker_token_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--local_workers with --auth_tokens_file needs "
+          "--local_worker_token_file: the admin token local workers send");
+    }
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   ServerCredentials(options));
   RETURN_IF_ERROR(MakeDirs(options.data_dir));
   ASSIGN_OR_RETURN(s->store_, Store::Open(options.data_dir + "/tlserve.db"));
   ASSIGN_OR_RETURN(s->blobs_, BlobStore::Open(options.data_dir + "/blobs"));
@@ -100,24 +133,27 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   RETURN_IF_ERROR(s->jobs_->RecoverAfterRestart());
 
   s->dataset_service_ = std::make_unique<DatasetServiceImpl>(
-      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits);
+      s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits,
+      s->auth_.get());
   s->model_service_ = std::make_unique<ModelServiceImpl>(
       s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits,
-      s->router_.get());
+      s->router_.get(), s->auth_.get());
   s->job_service_ = std::make_unique<JobServiceImpl>(
-      s->jobs_.get(), s->store_.get(), s->events_.get(), s->pool_.get());
-  s->inference_service_ = std::make_unique<InferenceServiceImpl>(s->router_.get());
+      s->jobs_.get(), s->store_.get(), s->events_.get(), s->pool_.get(),
+      s->auth_.get());
+  s->inference_service_ =
+      std::make_unique<InferenceServiceImpl>(s->router_.get(), s->auth_.get());
   s->kserve_service_ =
-      std::make_unique<KServeServiceImpl>(s->store_.get(), s->router_.get());
+      std::make_unique<KServeServiceImpl>(s->store_.get(), s->router_.get(),
+                                          s->auth_.get());
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(
       s->scheduler_.get(), s->blobs_.get(), s->pool_.get(),
-      options.limits.max_part_bytes);
+      options.limits.max_part_bytes, s->auth_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address,
-                           grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address, credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
@@ -149,6 +185,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
     lw.server_address = absl::StrCat("127.0.0.1:", s->port_);
     lw.cache_root = options.data_dir + "/worker-cache";
     lw.threads_per_worker = options.worker_threads;
+    if (!options.local_worker_token_file.empty()) {
+      lw.extra_args.push_back(
+          absl::StrCat("--token_file=", options.local_worker_token_file));
+    }
+    if (!options.tls_cert_file.empty()) {
+      // The certificate must name 127.0.0.1 (scripts/make-test-ca.sh's do).
+      lw.extra_args.push_back(absl::StrCat(
+          "--tls_ca_file=", options.tls_ca_file.empty() ? options.tls_cert_file
+                                                       : options.tls_ca_file));
+    }
     s->local_workers_ = std::make_unique<LocalWorkers>(lw);
     s->local_workers_->Start();
   }

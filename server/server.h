@@ -17,6 +17,7 @@
 
 namespace tlserve {
 
+class Authenticator;
 class BlobStore;
 class DatasetServiceImpl;
 class EventHub;
@@ -55,6 +56,15 @@ class Server {
     // Prometheus text endpoint (/metrics), e.g. "0.0.0.0:9464" or
     // "127.0.0.1:0" (any free port); empty: none.
     std::string metrics_listen;
+    // Bearer tokens (server/auth.h); empty: authentication off.
+    std::string auth_tokens_file;
+    // TLS: the server's certificate chain and key (PEM); both or neither.
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    // Local workers: the CA they trust for the server's certificate, and
+    // the file holding their (admin) token.
+    std::string tls_ca_file;
+    std::string local_worker_token_file;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> Start(Options options);
@@ -73,6 +83,7 @@ class Server {
 
   Options options_;
   int port_ = 0;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<EventHub> events_;

@@ -140,12 +140,18 @@ void StreamChannel::StartNextLocked() {
 
 grpc::ServerBidiReactor<WorkerMessage, ServerMessage>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
+  if (auto caller = auth_->Check(*context, Role::kAdmin, "connecting a worker"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerBidiReactor<WorkerMessage, ServerMessage>>(caller.status());
+  }
   return new ConnectReactor(scheduler_);
 }
 
 grpc::ServerWriteReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::FetchBlob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::FetchBlobRequest* request) {
+  if (auto caller = auth_->Check(*context, Role::kAdmin, "a worker fetching a blob"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<tlserve::v1::BlobChunk>>(caller.status());
+  }
   auto path = blobs_->PathOf(request->sha256());
   std::string file = path.ok() ? *path : "";
   if (!path.ok()) {
@@ -163,6 +169,9 @@ grpc::ServerWriteReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::FetchBlob(
 
 grpc::ServerReadReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::PutBlob(
     grpc::CallbackServerContext* context, tlserve::v1::PutBlobResponse* response) {
+  if (auto caller = auth_->Check(*context, Role::kAdmin, "a worker storing a blob"); !caller.ok()) {
+    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::BlobChunk>>(caller.status());
+  }
   auto writer = std::make_shared<absl::StatusOr<std::unique_ptr<BlobStore::Writer>>>(
       blobs_->NewWriter(max_blob_bytes_));
   return new UploadReactor<tlserve::v1::BlobChunk, tlserve::v1::PutBlobResponse>(

@@ -1,6 +1,7 @@
 #ifndef TLSERVE_SERVER_WORKER_SERVICE_H_
 #define TLSERVE_SERVER_WORKER_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/scheduler.h"
 #include "server/work_pool.h"
@@ -13,9 +14,9 @@ namespace tlserve {
 class WorkerServiceImpl final : public tlserve::v1::WorkerService::CallbackService {
  public:
   WorkerServiceImpl(Scheduler* scheduler, BlobStore* blobs, WorkPool* pool,
-                    int64_t max_blob_bytes)
+                    int64_t max_blob_bytes, const Authenticator* auth)
       : scheduler_(scheduler), blobs_(blobs), pool_(pool),
-        max_blob_bytes_(max_blob_bytes) {}
+        max_blob_bytes_(max_blob_bytes), auth_(auth) {}
 
   grpc::ServerBidiReactor<tlserve::v1::WorkerMessage, tlserve::v1::ServerMessage>*
   Connect(grpc::CallbackServerContext* context) override;
@@ -30,7 +31,7 @@ class WorkerServiceImpl final : public tlserve::v1::WorkerService::CallbackServi
   Scheduler* scheduler_;
   BlobStore* blobs_;
   WorkPool* pool_;
-  int64_t max_blob_bytes_;
+  int64_t max_blob_bytes_;  const Authenticator* auth_;
 };
 
 }  // namespace tlserve

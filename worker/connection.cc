@@ -13,6 +13,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/channel_security.h"
 #include "common/dataset_loader.h"
 #include "common/file_util.h"
 #include "common/grpc_status.h"
@@ -139,8 +140,11 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
               ToMillis(opts.max_reconnect_backoff));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-  agent->channel_ = grpc::CreateCustomChannel(
-      opts.server_address, grpc::InsecureChannelCredentials(), args);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ClientChannelCredentials(opts.tls_ca_file));
+  agent->channel_ = grpc::experimental::CreateCustomChannelWithInterceptors(
+      opts.server_address, credentials, args,
+      BearerTokenInterceptors(opts.token));
   agent->stub_ = tlserve::v1::WorkerService::NewStub(agent->channel_);
 
   BlobCache::Options cache_options;

@@ -44,6 +44,10 @@ class WorkerAgent {
   struct Options {
     // host:port of tlserve.
     std::string server_address;
+    // PEM CA of the server's certificate (empty: plaintext), and the
+    // admin token sent on every call (empty: none).
+    std::string tls_ca_file;
+    std::string token;
     // Stable name of this worker (the server's key for it).
     std::string worker_id;
     // Blob cache and per-job scratch folders live under it.

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/channel_security.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "prometheus/registry.h"
@@ -44,6 +45,12 @@ void WritePortFile(const std::string& file, int port) {
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "tlserve address to dial, host:port (TLSERVE_SERVER sets it like "
           "any flag)");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA that signed the server's certificate: connect with TLS "
+          "(empty: plaintext)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the admin token sent to the server on every call "
+          "(a mounted Secret); empty: none");
 ABSL_FLAG(std::string, worker_id, "",
           "name of this worker in tlserve's scheduler and logs; must be "
           "unique per server (empty: <hostname>-<pid>)");
@@ -92,6 +99,16 @@ int main(int argc, char** argv) {
 
   tlserve::worker::WorkerAgent::Options options;
   options.server_address = absl::GetFlag(FLAGS_server);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
+    absl::StatusOr<std::string> token = tlserve::ReadTokenFile(path);
+    if (!token.ok()) {
+      tlserve::Log(tlserve::LogSeverity::kError, "cannot read --token_file",
+          {{"error", std::string(token.status().message())}});
+      return 2;
+    }
+    options.token = *std::move(token);
+  }
   options.worker_id = absl::GetFlag(FLAGS_worker_id);
   if (options.worker_id.empty()) options.worker_id = DefaultWorkerId();
   options.cache_dir = absl::GetFlag(FLAGS_cache_dir);

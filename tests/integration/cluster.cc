@@ -131,7 +131,9 @@ absl::Status Cluster::StartServer(std::vector<std::string> extra_flags) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   if (port_ == 0) return absl::DeadlineExceededError("tlserve wrote no port");
-  auto client = Client::Connect(Client::Options{.target = address()});
+  Client::Options options = client_options_;
+  options.target = address();
+  auto client = Client::Connect(std::move(options));
   if (!client.ok()) return client.status();
   client_ = *std::move(client);
   return client_->WaitUntilHealthy(absl::Seconds(20));

@@ -54,6 +54,11 @@ class Cluster {
   absl::StatusOr<int> SignalWorkerAndWait(const std::string& id, int signal,
                                           absl::Duration timeout);
 
+  // Options of client() (token, TLS) from the next StartServer on; the
+  // target is filled in.
+  void set_client_options(Client::Options options) {
+    client_options_ = std::move(options);
+  }
   Client& client() { return *client_; }
   // The running server's pid, or -1.
   pid_t server_pid() const { return server_ ? server_->pid() : -1; }
@@ -67,6 +72,7 @@ class Cluster {
   std::unique_ptr<ChildProcess> server_;
   std::map<std::string, std::unique_ptr<ChildProcess>> workers_;
   std::unique_ptr<Client> client_;
+  Client::Options client_options_;
   int server_starts_ = 0;
 };
 

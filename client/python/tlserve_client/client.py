@@ -8,6 +8,7 @@ client can see by itself (an unknown spec field, a missing file) raise
 ValueError or OSError before anything is sent.
 """
 
+import collections
 import hashlib
 import os
 import sys
@@ -157,6 +158,39 @@ def _read_image(image: Source) -> bytes:
         return f.read()
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds "authorization: Bearer <token>" to every call. (gRPC's access
+    token credentials need TLS; development servers run plaintext.)"""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        return _CallDetails(details.method, details.timeout,
+                            list(details.metadata or []) + [self._header],
+                            details.credentials, getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    pass
+
+
 class Client:
     """A connection to one tlserve server.
 
@@ -169,11 +203,16 @@ class Client:
     """
 
     def __init__(self, address: str, timeout: float = 30.0,
-                 stream_timeout: float = 1800.0):
+                 stream_timeout: float = 1800.0, *, token: Optional[str] = None,
+                 tls_ca_file: Optional[str] = None):
         """`address`: host:port of the server. `timeout`: seconds per unary
         call (Get/List/Create/Deploy/Predict). `stream_timeout`: seconds per
-        upload or export, which move many megabytes. gRPC connects lazily;
-        call wait_until_ready() to know the server is up."""
+        upload or export, which move many megabytes. `token`: sent as
+        "authorization: Bearer <token>" on every call (default: the
+        TLSERVE_TOKEN environment variable). `tls_ca_file`: the PEM CA of
+        the server's certificate, which turns on TLS (default:
+        TLSERVE_TLS_CA_FILE; unset: plaintext). gRPC connects lazily; call
+        wait_until_ready() to know the server is up."""
         if not address:
             raise ValueError("no server address: pass host:port")
         if timeout <= 0 or stream_timeout <= 0:
@@ -181,8 +220,17 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.stream_timeout = stream_timeout
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        token = token if token is not None else os.environ.get("TLSERVE_TOKEN", "")
+        tls_ca_file = tls_ca_file or os.environ.get("TLSERVE_TLS_CA_FILE", "")
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        if tls_ca_file:
+            with open(tls_ca_file, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
         self._datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
         self._jobs = job_pb2_grpc.JobServiceStub(self._channel)
