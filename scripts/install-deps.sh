@@ -20,6 +20,8 @@ PACKAGES=(
   yamllint prometheus python3-yaml
   # scripts/backup-data-dir.sh (and its test): SQLite's online backup.
   sqlite3
+  # make sanitize: clang with its ASan, UBSan and libFuzzer runtimes.
+  clang libclang-rt-14-dev
 )
 # tests/deploy renders deploy/'s overlays with kubectl; Debian's (1.20) only
 # where there is none, so that a newer kubectl is never replaced.

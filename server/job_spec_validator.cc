@@ -1,6 +1,7 @@
 #include "server/job_spec_validator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -114,13 +115,16 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
         "spec.optimizer.learning_rate must be in (0, 10], got %g",
         opt.learning_rate()));
   }
-  if (opt.momentum() < 0 || opt.momentum() >= 1) {
+  // Ranges are written so that NaN fails them (every comparison with NaN
+  // is false): a NaN that got through trained NaN weights on a worker.
+  if (!(opt.momentum() >= 0 && opt.momentum() < 1)) {
     return Invalid(absl::StrFormat(
         "spec.optimizer.momentum must be in [0, 1), got %g", opt.momentum()));
   }
-  if (opt.weight_decay() < 0) {
+  if (!(opt.weight_decay() >= 0) || std::isinf(opt.weight_decay())) {
     return Invalid(absl::StrFormat(
-        "spec.optimizer.weight_decay must be >= 0, got %g", opt.weight_decay()));
+        "spec.optimizer.weight_decay must be a finite number >= 0, got %g",
+        opt.weight_decay()));
   }
   if (spec.schedule().warmup_epochs() < 0 ||
       spec.schedule().warmup_epochs() >= spec.epochs()) {
@@ -143,7 +147,7 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
           kMaxHeadWidth, width));
     }
   }
-  if (head.dropout() < 0 || head.dropout() >= 1) {
+  if (!(head.dropout() >= 0 && head.dropout() < 1)) {
     return Invalid(absl::StrFormat("spec.head.dropout must be in [0, 1), got %g",
                                    head.dropout()));
   }
@@ -151,7 +155,7 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
   // Data against the dataset as it was validated at upload.
   const auto& data = spec.data();
   const int num_classes = dataset.class_names_size();
-  if (data.validation_fraction() < 0 || data.validation_fraction() >= 1) {
+  if (!(data.validation_fraction() >= 0 && data.validation_fraction() < 1)) {
     return Invalid(absl::StrFormat(
         "spec.data.validation_fraction must be in [0, 1), got %g",
         data.validation_fraction()));

@@ -1,6 +1,8 @@
 #include "server/job_manager.h"
 
 #include <cstdlib>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -159,6 +161,39 @@ TEST_F(JobManagerTest, RejectsBadSpecsNamingTheField) {
 
   auto page = store_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 100, "");
   EXPECT_TRUE(page->items.empty()) << "refused jobs must not be stored";
+}
+
+// Found by tests/fuzz/job_spec_fuzzer: range checks written as
+// `x < lo || x >= hi` let NaN through (and `x < 0` let +inf through), so
+// such a job reached a worker and trained NaN weights.
+TEST_F(JobManagerTest, RejectsNanAndInfiniteNumbersNamingTheField) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    std::function<void(JobSpec*)> set;
+    const char* field;
+  };
+  const std::vector<Case> cases = {
+      {[&](JobSpec* s) { s->mutable_optimizer()->set_momentum(nan); },
+       "spec.optimizer.momentum"},
+      {[&](JobSpec* s) { s->mutable_optimizer()->set_weight_decay(nan); },
+       "spec.optimizer.weight_decay"},
+      {[&](JobSpec* s) { s->mutable_optimizer()->set_weight_decay(inf); },
+       "spec.optimizer.weight_decay"},
+      {[&](JobSpec* s) { s->mutable_head()->set_dropout(nan); },
+       "spec.head.dropout"},
+      {[&](JobSpec* s) { s->mutable_data()->set_validation_fraction(nan); },
+       "spec.data.validation_fraction"},
+  };
+  for (const Case& c : cases) {
+    JobSpec spec = Spec();
+    c.set(&spec);
+    auto r = manager_->CreateJob(spec, "");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), c.field))
+        << r.status();
+  }
+  EXPECT_EQ(dispatcher_.queued, 0);
 }
 
 TEST_F(JobManagerTest, RequestIdMakesCreateIdempotent) {
