@@ -320,6 +320,81 @@ class ProgressPrinterTest(unittest.TestCase):
                          " ETA 2m05s\nstate RUNNING -> FAILED: out of memory\n")
 
 
+@unittest.skipIf(shutil.which("openssl") is None, "needs openssl")
+class PythonClientTokenTest(unittest.TestCase):
+    """token= and tls_ca_file= (and their environment variables) against a
+    tlserve with TLS and tokens, no workers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="python_client_token_test_")
+        cls.addClassCleanup(shutil.rmtree, cls.root, ignore_errors=True)
+        scripts = os.path.join(ARGS.source_dir, "scripts")
+        pki = os.path.join(cls.root, "pki")
+        subprocess.run([os.path.join(scripts, "make-test-ca.sh"), pki], check=True,
+                       capture_output=True)
+        tokens = []
+        for tenant, role in (("ops", "admin"), ("team-a", "user")):
+            made = subprocess.run([os.path.join(scripts, "make-token.sh"), tenant, role,
+                                   os.path.join(pki, f"{role}.token")],
+                                  check=True, capture_output=True, text=True)
+            tokens.append(made.stdout)
+        with open(os.path.join(pki, "tokens"), "w") as f:
+            f.write("".join(tokens))
+        cls.user_token = open(os.path.join(pki, "user.token")).read().strip()
+        cls.ca = os.path.join(pki, "ca.pem")
+        port_file = os.path.join(cls.root, "port")
+        log = open(os.path.join(cls.root, "tlserve.log"), "wb")
+        cls.addClassCleanup(log.close)
+        cls.proc = subprocess.Popen(
+            [os.path.join(ARGS.build_dir, "server/tlserve"), "--listen=127.0.0.1:0",
+             f"--port_file={port_file}", f"--data_dir={os.path.join(cls.root, 'data')}",
+             f"--auth_tokens_file={os.path.join(pki, 'tokens')}",
+             f"--tls_cert_file={os.path.join(pki, 'server.pem')}",
+             f"--tls_key_file={os.path.join(pki, 'server.key')}"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_term_when_parent_dies)
+        cls.addClassCleanup(cls.proc.wait)
+        cls.addClassCleanup(cls.proc.terminate)
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(port_file) and open(port_file).read().strip()):
+            if cls.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tlserve with TLS did not start")
+            time.sleep(0.05)
+        cls.address = f"127.0.0.1:{int(open(port_file).read())}"
+
+    def test_a_user_token_over_tls_uploads_and_lists_but_not_backbones(self):
+        with Client(self.address, token=self.user_token, tls_ca_file=self.ca) as client:
+            # Two 2x2 images and their labels, as IDX.
+            images = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(8)
+            labels = bytes([0, 0, 8, 1, 0, 0, 0, 2, 0, 1])
+            dataset = client.upload_dataset({"train_images": images, "train_labels": labels},
+                                            "tiny", class_names=["a", "b"])
+            self.assertIn(dataset.id, [d.id for d in client.list_datasets()])
+            with self.assertRaises(TlserveError) as refused:
+                client.upload_backbone(b"not a model", "bb", channels=1, height=2, width=2,
+                                       mean=[0.5], std=[0.25])
+            self.assertEqual(refused.exception.code, grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn("needs an admin token", str(refused.exception))
+
+    def test_the_environment_supplies_token_and_ca(self):
+        saved = dict(os.environ)
+        self.addCleanup(os.environ.update, saved)
+        os.environ["TLSERVE_TOKEN"] = self.user_token
+        os.environ["TLSERVE_TLS_CA_FILE"] = self.ca
+        with Client(self.address) as client:
+            client.list_datasets()
+        os.environ["TLSERVE_TOKEN"] = self.user_token + "x"
+        with Client(self.address) as client:
+            with self.assertRaises(TlserveError) as refused:
+                client.list_datasets()
+            self.assertEqual(refused.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        del os.environ["TLSERVE_TOKEN"]
+        with Client(self.address) as client:
+            with self.assertRaises(TlserveError) as refused:
+                client.list_jobs()
+            self.assertEqual(refused.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+
+
 if __name__ == "__main__":
     if not os.path.exists(os.path.join(FASHION_MNIST, "t10k-labels-idx1-ubyte.gz")):
         print("dataset-fashion-mnist is not installed: skipped", file=sys.stderr)
