@@ -138,12 +138,19 @@ absl::StatusOr<std::string> BlobStore::Writer::Commit(
   }
   const std::string dir = BlobDir(store_->root());
   const std::string final_path = absl::StrCat(dir, "/", hex);
-  if (IsRegularFile(final_path)) {
-    // Same content already stored: keep the existing file, drop ours.
-    ::unlink(temp_path_.c_str());
-  } else if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
-    return ErrnoStatus(
-        errno, absl::StrCat("rename '", temp_path_, "' to '", final_path, "'"));
+  {
+    absl::MutexLock lock(&store_->mu_);
+    if (::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0) == 0) {
+      // Same content already stored: keep the existing file, now dated as
+      // just written so that a collection running now spares it (the caller
+      // is about to refer to it), and drop ours.
+      ::unlink(temp_path_.c_str());
+    } else if (errno != ENOENT) {
+      return ErrnoStatus(errno, absl::StrCat("touch '", final_path, "'"));
+    } else if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename '", temp_path_, "' to '",
+                                             final_path, "'"));
+    }
   }
   committed_ = true;
   // The rename itself must survive a crash before the caller acknowledges.
@@ -248,6 +255,43 @@ absl::Status BlobStore::Verify(std::string_view sha256) const {
         AsAbsl(sha256), actual));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<BlobStore::BlobInfo>> BlobStore::List() const {
+  std::vector<BlobInfo> blobs;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(BlobDir(root_), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!IsSha256Hex(name)) continue;
+    struct stat st;
+    // Removed while we walk: not listed.
+    if (::stat(it->path().c_str(), &st) != 0) continue;
+    blobs.push_back(BlobInfo{name, static_cast<int64_t>(st.st_size),
+                             absl::TimeFromTimespec(st.st_mtim)});
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot list blobs in ",
+                                            BlobDir(root_), ": ", ec.message()));
+  }
+  return blobs;
+}
+
+absl::StatusOr<bool> BlobStore::RemoveIfOlderThan(std::string_view sha256,
+                                                  absl::Time cutoff) {
+  RETURN_IF_ERROR(CheckName(sha256));
+  const std::string path = absl::StrCat(BlobDir(root_), "/", AsAbsl(sha256));
+  absl::MutexLock lock(&mu_);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return false;
+    return ErrnoStatus(errno, absl::StrCat("stat '", path, "'"));
+  }
+  if (absl::TimeFromTimespec(st.st_mtim) >= cutoff) return false;
+  if (::unlink(path.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("remove '", path, "'"));
+  }
+  return true;
 }
 
 absl::Status BlobStore::Remove(std::string_view sha256) {

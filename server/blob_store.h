@@ -5,9 +5,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "common/sha256.h"
 
 namespace tlserve {
@@ -62,9 +65,26 @@ class BlobStore {
   absl::StatusOr<int64_t> TotalBytes() const;
   const std::string& root() const { return root_; }
 
+  struct BlobInfo {
+    std::string sha256;
+    int64_t size_bytes = 0;
+    // Last written, or last committed again (identical content).
+    absl::Time modified;
+  };
+  // Every stored blob: a snapshot, as blobs come and go meanwhile.
+  absl::StatusOr<std::vector<BlobInfo>> List() const;
+  // Removes the blob unless it was written or committed again at or after
+  // `cutoff`; true when it removed it. A Commit of the same content cannot
+  // slip in between the check and the removal.
+  absl::StatusOr<bool> RemoveIfOlderThan(std::string_view sha256,
+                                         absl::Time cutoff);
+
  private:
   explicit BlobStore(std::string root) : root_(std::move(root)) {}
   std::string root_;
+  // Orders a Commit that finds its content already stored (and refreshes
+  // its time) against RemoveIfOlderThan.
+  absl::Mutex mu_;
 };
 
 }  // namespace tlserve

@@ -67,6 +67,16 @@ absl::Status JobManager::Transition(Job* job, JobState to,
        {"attempt", job->attempt()},
        {"reason", reason}});
   events_->Notify(job->id());
+  // A finished job needs no checkpoint to resume from: keep the few a
+  // user may want. A failure here costs disk, not the job.
+  if (IsFinalState(to) && options_.keep_checkpoints > 0) {
+    if (absl::Status pruned =
+            store_->PruneCheckpoints(job->id(), options_.keep_checkpoints);
+        !pruned.ok()) {
+      Log(LogSeverity::kWarning, "pruning checkpoints failed",
+          {{"job_id", job->id()}, {"error", std::string(pruned.message())}});
+    }
+  }
   // Counted only once stored: a failed write changed nothing.
   if (metrics_ != nullptr && IsFinalState(to)) {
     std::optional<absl::Duration> ran;

@@ -43,6 +43,9 @@ class JobManager {
     // Run time assumed for a job before any has finished, for estimates.
     absl::Duration default_run_estimate = absl::Minutes(2);
     std::function<absl::Time()> now = [] { return absl::Now(); };
+    // Checkpoints a finished job keeps: the newest this many and the newest
+    // best one (0: all). Pruned blobs go to the collector.
+    int keep_checkpoints = 0;
   };
 
   JobManager(Options options, Store* store, BlobStore* blobs, EventHub* events);

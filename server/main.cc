@@ -64,6 +64,15 @@ ABSL_FLAG(std::string, tls_ca_file, "",
 ABSL_FLAG(std::string, local_worker_token_file, "",
           "file holding the admin token local workers send (needed with "
           "--local_workers and --auth_tokens_file)");
+ABSL_FLAG(int, keep_checkpoints, 0,
+          "checkpoints a finished job keeps: the newest N and the newest "
+          "best (0: all); the rest are freed by the blob collector");
+ABSL_FLAG(double, blob_gc_interval_seconds, 600,
+          "seconds between collections of blobs no dataset, backbone, model "
+          "or checkpoint refers to (0: never)");
+ABSL_FLAG(double, blob_gc_grace_seconds, 3600,
+          "an unreferenced blob is removed only once it is this old: longer "
+          "than any upload takes from storing a blob to recording it");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
           "takes any free port (empty: no /metrics)");
@@ -115,6 +124,11 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
+  options.blob_gc_interval =
+      absl::Seconds(absl::GetFlag(FLAGS_blob_gc_interval_seconds));
+  options.blob_gc_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_blob_gc_grace_seconds));
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);

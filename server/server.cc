@@ -13,6 +13,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/auth.h"
+#include "server/blob_collector.h"
 #include "server/blob_store.h"
 #include "server/dataset_service.h"
 #include "server/event_hub.h"
@@ -88,7 +89,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   ASSIGN_OR_RETURN(s->blobs_, BlobStore::Open(options.data_dir + "/blobs"));
   s->events_ = std::make_unique<EventHub>();
   s->pool_ = std::make_unique<WorkPool>(4);
-  s->jobs_ = std::make_unique<JobManager>(JobManager::Options{}, s->store_.get(),
+  JobManager::Options job_options;
+  job_options.keep_checkpoints = options.keep_checkpoints;
+  s->jobs_ = std::make_unique<JobManager>(job_options, s->store_.get(),
                                           s->blobs_.get(), s->events_.get());
   Scheduler::Options sched;
   sched.heartbeat_interval = options.heartbeat_interval;
@@ -176,6 +179,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   s->scheduler_->Start();
   s->router_->Start();
+  if (options.blob_gc_interval > absl::ZeroDuration()) {
+    Server* server = s.get();
+    s->collector_ = std::thread(
+        [server, interval = options.blob_gc_interval] {
+          server->CollectBlobsEvery(interval);
+        });
+  }
 
   if (options.local_workers > 0) {
     LocalWorkers::Options lw;
@@ -203,9 +213,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
 
 void Server::Wait() { grpc_server_->Wait(); }
 
+void Server::CollectBlobsEvery(absl::Duration interval) {
+  while (!stop_collecting_.WaitForNotificationWithTimeout(interval)) {
+    absl::StatusOr<BlobCollection> done = CollectBlobs(
+        store_.get(), blobs_.get(), options_.blob_gc_grace, absl::Now());
+    if (!done.ok()) {
+      Log(LogSeverity::kWarning, "blob collection failed",
+          {{"error", std::string(done.status().message())}});
+    } else if (done->removed > 0) {
+      Log(LogSeverity::kInfo, "blobs collected",
+          {{"removed", static_cast<long long>(done->removed)},
+           {"removed_bytes", static_cast<long long>(done->removed_bytes)},
+           {"kept", static_cast<long long>(done->referenced)},
+           {"spared_young", static_cast<long long>(done->spared)}});
+    }
+  }
+}
+
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  stop_collecting_.Notify();
+  if (collector_.joinable()) collector_.join();
   // Null when Start failed before serving.
   if (grpc_server_ != nullptr) {
     // Readiness fails first, so load balancers stop sending calls here.

@@ -3,8 +3,10 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
@@ -65,6 +67,12 @@ class Server {
     // the file holding their (admin) token.
     std::string tls_ca_file;
     std::string local_worker_token_file;
+    // Checkpoints a finished job keeps (JobManager::Options; 0: all).
+    int keep_checkpoints = 0;
+    // How often unreferenced blobs are collected (server/blob_collector.h;
+    // zero: never), and how old an unreferenced blob must be to go.
+    absl::Duration blob_gc_interval = absl::Minutes(10);
+    absl::Duration blob_gc_grace = absl::Hours(1);
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> Start(Options options);
@@ -108,6 +116,10 @@ class Server {
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<LocalWorkers> local_workers_;
+  // The blob collector's thread, woken to stop by stop_collecting_.
+  void CollectBlobsEvery(absl::Duration interval);
+  absl::Notification stop_collecting_;
+  std::thread collector_;
   bool shut_down_ = false;
 };
 

@@ -1033,4 +1033,89 @@ absl::StatusOr<std::vector<CheckpointInfo>> Store::ListCheckpoints(
   return checkpoints;
 }
 
+absl::Status Store::PruneCheckpoints(const std::string& job_id,
+                                     int keep_latest) {
+  if (keep_latest < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PruneCheckpoints keeps at least 1, got ", keep_latest));
+  }
+  absl::MutexLock lock(&mu_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Statement stmt,
+                     Statement::Prepare(db_,
+                                        "SELECT seq, proto FROM checkpoints "
+                                        "WHERE job_id = ?1 ORDER BY seq DESC"));
+    RETURN_IF_ERROR(stmt.Bind(1, job_id));
+    std::vector<int64_t> doomed;
+    int kept = 0;
+    bool kept_best = false;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      const int64_t seq = stmt.Int64(0);
+      ASSIGN_OR_RETURN(CheckpointInfo checkpoint,
+                       ParseProto<CheckpointInfo>(
+                           stmt.Blob(1), absl::StrCat("checkpoint ", seq, " of ",
+                                                      Quoted("job", job_id))));
+      // Newest first: the latest `keep_latest`, and the newest one early
+      // stopping marked best (the weights a user may want back).
+      if (kept < keep_latest) {
+        ++kept;
+        kept_best |= checkpoint.best();
+      } else if (checkpoint.best() && !kept_best) {
+        kept_best = true;
+      } else {
+        doomed.push_back(seq);
+      }
+    }
+    for (int64_t seq : doomed) {
+      ASSIGN_OR_RETURN(
+          Statement del,
+          Statement::Prepare(db_, "DELETE FROM checkpoints WHERE seq = ?1"));
+      RETURN_IF_ERROR(del.Bind(1, seq));
+      RETURN_IF_ERROR(del.Run());
+    }
+    return absl::OkStatus();
+  });
+}
+
+// --- Blob references.
+
+absl::StatusOr<std::set<std::string>> Store::ReferencedBlobs() {
+  // Under mu_ throughout: no write lands between the tables read.
+  absl::MutexLock lock(&mu_);
+  std::set<std::string> shas;
+  auto each = [&](const char* sql, auto parse_and_add) -> absl::Status {
+    ASSIGN_OR_RETURN(Statement stmt, Statement::Prepare(db_, sql));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return absl::OkStatus();
+      RETURN_IF_ERROR(parse_and_add(stmt));
+    }
+  };
+  RETURN_IF_ERROR(each("SELECT id, proto FROM datasets", [&](Statement& stmt) -> absl::Status {
+    ASSIGN_OR_RETURN(Dataset d, ParseProto<Dataset>(stmt.Blob(1), Quoted("dataset", stmt.Text(0))));
+    for (const auto& part : d.parts()) shas.insert(part.sha256());
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(each("SELECT id, proto FROM backbones", [&](Statement& stmt) -> absl::Status {
+    ASSIGN_OR_RETURN(Backbone b, ParseProto<Backbone>(stmt.Blob(1), Quoted("backbone", stmt.Text(0))));
+    shas.insert(b.sha256());
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(each("SELECT id, proto FROM models", [&](Statement& stmt) -> absl::Status {
+    ASSIGN_OR_RETURN(Model m, ParseProto<Model>(stmt.Blob(1), Quoted("model", stmt.Text(0))));
+    shas.insert(m.sha256());
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(each("SELECT job_id, proto FROM checkpoints", [&](Statement& stmt) -> absl::Status {
+    ASSIGN_OR_RETURN(CheckpointInfo c,
+                     ParseProto<CheckpointInfo>(stmt.Blob(1), Quoted("checkpoint of job", stmt.Text(0))));
+    shas.insert(c.sha256());
+    return absl::OkStatus();
+  }));
+  shas.erase("");
+  return shas;
+}
+
 }  // namespace tlserve

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,14 @@ class Store {
   // --- Checkpoints of a job, oldest first.
   absl::Status AddCheckpoint(const std::string& job_id,
                              const tlserve::v1::CheckpointInfo& checkpoint);
+  // Deletes a job's checkpoint rows but the newest `keep_latest` (>= 1) and
+  // the newest marked best; their blobs are left to the collector.
+  absl::Status PruneCheckpoints(const std::string& job_id, int keep_latest);
+
+  // The sha256 of every blob a row refers to (dataset parts, backbones,
+  // models, checkpoints): what the blob collector must keep. One snapshot:
+  // no write lands while it is read.
+  absl::StatusOr<std::set<std::string>> ReferencedBlobs();
   absl::StatusOr<std::vector<tlserve::v1::CheckpointInfo>> ListCheckpoints(
       const std::string& job_id);
 

@@ -1,6 +1,7 @@
 // Chaos through real processes on loopback: while a stream of fine-tune
 // jobs runs on two workers, a random worker or the server is SIGKILLed at
-// random moments and started again. Afterwards every job the server
+// random moments and started again, and the blob collector runs every
+// second. Afterwards every job the server
 // acknowledged has succeeded exactly once, every stored checkpoint and
 // model loads in PyTorch, every blob's content still hashes to its name
 // and the database passes SQLite's integrity check.
@@ -76,13 +77,23 @@ auto Retrying(F call, absl::Time give_up) -> decltype(call()) {
   }
 }
 
+// Retention runs too, far more often than in production: finished jobs
+// keep 2 checkpoints, and blobs nothing refers to are collected every
+// second once 5 s old, while workers upload and record checkpoints.
+const std::vector<std::string>& ServerFlags() {
+  static const auto* flags = new std::vector<std::string>{
+      "--keep_checkpoints=2", "--blob_gc_interval_seconds=1",
+      "--blob_gc_grace_seconds=5"};
+  return *flags;
+}
+
 class ChaosTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!HaveFashionMnist()) {
       GTEST_SKIP() << "dataset-fashion-mnist is not installed";
     }
-    ASSERT_OK(cluster_.StartServer());
+    ASSERT_OK(cluster_.StartServer(ServerFlags()));
   }
 
   Cluster cluster_;
@@ -200,7 +211,7 @@ TEST_F(ChaosTest, KilledWorkersAndServerLoseNoJobAndCorruptNoBlob) {
     if (who == 0) {
       cluster_.KillServer(SIGKILL);
       absl::SleepFor(absl::Milliseconds(pause_ms(rng)));
-      absl::Status started = cluster_.StartServer();
+      absl::Status started = cluster_.StartServer(ServerFlags());
       EXPECT_TRUE(started.ok()) << "restart after kill " << kills["server"]
                                 << ": " << started;
       restart_failed = !started.ok();
@@ -345,17 +356,29 @@ TEST_F(ChaosTest, KilledWorkersAndServerLoseNoJobAndCorruptNoBlob) {
     EXPECT_EQ(integrity, "ok");
   }
 
+  // The collector ran and freed pruned checkpoints and stale attempts'
+  // uploads (each collection that removed something logs a line).
+  auto read_log = ReadFile(cluster_.dir() + "/tlserve.log");
+  ASSERT_OK(read_log.status());
+  const std::string& log_text = *read_log;
+  int collections = 0;
+  for (size_t at = log_text.find("blobs collected"); at != std::string::npos;
+       at = log_text.find("blobs collected", at + 1)) {
+    ++collections;
+  }
+  EXPECT_GT(collections, 0) << "the blob collector never removed anything";
+
   int total_kills = 0;
   for (const auto& [who, n] : kills) total_kills += n;
   std::printf(
       "chaos: %d s, seed %d: %d kills survived (server %d, w1 %d, w2 %d); "
       "%zu jobs acknowledged, all checked: %d attempts, %d resumes from a "
       "checkpoint; %zu checkpoints and %zu models load; %zu blobs, %d "
-      "corrupt; integrity_check %s\n",
+      "corrupt; integrity_check %s; %d collections removed blobs\n",
       chaos_seconds, seed, total_kills, kills["server"], kills["w1"],
       kills["w2"], ids.size(), total_attempts, resumed,
       checkpoint_blobs.size(), model_blobs.size(), blobs.size(), corrupt,
-      integrity.c_str());
+      integrity.c_str(), collections);
 }
 
 }  // namespace
