@@ -302,6 +302,24 @@ absl::Status Client::DeleteDataset(const std::string& id) {
   return CallStatus(ctx, datasets_->DeleteDataset(&ctx, request, &response));
 }
 
+absl::Status Client::DeleteJob(const std::string& id) {
+  v1::DeleteJobRequest request;
+  request.set_id(id);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, absl::Now() + options_.timeout);
+  google::protobuf::Empty response;
+  return CallStatus(ctx, jobs_->DeleteJob(&ctx, request, &response));
+}
+
+absl::Status Client::DeleteModel(const std::string& id) {
+  v1::DeleteModelRequest request;
+  request.set_id(id);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, absl::Now() + options_.timeout);
+  google::protobuf::Empty response;
+  return CallStatus(ctx, models_->DeleteModel(&ctx, request, &response));
+}
+
 absl::StatusOr<v1::Backbone> Client::UploadBackbone(
     const std::string& name, const std::string& path,
     const v1::InputSpec& input_spec, const std::string& request_id) {

@@ -83,6 +83,8 @@ class Client {
   absl::StatusOr<v1::Model> DeployModel(const std::string& id,
                                         const v1::ServingConfig& serving);
   absl::StatusOr<v1::Model> UndeployModel(const std::string& id);
+  // An undeployed model (FAILED_PRECONDITION while deployed).
+  absl::Status DeleteModel(const std::string& id);
   absl::StatusOr<std::vector<v1::Model>> ListModels();
   absl::StatusOr<v1::ListModelsResponse> ListModelsPage(
       int32_t page_size, const std::string& page_token);
@@ -103,6 +105,9 @@ class Client {
   // Every page.
   absl::StatusOr<std::vector<v1::Job>> ListAllJobs(v1::JobState state);
   absl::StatusOr<v1::Job> CancelJob(const std::string& id);
+  // A finished job, with its events and checkpoints (FAILED_PRECONDITION
+  // before it has finished).
+  absl::Status DeleteJob(const std::string& id);
   absl::StatusOr<v1::ListCheckpointsResponse> ListCheckpoints(
       const std::string& job_id);
 

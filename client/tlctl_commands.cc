@@ -280,6 +280,7 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"priority"},
                                                       {"device"},
                                                       {"max-attempts"},
+                                                      {"keep-checkpoints"},
                                                       {"hidden"},
                                                       {"dropout"},
                                                       {"backbone-name"},
@@ -536,6 +537,9 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   i32 = spec->max_attempts();
   RETURN_IF_ERROR(GetInt32Into(args, "max-attempts", 1, &i32));
   spec->set_max_attempts(i32);
+  i32 = spec->keep_checkpoints();
+  RETURN_IF_ERROR(GetInt32Into(args, "keep-checkpoints", 0, &i32));
+  spec->set_keep_checkpoints(i32);
 
   v1::HeadSpec* head = spec->mutable_head();
   if (args.Has("hidden")) {
@@ -1166,6 +1170,13 @@ absl::StatusOr<int> JobWatch(Context& ctx, const Args& args) {
   return WatchAndReport(ctx, args.positional()[0], after);
 }
 
+absl::StatusOr<int> JobDelete(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  RETURN_IF_ERROR(client->DeleteJob(args.positional()[0]));
+  if (!ctx.json) *ctx.out << "deleted job " << args.positional()[0] << "\n";
+  return 0;
+}
+
 absl::StatusOr<int> JobCancel(Context& ctx, const Args& args) {
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   ASSIGN_OR_RETURN(v1::Job job, client->CancelJob(args.positional()[0]));
@@ -1329,6 +1340,13 @@ absl::StatusOr<int> ModelDeploy(Context& ctx, const Args& args) {
     *ctx.out << "deployed " << model.id() << ": " << ServingText(model.serving())
              << "\n";
   }
+  return 0;
+}
+
+absl::StatusOr<int> ModelDelete(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  RETURN_IF_ERROR(client->DeleteModel(args.positional()[0]));
+  if (!ctx.json) *ctx.out << "deleted model " << args.positional()[0] << "\n";
   return 0;
 }
 
@@ -1602,6 +1620,7 @@ const std::vector<Command>& Commands() {
        "[--resize-shorter-side N] [--loader-threads N] [--checkpoint-every SECONDS] [--checkpoint-every-epoch] "
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
+       "[--keep-checkpoints N] "
        "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "
        "[--name N] [--request-id K] [--watch]",
        0, WithCreateFlags(), JobCreate},
@@ -1614,6 +1633,7 @@ const std::vector<Command>& Commands() {
        JobList},
       {"job", "watch", "job watch ID [--after SEQ]", 1, {{"after"}}, JobWatch},
       {"job", "cancel", "job cancel ID", 1, {}, JobCancel},
+      {"job", "delete", "job delete ID   (a finished job)", 1, {}, JobDelete},
       {"job", "checkpoints", "job checkpoints ID", 1, {}, JobCheckpoints},
       {"job",
        "metrics",
@@ -1631,6 +1651,8 @@ const std::vector<Command>& Commands() {
        {{"max-batch-size"}, {"max-queue-delay-us"}, {"max-queue"}},
        ModelDeploy},
       {"model", "undeploy", "model undeploy ID", 1, {}, ModelUndeploy},
+      {"model", "delete", "model delete ID   (an undeployed model)", 1, {},
+       ModelDelete},
       {"model", "get", "model get ID", 1, {}, ModelGet},
       {"model",
        "export",

@@ -11,8 +11,11 @@ using tlserve::v1::Dataset;
 grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>*
 DatasetServiceImpl::UploadDataset(grpc::CallbackServerContext* context,
                                   Dataset* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "uploading a dataset"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>>(caller.status());
+  if (auto caller = auth_->Check(*context, Role::kUser, "uploading a dataset");
+      !caller.ok()) {
+    return new FinishedReactor<
+        grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>>(
+        caller.status());
   }
   auto upload = std::make_shared<DatasetUpload>(store_, blobs_, limits_);
   return new UploadReactor<tlserve::v1::UploadDatasetRequest, Dataset>(
@@ -26,18 +29,21 @@ DatasetServiceImpl::UploadDataset(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* DatasetServiceImpl::GetDataset(
     grpc::CallbackServerContext* context,
     const tlserve::v1::GetDatasetRequest* request, Dataset* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "reading a dataset"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a dataset");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Dataset>(context, pool_, response,
-                            [this, id = request->id()] { return store_->GetDataset(id); });
+  return RunOnPool<Dataset>(
+      context, pool_, response,
+      [this, id = request->id()] { return store_->GetDataset(id); });
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::ListDatasets(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListDatasetsRequest* request,
     tlserve::v1::ListDatasetsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing datasets"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing datasets");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListDatasetsResponse>(
@@ -56,7 +62,8 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
     grpc::CallbackServerContext* context,
     const tlserve::v1::DeleteDatasetRequest* request,
     google::protobuf::Empty* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "deleting a dataset"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "deleting a dataset");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<google::protobuf::Empty>(

@@ -24,7 +24,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Predict(
     grpc::CallbackServerContext* context,
     const tlserve::v1::PredictRequest* request,
     tlserve::v1::PredictResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "Predict"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "Predict");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -40,7 +41,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Embed(
     grpc::CallbackServerContext* context,
     const tlserve::v1::EmbedRequest* request,
     tlserve::v1::EmbedResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "Embed"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "Embed");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();

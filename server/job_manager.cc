@@ -69,9 +69,11 @@ absl::Status JobManager::Transition(Job* job, JobState to,
   events_->Notify(job->id());
   // A finished job needs no checkpoint to resume from: keep the few a
   // user may want. A failure here costs disk, not the job.
-  if (IsFinalState(to) && options_.keep_checkpoints > 0) {
-    if (absl::Status pruned =
-            store_->PruneCheckpoints(job->id(), options_.keep_checkpoints);
+  const int keep = job->spec().keep_checkpoints() > 0
+                       ? job->spec().keep_checkpoints()
+                       : options_.keep_checkpoints;
+  if (IsFinalState(to) && keep > 0) {
+    if (absl::Status pruned = store_->PruneCheckpoints(job->id(), keep);
         !pruned.ok()) {
       Log(LogSeverity::kWarning, "pruning checkpoints failed",
           {{"job_id", job->id()}, {"error", std::string(pruned.message())}});
@@ -268,6 +270,19 @@ absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {
     dispatcher_->CancelAttempt(worker_id, id, attempt);
   }
   return job;
+}
+
+absl::Status JobManager::DeleteJob(const std::string& id) {
+  // Under mu_, so the job cannot be requeued between the check and the
+  // delete.
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+  if (!IsFinalState(job.state())) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "job '%s' is %s; cancel it first, then delete it", id,
+        tlserve::v1::JobState_Name(job.state())));
+  }
+  return store_->DeleteJob(id);
 }
 
 absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(

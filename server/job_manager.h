@@ -70,6 +70,8 @@ class JobManager {
   // QUEUED or RUNNING -> CANCELLED (the worker is told to stop). Cancelling
   // a finished job is FAILED_PRECONDITION.
   absl::StatusOr<tlserve::v1::Job> CancelJob(const std::string& id);
+  // Deletes a finished job (FAILED_PRECONDITION before it has finished).
+  absl::Status DeleteJob(const std::string& id);
 
   // --- Worker side. Updates carry (job_id, attempt); one that is not the
   // current RUNNING attempt on that worker is refused with ABORTED and

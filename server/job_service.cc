@@ -129,36 +129,42 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent> {
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CreateJobRequest* request, Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "creating a job"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "creating a job");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Job>(context, pool_, response,
-                        [this, spec = request->spec(), rid = request->request_id()] {
-                          return jobs_->CreateJob(spec, rid);
-                        });
+  return RunOnPool<Job>(
+      context, pool_, response,
+      [this, spec = request->spec(), rid = request->request_id()] {
+        return jobs_->CreateJob(spec, rid);
+      });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const tlserve::v1::GetJobRequest* request,
     Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "reading a job"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a job");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Job>(context, pool_, response,
-                        [this, id = request->id()] { return jobs_->GetJob(id); });
+  return RunOnPool<Job>(context, pool_, response, [this, id = request->id()] {
+    return jobs_->GetJob(id);
+  });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListJobsRequest* request,
     tlserve::v1::ListJobsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing jobs"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing jobs");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListJobsResponse>(
       context, pool_, response,
       [this, state = request->state(), size = request->page_size(),
-       token = request->page_token()]() -> absl::StatusOr<tlserve::v1::ListJobsResponse> {
+       token = request->page_token()]()
+          -> absl::StatusOr<tlserve::v1::ListJobsResponse> {
         ASSIGN_OR_RETURN(auto page, jobs_->ListJobs(state, size, token));
         tlserve::v1::ListJobsResponse out;
         for (auto& j : page.items) *out.add_jobs() = std::move(j);
@@ -170,18 +176,22 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CancelJobRequest* request, Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "cancelling a job"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "cancelling a job");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Job>(context, pool_, response,
-                        [this, id = request->id()] { return jobs_->CancelJob(id); });
+  return RunOnPool<Job>(context, pool_, response, [this, id = request->id()] {
+    return jobs_->CancelJob(id);
+  });
 }
 
 grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::WatchJobRequest* request) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "watching a job"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerWriteReactor<JobEvent>>(caller.status());
+  if (auto caller = auth_->Check(*context, Role::kUser, "watching a job");
+      !caller.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<JobEvent>>(
+        caller.status());
   }
   return new WatchReactor(store_, events_, request->id(),
                           request->after_sequence());
@@ -191,7 +201,8 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListCheckpointsRequest* request,
     tlserve::v1::ListCheckpointsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing checkpoints"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing checkpoints");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListCheckpointsResponse>(
@@ -203,6 +214,22 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
         tlserve::v1::ListCheckpointsResponse out;
         for (auto& c : checkpoints) *out.add_checkpoints() = std::move(c);
         return out;
+      });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::DeleteJob(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::DeleteJobRequest* request,
+    google::protobuf::Empty* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "deleting a job");
+      !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
+  return RunOnPool<google::protobuf::Empty>(
+      context, pool_, response,
+      [this, id = request->id()]() -> absl::StatusOr<google::protobuf::Empty> {
+        RETURN_IF_ERROR(jobs_->DeleteJob(id));
+        return google::protobuf::Empty();
       });
 }
 

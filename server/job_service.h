@@ -33,6 +33,10 @@ class JobServiceImpl final : public tlserve::v1::JobService::CallbackService {
   grpc::ServerWriteReactor<tlserve::v1::JobEvent>* WatchJob(
       grpc::CallbackServerContext* context,
       const tlserve::v1::WatchJobRequest* request) override;
+  grpc::ServerUnaryReactor* DeleteJob(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::DeleteJobRequest* request,
+      google::protobuf::Empty* response) override;
   grpc::ServerUnaryReactor* ListCheckpoints(
       grpc::CallbackServerContext* context,
       const tlserve::v1::ListCheckpointsRequest* request,

@@ -105,6 +105,12 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
         "spec.max_attempts must be in [1, %d], got %d", kMaxAttempts,
         spec.max_attempts()));
   }
+  if (spec.keep_checkpoints() < 0 || spec.keep_checkpoints() > 1000) {
+    return Invalid(absl::StrFormat(
+        "spec.keep_checkpoints must be in [0, 1000] (0: the server's "
+        "default), got %d",
+        spec.keep_checkpoints()));
+  }
   if (spec.device() != "cpu" && spec.device() != "cuda") {
     return Invalid(absl::StrCat("spec.device must be \"cpu\" or \"cuda\", got \"",
                                 spec.device(), "\""));

@@ -53,7 +53,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
     grpc::CallbackServerContext* context,
     const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelReady"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelReady");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
@@ -69,7 +70,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
 grpc::ServerUnaryReactor* KServeServiceImpl::ServerMetadata(
     grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ServerMetadata"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ServerMetadata");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   response->set_name("tlserve");
@@ -83,7 +85,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelMetadata(
     grpc::CallbackServerContext* context,
     const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelMetadata"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelMetadata");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
@@ -96,7 +99,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelConfig(
     grpc::CallbackServerContext* context,
     const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelConfig"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelConfig");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
@@ -111,7 +115,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelStatistics"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelStatistics");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   if (!request->name().empty()) {
@@ -134,7 +139,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelInfer(
     grpc::CallbackServerContext* context,
     const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelInfer"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "ModelInfer");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   if (request->model_name().empty()) {

@@ -12,8 +12,12 @@ using tlserve::v1::Model;
 grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>*
 ModelServiceImpl::UploadBackbone(grpc::CallbackServerContext* context,
                                  Backbone* response) {
-  if (auto caller = auth_->Check(*context, Role::kAdmin, "uploading a backbone"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>>(caller.status());
+  if (auto caller =
+          auth_->Check(*context, Role::kAdmin, "uploading a backbone");
+      !caller.ok()) {
+    return new FinishedReactor<
+        grpc::ServerReadReactor<tlserve::v1::UploadBackboneRequest>>(
+        caller.status());
   }
   auto upload = std::make_shared<BackboneUpload>(store_, blobs_, limits_);
   return new UploadReactor<tlserve::v1::UploadBackboneRequest, Backbone>(
@@ -27,18 +31,21 @@ ModelServiceImpl::UploadBackbone(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* ModelServiceImpl::GetBackbone(
     grpc::CallbackServerContext* context,
     const tlserve::v1::GetBackboneRequest* request, Backbone* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "reading a backbone"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a backbone");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Backbone>(context, pool_, response,
-                             [this, id = request->id()] { return store_->GetBackbone(id); });
+  return RunOnPool<Backbone>(
+      context, pool_, response,
+      [this, id = request->id()] { return store_->GetBackbone(id); });
 }
 
 grpc::ServerUnaryReactor* ModelServiceImpl::ListBackbones(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListBackbonesRequest* request,
     tlserve::v1::ListBackbonesResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing backbones"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing backbones");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListBackbonesResponse>(
@@ -56,17 +63,20 @@ grpc::ServerUnaryReactor* ModelServiceImpl::ListBackbones(
 grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::GetModelRequest* request, Model* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "reading a model"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "reading a model");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Model>(context, pool_, response,
-                          [this, id = request->id()] { return store_->GetModel(id); });
+  return RunOnPool<Model>(context, pool_, response, [this, id = request->id()] {
+    return store_->GetModel(id);
+  });
 }
 
 grpc::ServerUnaryReactor* ModelServiceImpl::DeployModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::DeployModelRequest* request, Model* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "deploying a model"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "deploying a model");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   // The stored model is rewritten (fsync): off the reactor thread.
@@ -80,18 +90,21 @@ grpc::ServerUnaryReactor* ModelServiceImpl::DeployModel(
 grpc::ServerUnaryReactor* ModelServiceImpl::UndeployModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::UndeployModelRequest* request, Model* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "undeploying a model"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "undeploying a model");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Model>(context, pool_, response,
-                          [this, id = request->id()] { return router_->Undeploy(id); });
+  return RunOnPool<Model>(context, pool_, response, [this, id = request->id()] {
+    return router_->Undeploy(id);
+  });
 }
 
 grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListModelsRequest* request,
     tlserve::v1::ListModelsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing models"); !caller.ok()) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "listing models");
+      !caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListModelsResponse>(
@@ -121,8 +134,10 @@ class ErrorWriteReactor : public grpc::ServerWriteReactor<Message> {
 grpc::ServerWriteReactor<ExportModelChunk>* ModelServiceImpl::ExportModel(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ExportModelRequest* request) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "exporting a model"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerWriteReactor<ExportModelChunk>>(caller.status());
+  if (auto caller = auth_->Check(*context, Role::kUser, "exporting a model");
+      !caller.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<ExportModelChunk>>(
+        caller.status());
   }
   auto model = store_->GetModel(request->id());
   if (!model.ok()) return new ErrorWriteReactor<ExportModelChunk>(model.status());
@@ -136,6 +151,22 @@ grpc::ServerWriteReactor<ExportModelChunk>* ModelServiceImpl::ExportModel(
           chunk->set_total_bytes(size);
           chunk->set_sha256(sha);
         }
+      });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(
+    grpc::CallbackServerContext* context,
+    const tlserve::v1::DeleteModelRequest* request,
+    google::protobuf::Empty* response) {
+  if (auto caller = auth_->Check(*context, Role::kUser, "deleting a model");
+      !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
+  return RunOnPool<google::protobuf::Empty>(
+      context, pool_, response,
+      [this, id = request->id()]() -> absl::StatusOr<google::protobuf::Empty> {
+        RETURN_IF_ERROR(store_->DeleteModel(id));
+        return google::protobuf::Empty();
       });
 }
 

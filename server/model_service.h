@@ -54,6 +54,11 @@ class ModelServiceImpl final : public tlserve::v1::ModelService::CallbackService
       const tlserve::v1::UndeployModelRequest* request,
       tlserve::v1::Model* response) override;
 
+  grpc::ServerUnaryReactor* DeleteModel(
+      grpc::CallbackServerContext* context,
+      const tlserve::v1::DeleteModelRequest* request,
+      google::protobuf::Empty* response) override;
+
  private:
   Store* store_;
   BlobStore* blobs_;

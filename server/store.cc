@@ -733,7 +733,46 @@ absl::StatusOr<Store::Page<Model>> Store::ListModels(
   return ListResources<Model>(db_, kModels, page_size, page_token);
 }
 
+absl::Status Store::DeleteModel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    // Checked in the same transaction as the delete: a deploy cannot slip
+    // in between.
+    ASSIGN_OR_RETURN(Model model, GetResource<Model>(db_, kModels, id));
+    if (!model.serving().undeployed()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          Quoted("model", id), " is deployed; undeploy it first"));
+    }
+    ASSIGN_OR_RETURN(Statement del,
+                     Statement::Prepare(db_, "DELETE FROM models WHERE id = ?1"));
+    RETURN_IF_ERROR(del.Bind(1, id));
+    return del.Run();
+  });
+}
+
 // --- Jobs.
+
+absl::Status Store::DeleteJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(bool exists, JobExists(db_, id));
+    if (!exists) {
+      return absl::NotFoundError(absl::StrCat(Quoted("job", id), " not found"));
+    }
+    // Children first (foreign keys); a retried CreateJob with the deleted
+    // job's request id makes a new job rather than naming a deleted one.
+    for (const char* sql : {"DELETE FROM checkpoints WHERE job_id = ?1",
+                            "DELETE FROM job_events WHERE job_id = ?1",
+                            "DELETE FROM request_ids WHERE scope = 'job' AND "
+                            "resource_id = ?1",
+                            "DELETE FROM jobs WHERE id = ?1"}) {
+      ASSIGN_OR_RETURN(Statement del, Statement::Prepare(db_, sql));
+      RETURN_IF_ERROR(del.Bind(1, id));
+      RETURN_IF_ERROR(del.Run());
+    }
+    return absl::OkStatus();
+  });
+}
 
 absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
                            bool enter_queue, const std::string& request_id) {

@@ -72,6 +72,8 @@ class Store {
       int page_size, const std::string& page_token);
   absl::Status PutModel(const tlserve::v1::Model& model);
   absl::StatusOr<tlserve::v1::Model> GetModel(const std::string& id);
+  // NOT_FOUND, or FAILED_PRECONDITION while the model is deployed.
+  absl::Status DeleteModel(const std::string& id);
   absl::StatusOr<Page<tlserve::v1::Model>> ListModels(
       int page_size, const std::string& page_token);
 
@@ -117,6 +119,9 @@ class Store {
   // --- Checkpoints of a job, oldest first.
   absl::Status AddCheckpoint(const std::string& job_id,
                              const tlserve::v1::CheckpointInfo& checkpoint);
+  // Deletes a job with its events, checkpoint rows and request id (whether
+  // it may be deleted is the caller's call).
+  absl::Status DeleteJob(const std::string& id);
   // Deletes a job's checkpoint rows but the newest `keep_latest` (>= 1) and
   // the newest marked best; their blobs are left to the collector.
   absl::Status PruneCheckpoints(const std::string& job_id, int keep_latest);

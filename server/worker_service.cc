@@ -140,8 +140,10 @@ void StreamChannel::StartNextLocked() {
 
 grpc::ServerBidiReactor<WorkerMessage, ServerMessage>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
-  if (auto caller = auth_->Check(*context, Role::kAdmin, "connecting a worker"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerBidiReactor<WorkerMessage, ServerMessage>>(caller.status());
+  if (auto caller = auth_->Check(*context, Role::kAdmin, "connecting a worker");
+      !caller.ok()) {
+    return new FinishedReactor<
+        grpc::ServerBidiReactor<WorkerMessage, ServerMessage>>(caller.status());
   }
   return new ConnectReactor(scheduler_);
 }
@@ -149,8 +151,11 @@ grpc::ServerBidiReactor<WorkerMessage, ServerMessage>* WorkerServiceImpl::Connec
 grpc::ServerWriteReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::FetchBlob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::FetchBlobRequest* request) {
-  if (auto caller = auth_->Check(*context, Role::kAdmin, "a worker fetching a blob"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerWriteReactor<tlserve::v1::BlobChunk>>(caller.status());
+  if (auto caller =
+          auth_->Check(*context, Role::kAdmin, "a worker fetching a blob");
+      !caller.ok()) {
+    return new FinishedReactor<
+        grpc::ServerWriteReactor<tlserve::v1::BlobChunk>>(caller.status());
   }
   auto path = blobs_->PathOf(request->sha256());
   std::string file = path.ok() ? *path : "";
@@ -169,11 +174,15 @@ grpc::ServerWriteReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::FetchBlob(
 
 grpc::ServerReadReactor<tlserve::v1::BlobChunk>* WorkerServiceImpl::PutBlob(
     grpc::CallbackServerContext* context, tlserve::v1::PutBlobResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kAdmin, "a worker storing a blob"); !caller.ok()) {
-    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::BlobChunk>>(caller.status());
+  if (auto caller =
+          auth_->Check(*context, Role::kAdmin, "a worker storing a blob");
+      !caller.ok()) {
+    return new FinishedReactor<grpc::ServerReadReactor<tlserve::v1::BlobChunk>>(
+        caller.status());
   }
-  auto writer = std::make_shared<absl::StatusOr<std::unique_ptr<BlobStore::Writer>>>(
-      blobs_->NewWriter(max_blob_bytes_));
+  auto writer =
+      std::make_shared<absl::StatusOr<std::unique_ptr<BlobStore::Writer>>>(
+          blobs_->NewWriter(max_blob_bytes_));
   return new UploadReactor<tlserve::v1::BlobChunk, tlserve::v1::PutBlobResponse>(
       response, pool_,
       [writer](const tlserve::v1::BlobChunk& chunk) -> absl::Status {

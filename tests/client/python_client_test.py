@@ -376,6 +376,29 @@ class PythonClientTokenTest(unittest.TestCase):
             self.assertEqual(refused.exception.code, grpc.StatusCode.PERMISSION_DENIED)
             self.assertIn("needs an admin token", str(refused.exception))
 
+    def test_a_finished_job_can_be_deleted_and_an_unfinished_one_not(self):
+        with Client(self.address, token=self.user_token, tls_ca_file=self.ca) as client:
+            images = bytes([0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 8, 0, 0, 0, 8]) + bytes(256)
+            labels = bytes([0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1])
+            dataset = client.upload_dataset({"train_images": images, "train_labels": labels},
+                                            "for-delete", class_names=["a", "b"])
+            # No worker: the job stays QUEUED until cancelled.
+            job = client.create_job(kind="PRETRAIN", dataset_id=dataset.id, epochs=1,
+                                    batch_size=2, keep_checkpoints=2,
+                                    pretrain={"backbone_name": "never-trained"})
+            with self.assertRaises(TlserveError) as refused:
+                client.delete_job(job.id)
+            self.assertEqual(refused.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("cancel it first", str(refused.exception))
+            client.cancel_job(job.id)
+            client.delete_job(job.id)
+            with self.assertRaises(TlserveError) as gone:
+                client.get_job(job.id)
+            self.assertEqual(gone.exception.code, grpc.StatusCode.NOT_FOUND)
+            with self.assertRaises(TlserveError) as gone:
+                client.delete_model("model-that-never-was")
+            self.assertEqual(gone.exception.code, grpc.StatusCode.NOT_FOUND)
+
     def test_the_environment_supplies_token_and_ca(self):
         saved = dict(os.environ)
         self.addCleanup(os.environ.update, saved)

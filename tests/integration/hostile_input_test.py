@@ -203,6 +203,16 @@ def main() -> int:
                     setattr(target, leaf, value)
             return s
 
+        # A job that stays queued: the local worker runs one job at a time,
+        # and this one waits behind a long one (a full fine-tune of 1000
+        # epochs, cancelled at the end).
+        long_job = client.create_job(dataset_id=good.id, backbone_id=backbone.id, epochs=1000,
+                                     batch_size=16, optimizer={"learning_rate": 1e-4},
+                                     freeze={"mode": "FULL"})
+        queued_job = client.create_job(dataset_id=good.id, backbone_id=backbone.id, epochs=1,
+                                       batch_size=16, optimizer={"learning_rate": 1e-3},
+                                       freeze={"mode": "FROZEN"})
+
         def tensor_request(shape, contents=None, dtype="FP32"):
             n = 1
             for d in shape:
@@ -311,6 +321,15 @@ def main() -> int:
             ("job with batch size -5",
              lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(batch_size=-5))),
              INVALID, "batch_size"),
+            ("job keeping -1 checkpoints",
+             lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(keep_checkpoints=-1))),
+             INVALID, "keep_checkpoints"),
+            ("deleting a job that is still queued",
+             lambda: server.jobs.DeleteJob(job_pb2.DeleteJobRequest(id=queued_job.id)),
+             "FAILED_PRECONDITION", "cancel it first"),
+            ("deleting a model that is deployed",
+             lambda: server.models.DeleteModel(model_pb2.DeleteModelRequest(id=model_id)),
+             "FAILED_PRECONDITION", "undeploy it first"),
             ("job with a request id of 100,000 characters",
              lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(),
                                                                    request_id="r" * 100_000)),
@@ -378,6 +397,9 @@ def main() -> int:
             if server.process.poll() is not None:
                 failures.append(f"the server died after: {what}")
                 break
+
+        for unfinished in (queued_job, long_job):
+            client.cancel_job(unfinished.id)
 
         # Nothing lost: the server is healthy, the good dataset and the model
         # are as they were, and the model still answers.

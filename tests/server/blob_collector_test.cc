@@ -147,7 +147,7 @@ TEST_F(BlobCollectorTest, StoringExistingContentAgainProtectsIt) {
   EXPECT_TRUE(blobs_->Has(sha));
 }
 
-TEST_F(BlobCollectorTest, PruningKeepsTheNewestAndTheBest) {
+TEST_F(BlobCollectorTest, PruningKeepsTheNewestAndTheBestAndDeletingFreesAll) {
   AddJob("job-1");
   std::vector<std::string> shas;
   for (int epoch = 1; epoch <= 5; ++epoch) {
@@ -172,6 +172,13 @@ TEST_F(BlobCollectorTest, PruningKeepsTheNewestAndTheBest) {
   EXPECT_FALSE(blobs_->Has(shas[2]));
   EXPECT_TRUE(blobs_->Has(shas[3]));
   EXPECT_TRUE(blobs_->Has(shas[4]));
+
+  // A deleted job's checkpoints all go.
+  ASSERT_OK(store_->DeleteJob("job-1"));
+  done = CollectBlobs(store_.get(), blobs_.get(), absl::Hours(1), absl::Now());
+  ASSERT_OK(done.status());
+  EXPECT_EQ(done->removed, 3);
+  for (const std::string& sha : shas) EXPECT_FALSE(blobs_->Has(sha));
 }
 
 // Writers store blobs and then record them, as uploads and workers do,

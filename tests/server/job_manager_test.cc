@@ -447,5 +447,63 @@ TEST_F(JobManagerTest, SuccessRegistersTheModel) {
   EXPECT_EQ(model->class_names_size(), 2);
 }
 
+// Deleting: only a finished job, with everything of it but its model; its
+// request id then makes a new job. A model only once undeployed. Finished
+// jobs keep the checkpoints their spec (or the server) asks for.
+TEST_F(JobManagerTest, DeletesFinishedJobsAndUndeployedModelsOnly) {
+  JobSpec spec = Spec();
+  spec.set_keep_checkpoints(1);
+  std::string id = manager_->CreateJob(spec, "request-1")->id();
+  EXPECT_EQ(manager_->DeleteJob(id).code(), absl::StatusCode::kFailedPrecondition);
+  Claim("w1");
+  EXPECT_EQ(manager_->DeleteJob(id).code(), absl::StatusCode::kFailedPrecondition);
+  for (int epoch = 1; epoch <= 3; ++epoch) {
+    tlserve::v1::JobEpochDone done;
+    done.set_job_id(id);
+    done.set_attempt(1);
+    done.mutable_metrics()->set_epoch(epoch);
+    done.mutable_checkpoint()->set_epoch(epoch);
+    done.mutable_checkpoint()->set_sha256(*blobs_->Put(absl::StrCat("ckpt ", epoch)));
+    ASSERT_TRUE(manager_->OnEpochDone("w1", done).ok());
+  }
+  EXPECT_EQ(store_->ListCheckpoints(id)->size(), 3u);
+  tlserve::v1::JobFinished finished;
+  finished.set_job_id(id);
+  finished.set_attempt(1);
+  finished.set_succeeded(true);
+  finished.set_artifact_sha256(*blobs_->Put("model bytes"));
+  finished.set_artifact_size_bytes(11);
+  finished.add_class_names("a");
+  ASSERT_TRUE(manager_->OnFinished("w1", finished).ok());
+  // keep_checkpoints = 1: the newest stays.
+  ASSERT_EQ(store_->ListCheckpoints(id)->size(), 1u);
+  EXPECT_EQ((*store_->ListCheckpoints(id))[0].epoch(), 3);
+
+  const std::string model_id = manager_->GetJob(id)->result().model_id();
+  ASSERT_TRUE(manager_->DeleteJob(id).ok());
+  EXPECT_EQ(manager_->GetJob(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->DeleteJob(id).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->ListCheckpoints(id)->empty());
+  EXPECT_TRUE(store_->ListEvents(id, 0, 100)->empty());
+  EXPECT_TRUE(store_->GetModel(model_id).ok());
+  auto again = manager_->CreateJob(spec, "request-1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(again->id(), id);
+
+  // A model from a job is deployed at once: deleting it needs an undeploy.
+  tlserve::v1::Model model = *store_->GetModel(model_id);
+  EXPECT_EQ(store_->DeleteModel(model_id).code(), absl::StatusCode::kFailedPrecondition);
+  model.mutable_serving()->set_undeployed(true);
+  ASSERT_TRUE(store_->PutModel(model).ok());
+  ASSERT_TRUE(store_->DeleteModel(model_id).ok());
+  EXPECT_EQ(store_->GetModel(model_id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteModel(model_id).code(), absl::StatusCode::kNotFound);
+
+  JobSpec bad = Spec();
+  bad.set_keep_checkpoints(-1);
+  EXPECT_EQ(manager_->CreateJob(bad, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace tlserve

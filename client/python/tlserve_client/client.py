@@ -431,6 +431,11 @@ class Client:
                           model_pb2.DeployModelRequest(id=model_id, serving=serving),
                           max(self.timeout, 120.0))
 
+    def delete_model(self, model_id: str) -> None:
+        """Deletes an undeployed model (FAILED_PRECONDITION while
+        deployed)."""
+        self._call(self._models.DeleteModel, model_pb2.DeleteModelRequest(id=model_id))
+
     def undeploy_model(self, model_id: str) -> model_pb2.Model:
         """Stops serving it (predict() then fails with FAILED_PRECONDITION)."""
         return self._call(self._models.UndeployModel, model_pb2.UndeployModelRequest(id=model_id))
@@ -509,6 +514,11 @@ class Client:
             token = page.next_page_token
             if not token:
                 return jobs
+
+    def delete_job(self, job_id: str) -> None:
+        """Deletes a finished job with its events and checkpoints
+        (FAILED_PRECONDITION before it has finished); its model stays."""
+        self._call(self._jobs.DeleteJob, job_pb2.DeleteJobRequest(id=job_id))
 
     def cancel_job(self, job_id: str) -> job_pb2.Job:
         return self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(id=job_id))
