@@ -14,9 +14,10 @@ namespace tlserve {
 class DatasetServiceImpl final : public tlserve::v1::DatasetService::CallbackService {
  public:
   DatasetServiceImpl(Store* store, BlobStore* blobs, WorkPool* pool,
-                     UploadLimits limits, const Authenticator* auth)
+                     UploadLimits limits, const Authenticator* auth,
+                     const Quotas* quotas)
       : store_(store), blobs_(blobs), pool_(pool), limits_(limits),
-        auth_(auth) {}
+        auth_(auth), quotas_(quotas) {}
 
   grpc::ServerReadReactor<tlserve::v1::UploadDatasetRequest>* UploadDataset(
       grpc::CallbackServerContext* context,
@@ -37,7 +38,9 @@ class DatasetServiceImpl final : public tlserve::v1::DatasetService::CallbackSer
   Store* store_;
   BlobStore* blobs_;
   WorkPool* pool_;
-  UploadLimits limits_;  const Authenticator* auth_;
+  UploadLimits limits_;
+  const Authenticator* auth_;
+  const Quotas* quotas_;
 };
 
 }  // namespace tlserve

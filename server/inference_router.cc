@@ -88,7 +88,7 @@ InferenceRouter::~InferenceRouter() {
 void InferenceRouter::Start() { thread_ = std::thread([this] { Loop(); }); }
 
 void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline,
-                              PredictDone done) {
+                              PredictDone done, absl::string_view tenant) {
   absl::Status ok =
       CheckInputs(request.model_id(), request.images_size(), request.tensor());
   if (ok.ok() && request.top_k() < 0) {
@@ -106,11 +106,12 @@ void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline
         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
           if (!result.ok()) return done(result.status());
           done(std::move(*result->mutable_prediction()));
-        });
+        },
+        tenant);
 }
 
 void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
-                            EmbedDone done) {
+                            EmbedDone done, absl::string_view tenant) {
   absl::Status ok =
       CheckInputs(request.model_id(), request.images_size(), request.tensor());
   if (!ok.ok()) {
@@ -127,32 +128,44 @@ void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
         [done = std::move(done)](absl::StatusOr<InferenceResult> result) {
           if (!result.ok()) return done(result.status());
           done(std::move(*result->mutable_embedding()));
-        });
+        },
+        tenant);
 }
 
 void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
-                            absl::Time deadline, ResultDone done) {
+                            absl::Time deadline, ResultDone done,
+                            absl::string_view tenant) {
   const absl::Time now = absl::Now();
   if (deadline == absl::InfiniteFuture()) deadline = now + options_.default_timeout;
   bool known = false;
+  absl::Status unknown;
   {
     absl::MutexLock lock(&mu_);
-    known = queues_.count(model_id) > 0;
+    auto it = queues_.find(model_id);
+    known = it != queues_.end() && !it->second.tenant.empty();
+    // Another tenant's model is not found, word for word as in the store.
+    if (known && tenant != kEveryTenant && it->second.tenant != tenant) {
+      unknown = absl::NotFoundError(absl::StrCat("model '", model_id, "' not found"));
+    }
   }
   std::optional<tlserve::v1::Model> stored;
   if (!known) {
     // Models do not change once stored (Deploy and Undeploy tell the router
     // themselves), so the store is read once per model.
-    absl::StatusOr<tlserve::v1::Model> got = store_->GetModel(model_id);
-    if (!got.ok()) {
-      if (metrics_ != nullptr) {
-        metrics_->Call(InferenceMetrics::kUnknownModel, got.status().code(),
-                       absl::Now() - now, nullptr);
-      }
-      done(got.status());
-      return;
+    absl::StatusOr<tlserve::v1::Model> got = store_->GetModel(model_id, tenant);
+    if (got.ok()) {
+      stored = *std::move(got);
+    } else {
+      unknown = got.status();
     }
-    stored = *std::move(got);
+  }
+  if (!unknown.ok()) {
+    if (metrics_ != nullptr) {
+      metrics_->Call(InferenceMetrics::kUnknownModel, unknown.code(),
+                     absl::Now() - now, nullptr);
+    }
+    done(unknown);
+    return;
   }
 
   const int64_t bytes = static_cast<int64_t>(item.ByteSizeLong());
@@ -182,6 +195,7 @@ void InferenceRouter::Infer(const std::string& model_id, InferenceItem item,
                             ? queues_[model_id]
                             : UpdateModelLocked(ServedModel(*stored),
                                                 stored->serving());
+    if (queue.tenant.empty() && stored.has_value()) queue.tenant = stored->tenant();
     call->lane = queue.lane;
     RefreshWorkersLocked(now, /*force=*/false);
     if (stopping_) {
@@ -241,11 +255,12 @@ void InferenceRouter::FinishLocked(const CallPtr& call,
 }
 
 std::vector<InferenceRouter::ModelStats> InferenceRouter::Stats(
-    const std::string& model_id) {
+    const std::string& model_id, absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
   std::vector<ModelStats> out;
   for (const auto& [id, queue] : queues_) {
     if (!model_id.empty() && id != model_id) continue;
+    if (tenant != kEveryTenant && queue.tenant != tenant) continue;
     out.push_back(queue.stats);
     out.back().model_id = id;
   }
@@ -342,7 +357,8 @@ InferenceRouter::ModelQueue& InferenceRouter::UpdateModelLocked(
 }
 
 absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
-    const std::string& model_id, const tlserve::v1::ServingConfig& serving) {
+    const std::string& model_id, const tlserve::v1::ServingConfig& serving,
+    absl::string_view tenant) {
   if (model_id.empty()) return absl::InvalidArgumentError("id: a model id is required");
   if (serving.has_max_batch_size() &&
       (serving.max_batch_size() < 1 || serving.max_batch_size() > 4096)) {
@@ -364,7 +380,7 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
         " is outside 1..1000000"));
   }
   absl::MutexLock lifecycle(&lifecycle_mu_);
-  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id);
+  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id, tenant);
   if (!model.ok()) return model.status();
   *model->mutable_serving() = serving;
   model->mutable_serving()->set_undeployed(false);
@@ -375,6 +391,7 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
   {
     absl::MutexLock lock(&mu_);
     ModelQueue& queue = UpdateModelLocked(ServedModel(*model), model->serving());
+    queue.tenant = model->tenant();
     // Warm-up: a batch with the model and no items makes the least loaded
     // worker load it now, so the first caller does not wait for that.
     RefreshWorkersLocked(absl::Now(), /*force=*/true);
@@ -413,10 +430,10 @@ absl::StatusOr<tlserve::v1::Model> InferenceRouter::Deploy(
 }
 
 absl::StatusOr<tlserve::v1::Model> InferenceRouter::Undeploy(
-    const std::string& model_id) {
+    const std::string& model_id, absl::string_view tenant) {
   if (model_id.empty()) return absl::InvalidArgumentError("id: a model id is required");
   absl::MutexLock lifecycle(&lifecycle_mu_);
-  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id);
+  absl::StatusOr<tlserve::v1::Model> model = store_->GetModel(model_id, tenant);
   if (!model.ok()) return model.status();
   model->mutable_serving()->set_undeployed(true);
   if (absl::Status stored = store_->PutModel(*model); !stored.ok()) {

@@ -108,15 +108,17 @@ class InferenceRouter : public InferenceSink {
   bool WaitIdle(absl::Time deadline);
   // `done` runs exactly once, possibly before the call returns, on the
   // caller's thread or one of the router's.
+  // `tenant` is the caller's: another tenant's model is NOT_FOUND.
   void Predict(const tlserve::v1::PredictRequest& request, absl::Time deadline,
-               PredictDone done);
+               PredictDone done, absl::string_view tenant = kDefaultTenant);
   void Embed(const tlserve::v1::EmbedRequest& request, absl::Time deadline,
-             EmbedDone done);
+             EmbedDone done, absl::string_view tenant = kDefaultTenant);
 
   // Any item (what Predict and Embed build; the KServe API builds its
   // own). The item's inputs are checked by the worker.
   void Infer(const std::string& model_id, tlserve::v1::InferenceItem item,
-             absl::Time deadline, ResultDone done);
+             absl::Time deadline, ResultDone done,
+             absl::string_view tenant = kDefaultTenant);
 
   // Model lifecycle (ModelService.DeployModel / UndeployModel): stores the
   // model's serving settings and applies them to its queue at once.
@@ -125,11 +127,15 @@ class InferenceRouter : public InferenceSink {
   // model's queued calls with FAILED_PRECONDITION and has every worker
   // that holds it drop it. NOT_FOUND for an unknown model.
   absl::StatusOr<tlserve::v1::Model> Deploy(
-      const std::string& model_id, const tlserve::v1::ServingConfig& serving);
-  absl::StatusOr<tlserve::v1::Model> Undeploy(const std::string& model_id);
+      const std::string& model_id, const tlserve::v1::ServingConfig& serving,
+      absl::string_view tenant = kDefaultTenant);
+  absl::StatusOr<tlserve::v1::Model> Undeploy(
+      const std::string& model_id, absl::string_view tenant = kDefaultTenant);
 
-  // Every model called so far, or one (empty if it was never called).
-  std::vector<ModelStats> Stats(const std::string& model_id = "");
+  // Every model of `tenant` called so far, or one (empty if it was never
+  // called).
+  std::vector<ModelStats> Stats(const std::string& model_id = "",
+                                absl::string_view tenant = kEveryTenant);
   const Options& options() const { return options_; }
   // Workers the router can send to (a fresh look at the scheduler).
   int ConnectedWorkers();
@@ -158,6 +164,8 @@ class InferenceRouter : public InferenceSink {
     tlserve::v1::InferenceModel model;
     tlserve::v1::ServingConfig serving;
     std::string lane;
+    // The model's owner; empty until the model was read from the store.
+    std::string tenant;
     size_t queued_calls = 0;  // its calls waiting in the lane
     ModelStats stats;
   };

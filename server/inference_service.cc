@@ -24,8 +24,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Predict(
     grpc::CallbackServerContext* context,
     const tlserve::v1::PredictRequest* request,
     tlserve::v1::PredictResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "Predict");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "Predict");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -33,7 +33,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Predict(
                    [reactor, response](absl::StatusOr<tlserve::v1::PredictResponse> r) {
                      if (r.ok()) *response = *std::move(r);
                      reactor->Finish(ToGrpcStatus(r.status()));
-                   });
+                   },
+                   caller->tenant);
   return reactor;
 }
 
@@ -41,8 +42,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Embed(
     grpc::CallbackServerContext* context,
     const tlserve::v1::EmbedRequest* request,
     tlserve::v1::EmbedResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "Embed");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "Embed");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -50,7 +51,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Embed(
                  [reactor, response](absl::StatusOr<tlserve::v1::EmbedResponse> r) {
                    if (r.ok()) *response = *std::move(r);
                    reactor->Finish(ToGrpcStatus(r.status()));
-                 });
+                 },
+                 caller->tenant);
   return reactor;
 }
 

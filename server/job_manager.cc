@@ -119,13 +119,15 @@ absl::Status JobManager::RecoverAfterRestart() {
 }
 
 absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
-                                          const std::string& request_id) {
+                                          const std::string& request_id,
+                                          absl::string_view tenant) {
   RETURN_IF_ERROR(ValidateRequestId(request_id, "request_id"));
   ApplyJobDefaults(&spec);
   if (spec.data().dataset_id().empty()) {
     return absl::InvalidArgumentError("spec.data.dataset_id is required");
   }
-  auto dataset = store_->GetDataset(spec.data().dataset_id());
+  // Another tenant's dataset or backbone is not found, as in every read.
+  auto dataset = store_->GetDataset(spec.data().dataset_id(), tenant);
   if (absl::IsNotFound(dataset.status())) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "spec.data.dataset_id: dataset '%s' not found",
@@ -138,7 +140,7 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
       return absl::InvalidArgumentError(
           "spec.backbone_id is required for FINE_TUNE");
     }
-    auto found = store_->GetBackbone(spec.backbone_id());
+    auto found = store_->GetBackbone(spec.backbone_id(), tenant);
     if (absl::IsNotFound(found.status())) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "spec.backbone_id: backbone '%s' not found", spec.backbone_id()));
@@ -158,12 +160,23 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
   {
     absl::MutexLock lock(&mu_);
     if (!request_id.empty()) {
-      ASSIGN_OR_RETURN(auto existing, store_->LookupRequest("job", request_id));
+      ASSIGN_OR_RETURN(auto existing,
+                       store_->LookupRequest("job", tenant, request_id));
       if (existing.has_value()) id = *existing;
     }
     if (id.empty()) {
+      // Under mu_: concurrent creates cannot pass the quota together.
+      if (options_.quotas.limits_queued_jobs()) {
+        ASSIGN_OR_RETURN(int64_t queued, store_->QueuedJobsOf(tenant));
+        RETURN_IF_ERROR(options_.quotas.CheckQueueJob(tenant, queued));
+      }
+      if (options_.quotas.limits_stored_bytes()) {
+        ASSIGN_OR_RETURN(int64_t stored, store_->StoredBytesOf(tenant));
+        RETURN_IF_ERROR(options_.quotas.CheckStore(tenant, stored, 0));
+      }
       Job job;
       job.set_id(NewId("job"));
+      job.set_tenant(std::string(tenant));
       *job.mutable_spec() = spec;
       job.set_state(tlserve::v1::QUEUED);
       *job.mutable_create_time() = ToProtoTime(options_.now());
@@ -189,11 +202,12 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
     }
   }
   if (dispatcher_ != nullptr) dispatcher_->JobQueued();
-  return GetJob(id);
+  return GetJob(id, tenant);
 }
 
-absl::StatusOr<Job> JobManager::GetJob(const std::string& id) {
-  ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+absl::StatusOr<Job> JobManager::GetJob(const std::string& id,
+                                       absl::string_view tenant) {
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(id, tenant));
   if (job.state() == tlserve::v1::QUEUED) FillQueueEstimate(&job);
   return job;
 }
@@ -240,21 +254,23 @@ void JobManager::FillQueueEstimate(Job* job) {
 
 absl::StatusOr<Store::Page<Job>> JobManager::ListJobs(JobState state,
                                                       int page_size,
-                                                      const std::string& token) {
-  ASSIGN_OR_RETURN(auto page, store_->ListJobs(state, page_size, token));
+                                                      const std::string& token,
+                                                      absl::string_view tenant) {
+  ASSIGN_OR_RETURN(auto page, store_->ListJobs(state, page_size, token, tenant));
   for (Job& job : page.items) {
     if (job.state() == tlserve::v1::QUEUED) FillQueueEstimate(&job);
   }
   return page;
 }
 
-absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {
+absl::StatusOr<Job> JobManager::CancelJob(const std::string& id,
+                                          absl::string_view tenant) {
   std::string worker_id;
   int attempt = 0;
   Job job;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(job, store_->GetJob(id));
+    ASSIGN_OR_RETURN(job, store_->GetJob(id, tenant));
     if (IsFinalState(job.state())) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "job '%s' already finished as %s; nothing to cancel", id,
@@ -272,11 +288,12 @@ absl::StatusOr<Job> JobManager::CancelJob(const std::string& id) {
   return job;
 }
 
-absl::Status JobManager::DeleteJob(const std::string& id) {
+absl::Status JobManager::DeleteJob(const std::string& id,
+                                   absl::string_view tenant) {
   // Under mu_, so the job cannot be requeued between the check and the
   // delete.
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(id, tenant));
   if (!IsFinalState(job.state())) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "job '%s' is %s; cancel it first, then delete it", id,
@@ -297,7 +314,8 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
     for (Job& job : queued) {
       if (job.spec().device() == "cuda" && !has_cuda) continue;
       AssignJob assign;
-      auto dataset = store_->GetDataset(job.spec().data().dataset_id());
+      auto dataset =
+          store_->GetDataset(job.spec().data().dataset_id(), job.tenant());
       if (!dataset.ok()) {
         RETURN_IF_ERROR(Transition(
             &job, tlserve::v1::FAILED,
@@ -306,7 +324,8 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
       }
       *assign.mutable_dataset() = *dataset;
       if (job.spec().kind() == tlserve::v1::FINE_TUNE) {
-        auto backbone = store_->GetBackbone(job.spec().backbone_id());
+        auto backbone =
+            store_->GetBackbone(job.spec().backbone_id(), job.tenant());
         if (!backbone.ok()) {
           RETURN_IF_ERROR(Transition(
               &job, tlserve::v1::FAILED,
@@ -358,7 +377,7 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
 absl::StatusOr<Job> JobManager::LoadRunningAttempt(const std::string& worker_id,
                                                    const std::string& job_id,
                                                    int attempt) {
-  ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id, kEveryTenant));
   if (job.state() != tlserve::v1::RUNNING || job.attempt() != attempt ||
       job.worker_id() != worker_id) {
     return absl::AbortedError(absl::StrFormat(
@@ -473,6 +492,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     backbone.set_feature_dim(finished.result().feature_dim());
     *backbone.mutable_blocks() = finished.result().blocks();
     backbone.set_source_job_id(job->id());
+    backbone.set_tenant(job->tenant());
     *backbone.mutable_create_time() = ToProtoTime(options_.now());
     RETURN_IF_ERROR(store_->PutBackbone(backbone));
     result->set_backbone_id(backbone.id());
@@ -480,6 +500,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     tlserve::v1::Model model;
     model.set_id(NewId("model"));
     model.set_job_id(job->id());
+    model.set_tenant(job->tenant());
     model.set_backbone_id(job->spec().backbone_id());
     model.set_sha256(sha);
     model.set_size_bytes(finished.artifact_size_bytes());
@@ -492,7 +513,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     // The server cannot open TorchScript; the first worker to load an
     // uploaded backbone tells it the blocks and feature size, so that
     // `backbone get` can show them for later jobs.
-    auto backbone = store_->GetBackbone(job->spec().backbone_id());
+    auto backbone = store_->GetBackbone(job->spec().backbone_id(), kEveryTenant);
     if (backbone.ok() && backbone->blocks_size() == 0 &&
         finished.result().blocks_size() > 0) {
       backbone->set_feature_dim(finished.result().feature_dim());
@@ -570,7 +591,7 @@ std::vector<std::string> JobManager::StaleJobsOf(
     const std::string& worker_id, const std::vector<std::string>& job_ids) {
   std::vector<std::string> stale;
   for (const std::string& id : job_ids) {
-    auto job = store_->GetJob(id);
+    auto job = store_->GetJob(id, kEveryTenant);
     if (!job.ok() || job->state() != tlserve::v1::RUNNING ||
         job->worker_id() != worker_id) {
       stale.push_back(id);

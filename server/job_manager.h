@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "server/blob_store.h"
 #include "server/event_hub.h"
+#include "server/quotas.h"
 #include "server/server_metrics.h"
 #include "server/store.h"
 #include "tlserve/v1/job.pb.h"
@@ -46,6 +47,8 @@ class JobManager {
     // Checkpoints a finished job keeps: the newest this many and the newest
     // best one (0: all). Pruned blobs go to the collector.
     int keep_checkpoints = 0;
+    // Queued jobs and stored bytes per tenant (server/quotas.h).
+    Quotas quotas{};
   };
 
   JobManager(Options options, Store* store, BlobStore* blobs, EventHub* events);
@@ -58,20 +61,27 @@ class JobManager {
   // to QUEUED (their workers, if alive, are told to stop when they return).
   absl::Status RecoverAfterRestart();
 
-  // --- Client side.
-  // Validates, stores and queues; INVALID_ARGUMENT names the bad field.
-  // A repeated request_id returns the job made the first time.
-  absl::StatusOr<tlserve::v1::Job> CreateJob(tlserve::v1::JobSpec spec,
-                                             const std::string& request_id);
+  // --- Client side: the calls of one tenant, which sees only its own jobs
+  // (another's are NOT_FOUND, as in the Store).
+  // Validates, stores and queues; INVALID_ARGUMENT names the bad field,
+  // RESOURCE_EXHAUSTED a spent quota. A repeated request_id returns the
+  // job made the first time.
+  absl::StatusOr<tlserve::v1::Job> CreateJob(
+      tlserve::v1::JobSpec spec, const std::string& request_id,
+      absl::string_view tenant = kDefaultTenant);
   // With queue_position and estimated_start_time for a QUEUED job.
-  absl::StatusOr<tlserve::v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<tlserve::v1::Job> GetJob(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   absl::StatusOr<Store::Page<tlserve::v1::Job>> ListJobs(
-      tlserve::v1::JobState state, int page_size, const std::string& token);
+      tlserve::v1::JobState state, int page_size, const std::string& token,
+      absl::string_view tenant = kDefaultTenant);
   // QUEUED or RUNNING -> CANCELLED (the worker is told to stop). Cancelling
   // a finished job is FAILED_PRECONDITION.
-  absl::StatusOr<tlserve::v1::Job> CancelJob(const std::string& id);
+  absl::StatusOr<tlserve::v1::Job> CancelJob(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   // Deletes a finished job (FAILED_PRECONDITION before it has finished).
-  absl::Status DeleteJob(const std::string& id);
+  absl::Status DeleteJob(const std::string& id,
+                         absl::string_view tenant = kDefaultTenant);
 
   // --- Worker side. Updates carry (job_id, attempt); one that is not the
   // current RUNNING attempt on that worker is refused with ABORTED and

@@ -95,7 +95,7 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent> {
                        last_sequence_, " to continue")));
       return;
     }
-    auto job = store_->GetJob(job_id_);
+    auto job = store_->GetJob(job_id_, kEveryTenant);
     if (!job.ok()) {
       FinishLocked(ToGrpcStatus(job.status()));
     } else if (IsFinalState(job->state())) {
@@ -129,43 +129,45 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent> {
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CreateJobRequest* request, Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "creating a job");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "creating a job");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<Job>(
       context, pool_, response,
-      [this, spec = request->spec(), rid = request->request_id()] {
-        return jobs_->CreateJob(spec, rid);
+      [this, spec = request->spec(), rid = request->request_id(),
+       tenant = caller->tenant] {
+        return jobs_->CreateJob(spec, rid, tenant);
       });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const tlserve::v1::GetJobRequest* request,
     Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "reading a job");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "reading a job");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Job>(context, pool_, response, [this, id = request->id()] {
-    return jobs_->GetJob(id);
-  });
+  return RunOnPool<Job>(context, pool_, response,
+                        [this, id = request->id(), tenant = caller->tenant] {
+                          return jobs_->GetJob(id, tenant);
+                        });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListJobsRequest* request,
     tlserve::v1::ListJobsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing jobs");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "listing jobs");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListJobsResponse>(
       context, pool_, response,
       [this, state = request->state(), size = request->page_size(),
-       token = request->page_token()]()
+       token = request->page_token(), tenant = caller->tenant]()
           -> absl::StatusOr<tlserve::v1::ListJobsResponse> {
-        ASSIGN_OR_RETURN(auto page, jobs_->ListJobs(state, size, token));
+        ASSIGN_OR_RETURN(auto page, jobs_->ListJobs(state, size, token, tenant));
         tlserve::v1::ListJobsResponse out;
         for (auto& j : page.items) *out.add_jobs() = std::move(j);
         out.set_next_page_token(page.next_page_token);
@@ -176,22 +178,30 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::CancelJobRequest* request, Job* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "cancelling a job");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "cancelling a job");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
-  return RunOnPool<Job>(context, pool_, response, [this, id = request->id()] {
-    return jobs_->CancelJob(id);
-  });
+  return RunOnPool<Job>(context, pool_, response,
+                        [this, id = request->id(), tenant = caller->tenant] {
+                          return jobs_->CancelJob(id, tenant);
+                        });
 }
 
 grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::WatchJobRequest* request) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "watching a job");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "watching a job");
+  if (!caller.ok()) {
     return new FinishedReactor<grpc::ServerWriteReactor<JobEvent>>(
         caller.status());
+  }
+  // Ownership is checked once here (a job never changes tenant); the
+  // reactor then reads the job's events by id. The read blocks this
+  // thread briefly, like the reactor's own first read.
+  if (absl::Status owned = store_->GetJob(request->id(), caller->tenant).status();
+      !owned.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<JobEvent>>(owned);
   }
   return new WatchReactor(store_, events_, request->id(),
                           request->after_sequence());
@@ -201,15 +211,15 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
     grpc::CallbackServerContext* context,
     const tlserve::v1::ListCheckpointsRequest* request,
     tlserve::v1::ListCheckpointsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "listing checkpoints");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "listing checkpoints");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<tlserve::v1::ListCheckpointsResponse>(
       context, pool_, response,
-      [this, id = request->job_id()]()
+      [this, id = request->job_id(), tenant = caller->tenant]()
           -> absl::StatusOr<tlserve::v1::ListCheckpointsResponse> {
-        RETURN_IF_ERROR(store_->GetJob(id).status());
+        RETURN_IF_ERROR(store_->GetJob(id, tenant).status());
         ASSIGN_OR_RETURN(auto checkpoints, store_->ListCheckpoints(id));
         tlserve::v1::ListCheckpointsResponse out;
         for (auto& c : checkpoints) *out.add_checkpoints() = std::move(c);
@@ -221,14 +231,15 @@ grpc::ServerUnaryReactor* JobServiceImpl::DeleteJob(
     grpc::CallbackServerContext* context,
     const tlserve::v1::DeleteJobRequest* request,
     google::protobuf::Empty* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "deleting a job");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "deleting a job");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   return RunOnPool<google::protobuf::Empty>(
       context, pool_, response,
-      [this, id = request->id()]() -> absl::StatusOr<google::protobuf::Empty> {
-        RETURN_IF_ERROR(jobs_->DeleteJob(id));
+      [this, id = request->id(),
+       tenant = caller->tenant]() -> absl::StatusOr<google::protobuf::Empty> {
+        RETURN_IF_ERROR(jobs_->DeleteJob(id, tenant));
         return google::protobuf::Empty();
       });
 }

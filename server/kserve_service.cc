@@ -28,10 +28,11 @@ absl::Time CallDeadline(const grpc::CallbackServerContext* context) {
 }  // namespace
 
 absl::StatusOr<tlserve::v1::Model> KServeServiceImpl::FindModel(
-    const std::string& name, const std::string& version) {
+    const std::string& name, const std::string& version,
+    absl::string_view tenant) {
   if (name.empty()) return absl::InvalidArgumentError("name: a model id is required");
   RETURN_IF_ERROR(kserve::CheckVersion(name, version));
-  return store_->GetModel(name);
+  return store_->GetModel(name, tenant);
 }
 
 grpc::ServerUnaryReactor* KServeServiceImpl::ServerLive(
@@ -53,12 +54,12 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
     grpc::CallbackServerContext* context,
     const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelReady");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ModelReady");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
-      FindModel(request->name(), request->version());
+      FindModel(request->name(), request->version(), caller->tenant);
   if (!model.ok() && !absl::IsNotFound(model.status())) {
     return Done(context, model.status());
   }
@@ -70,8 +71,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(
 grpc::ServerUnaryReactor* KServeServiceImpl::ServerMetadata(
     grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ServerMetadata");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ServerMetadata");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   response->set_name("tlserve");
@@ -85,12 +86,12 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelMetadata(
     grpc::CallbackServerContext* context,
     const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelMetadata");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ModelMetadata");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
-      FindModel(request->name(), request->version());
+      FindModel(request->name(), request->version(), caller->tenant);
   if (model.ok()) *response = kserve::Metadata(*model);
   return Done(context, model.status());
 }
@@ -99,12 +100,12 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelConfig(
     grpc::CallbackServerContext* context,
     const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelConfig");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ModelConfig");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   absl::StatusOr<tlserve::v1::Model> model =
-      FindModel(request->name(), request->version());
+      FindModel(request->name(), request->version(), caller->tenant);
   if (model.ok()) {
     *response->mutable_config() = kserve::Config(*model, router_->options());
   }
@@ -115,16 +116,17 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelStatistics");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ModelStatistics");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   if (!request->name().empty()) {
     absl::StatusOr<tlserve::v1::Model> model =
-        FindModel(request->name(), request->version());
+        FindModel(request->name(), request->version(), caller->tenant);
     if (!model.ok()) return Done(context, model.status());
   }
-  std::vector<InferenceRouter::ModelStats> stats = router_->Stats(request->name());
+  std::vector<InferenceRouter::ModelStats> stats =
+      router_->Stats(request->name(), caller->tenant);
   if (stats.empty() && !request->name().empty()) {
     stats.emplace_back();  // a stored model not called yet: all zeros
     stats.back().model_id = request->name();
@@ -139,8 +141,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelInfer(
     grpc::CallbackServerContext* context,
     const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
-  if (auto caller = auth_->Check(*context, Role::kUser, "ModelInfer");
-      !caller.ok()) {
+  auto caller = auth_->Check(*context, Role::kUser, "ModelInfer");
+  if (!caller.ok()) {
     return Refuse(context, caller.status());
   }
   if (request->model_name().empty()) {
@@ -168,7 +170,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelInfer(
           }
         }
         reactor->Finish(ToGrpcStatus(status));
-      });
+      },
+      caller->tenant);
   return reactor;
 }
 

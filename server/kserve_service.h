@@ -50,7 +50,8 @@ class KServeServiceImpl final
  private:
   // The stored model `name` at `version` ("" or "1").
   absl::StatusOr<tlserve::v1::Model> FindModel(const std::string& name,
-                                               const std::string& version);
+                                               const std::string& version,
+                                               absl::string_view tenant);
 
   Store* store_;
   InferenceRouter* router_;  const Authenticator* auth_;

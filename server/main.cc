@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "server/quotas.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
@@ -64,6 +65,17 @@ ABSL_FLAG(std::string, tls_ca_file, "",
 ABSL_FLAG(std::string, local_worker_token_file, "",
           "file holding the admin token local workers send (needed with "
           "--local_workers and --auth_tokens_file)");
+ABSL_FLAG(int64_t, tenant_max_queued_jobs, 0,
+          "jobs a tenant may have queued; one more gets RESOURCE_EXHAUSTED "
+          "(0: no limit; --tenant_quotas_file sets one per tenant)");
+ABSL_FLAG(std::string, tenant_max_stored_bytes, "0",
+          "bytes a tenant may store (datasets, models, its backbones, its "
+          "jobs' checkpoints), with an optional K, M, G or T suffix; an "
+          "upload or job past it gets RESOURCE_EXHAUSTED (0: no limit)");
+ABSL_FLAG(std::string, tenant_quotas_file, "",
+          "per-tenant quotas, lines '<tenant> [queued_jobs=N] "
+          "[stored_bytes=N[K|M|G|T]]' (server/quotas.h); tenants not listed "
+          "get --tenant_max_queued_jobs and --tenant_max_stored_bytes");
 ABSL_FLAG(int, keep_checkpoints, 0,
           "checkpoints a finished job keeps: the newest N and the newest "
           "best (0: all); the rest are freed by the blob collector");
@@ -130,6 +142,20 @@ int main(int argc, char** argv) {
   options.blob_gc_grace =
       absl::Seconds(absl::GetFlag(FLAGS_blob_gc_grace_seconds));
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.tenant_quota.max_queued_jobs =
+      absl::GetFlag(FLAGS_tenant_max_queued_jobs);
+  {
+    absl::StatusOr<int64_t> bytes =
+        tlserve::ParseByteSize(absl::GetFlag(FLAGS_tenant_max_stored_bytes));
+    if (!bytes.ok()) {
+      tlserve::Log(tlserve::LogSeverity::kError, "cannot start",
+                   {{"error", absl::StrCat("--tenant_max_stored_bytes: ",
+                                           bytes.status().message())}});
+      return 1;
+    }
+    options.tenant_quota.max_stored_bytes = *bytes;
+  }
+  options.tenant_quotas_file = absl::GetFlag(FLAGS_tenant_quotas_file);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);

@@ -82,6 +82,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
           "--local_worker_token_file: the admin token local workers send");
     }
   }
+  if (options.tenant_quotas_file.empty()) {
+    s->quotas_ = Quotas(options.tenant_quota);
+  } else {
+    ASSIGN_OR_RETURN(s->quotas_, Quotas::FromFile(options.tenant_quotas_file,
+                                                  options.tenant_quota));
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                    ServerCredentials(options));
   RETURN_IF_ERROR(MakeDirs(options.data_dir));
@@ -91,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   s->pool_ = std::make_unique<WorkPool>(4);
   JobManager::Options job_options;
   job_options.keep_checkpoints = options.keep_checkpoints;
+  job_options.quotas = s->quotas_;
   s->jobs_ = std::make_unique<JobManager>(job_options, s->store_.get(),
                                           s->blobs_.get(), s->events_.get());
   Scheduler::Options sched;
@@ -137,7 +144,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
 
   s->dataset_service_ = std::make_unique<DatasetServiceImpl>(
       s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits,
-      s->auth_.get());
+      s->auth_.get(), &s->quotas_);
   s->model_service_ = std::make_unique<ModelServiceImpl>(
       s->store_.get(), s->blobs_.get(), s->pool_.get(), options.limits,
       s->router_.get(), s->auth_.get());

@@ -14,6 +14,7 @@
 #include "server/inference_metrics.h"
 #include "server/grpc_metrics.h"
 #include "server/inference_router.h"
+#include "server/quotas.h"
 #include "server/server_metrics.h"
 #include "server/uploads.h"
 
@@ -67,6 +68,10 @@ class Server {
     // the file holding their (admin) token.
     std::string tls_ca_file;
     std::string local_worker_token_file;
+    // Per-tenant quotas (server/quotas.h): the default, and a file of
+    // per-tenant ones (empty: none).
+    TenantQuota tenant_quota;
+    std::string tenant_quotas_file;
     // Checkpoints a finished job keeps (JobManager::Options; 0: all).
     int keep_checkpoints = 0;
     // How often unreferenced blobs are collected (server/blob_collector.h;
@@ -92,6 +97,7 @@ class Server {
   Options options_;
   int port_ = 0;
   std::unique_ptr<Authenticator> auth_;
+  Quotas quotas_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<EventHub> events_;

@@ -117,6 +117,23 @@ CREATE TABLE dataset_image_index (
     R"sql(
 CREATE INDEX jobs_by_state_end_time ON jobs (state, end_time_us DESC, create_seq DESC);
 )sql",
+    // 4: tenants. Datasets, jobs and models belong to the tenant that made
+    // them; rows from before are tenant 'default', the tenant of every call
+    // when authentication is off. Backbones an admin uploaded belong to no
+    // tenant (''): all may use them. Request ids are scoped by tenant, so
+    // two tenants' retries never meet.
+    R"sql(
+ALTER TABLE datasets ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE models ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE backbones ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX datasets_by_tenant ON datasets (tenant, create_seq);
+CREATE INDEX models_by_tenant ON models (tenant, create_seq);
+CREATE INDEX backbones_by_tenant ON backbones (tenant, create_seq);
+CREATE INDEX jobs_by_tenant_state ON jobs (tenant, state, create_seq);
+UPDATE request_ids SET scope = scope || '/default' WHERE scope IN ('dataset', 'job');
+UPDATE request_ids SET scope = 'backbone/' WHERE scope = 'backbone';
+)sql",
 };
 constexpr int kLatestVersion =
     static_cast<int>(sizeof(kMigrations) / sizeof(kMigrations[0]));
@@ -324,6 +341,16 @@ absl::StatusOr<T> ParseProto(absl::string_view bytes, absl::string_view what) {
   return message;
 }
 
+// Rows stored before schema 4 carry no tenant in their proto: the column
+// is the truth.
+template <typename T>
+absl::StatusOr<T> ParseOwned(absl::string_view bytes, absl::string_view tenant,
+                             absl::string_view what) {
+  ASSIGN_OR_RETURN(T message, ParseProto<T>(bytes, what));
+  message.set_tenant(std::string(tenant));
+  return message;
+}
+
 std::string Quoted(absl::string_view kind, absl::string_view id) {
   return absl::StrCat(kind, " '", id, "'");
 }
@@ -343,18 +370,24 @@ absl::StatusOr<Store::Page<T>> ReadPage(Statement& stmt, int limit,
       page.next_page_token = EncodePageToken(last_seq);
       break;
     }
-    ASSIGN_OR_RETURN(T item,
-                     ParseProto<T>(stmt.Blob(2), Quoted(kind, stmt.Text(0))));
+    ASSIGN_OR_RETURN(T item, ParseOwned<T>(stmt.Blob(2), stmt.Text(3),
+                                           Quoted(kind, stmt.Text(0))));
     page.items.push_back(std::move(item));
     last_seq = stmt.Int64(1);
   }
   return page;
 }
 
-absl::Status RecordRequest(sqlite3* db, absl::string_view scope,
+std::string RequestScope(absl::string_view kind, absl::string_view tenant) {
+  return absl::StrCat(kind, "/", tenant);
+}
+
+absl::Status RecordRequest(sqlite3* db, absl::string_view kind,
+                           absl::string_view tenant,
                            const std::string& request_id,
                            const std::string& resource_id) {
   if (request_id.empty()) return absl::OkStatus();
+  const std::string scope = RequestScope(kind, tenant);
   // The first mapping wins: a retry must find the resource it created first.
   ASSIGN_OR_RETURN(Statement stmt,
                    Statement::Prepare(db,
@@ -373,21 +406,39 @@ absl::Status RecordRequest(sqlite3* db, absl::string_view scope,
 struct ResourceTable {
   const char* table;  // SQL table name
   const char* kind;   // word for messages: "dataset"
+  // Whether a row without a tenant is everyone's (backbones); elsewhere it
+  // is stored as the default tenant's.
+  bool shared_when_untenanted;
 };
-constexpr ResourceTable kDatasets{"datasets", "dataset"};
-constexpr ResourceTable kBackbones{"backbones", "backbone"};
-constexpr ResourceTable kModels{"models", "model"};
+constexpr ResourceTable kDatasets{"datasets", "dataset", false};
+constexpr ResourceTable kBackbones{"backbones", "backbone", true};
+constexpr ResourceTable kModels{"models", "model", false};
+
+std::string OwnerOf(absl::string_view tenant, bool shared_when_untenanted) {
+  if (tenant.empty() && !shared_when_untenanted) return std::string(kDefaultTenant);
+  return std::string(tenant);
+}
+
+// The SQL condition "the row is visible to tenant ?N": kEveryTenant sees
+// all, a tenant its own rows and the shared ones ('').
+std::string VisibleTo(int param) {
+  return absl::StrFormat("(?%d = '%s' OR tenant = ?%d OR tenant = '')", param,
+                         kEveryTenant, param);
+}
 
 // Inserts or replaces by id; the create_seq of an existing row is kept so
 // that an update does not move it in listings.
 absl::Status UpsertResource(sqlite3* db, const ResourceTable& t,
-                            const std::string& id, const std::string& bytes) {
+                            const std::string& id, const std::string& tenant,
+                            const std::string& bytes) {
   ASSIGN_OR_RETURN(
       Statement update,
       Statement::Prepare(db, absl::StrCat("UPDATE ", t.table,
-                                          " SET proto = ?2 WHERE id = ?1")));
+                                          " SET proto = ?2, tenant = ?3 "
+                                          "WHERE id = ?1")));
   RETURN_IF_ERROR(update.Bind(1, id));
   RETURN_IF_ERROR(update.BindBlob(2, bytes));
+  RETURN_IF_ERROR(update.Bind(3, tenant));
   RETURN_IF_ERROR(update.Run());
   if (sqlite3_changes(db) > 0) return absl::OkStatus();
 
@@ -395,12 +446,22 @@ absl::Status UpsertResource(sqlite3* db, const ResourceTable& t,
   ASSIGN_OR_RETURN(
       Statement insert,
       Statement::Prepare(db, absl::StrCat("INSERT INTO ", t.table,
-                                          " (id, create_seq, proto) "
-                                          "VALUES (?1, ?2, ?3)")));
+                                          " (id, create_seq, proto, tenant) "
+                                          "VALUES (?1, ?2, ?3, ?4)")));
   RETURN_IF_ERROR(insert.Bind(1, id));
   RETURN_IF_ERROR(insert.Bind(2, seq));
   RETURN_IF_ERROR(insert.BindBlob(3, bytes));
+  RETURN_IF_ERROR(insert.Bind(4, tenant));
   return insert.Run();
+}
+
+// The row's owner and proto bytes, with the proto saying the same owner.
+template <typename T>
+std::pair<std::string, std::string> OwnedBytes(const ResourceTable& t,
+                                               T proto) {
+  std::string tenant = OwnerOf(proto.tenant(), t.shared_when_untenanted);
+  proto.set_tenant(tenant);
+  return {tenant, proto.SerializeAsString()};
 }
 
 template <typename T>
@@ -410,33 +471,37 @@ absl::Status PutResource(sqlite3* db, const ResourceTable& t, const T& proto,
     return absl::InvalidArgumentError(
         absl::StrCat("cannot store a ", t.kind, " without an id"));
   }
-  const std::string bytes = proto.SerializeAsString();
+  const auto [tenant, bytes] = OwnedBytes(t, proto);
   return InTransaction(db, [&]() -> absl::Status {
-    RETURN_IF_ERROR(UpsertResource(db, t, proto.id(), bytes));
-    return RecordRequest(db, t.kind, request_id, proto.id());
+    RETURN_IF_ERROR(UpsertResource(db, t, proto.id(), tenant, bytes));
+    return RecordRequest(db, t.kind, tenant, request_id, proto.id());
   });
 }
 
+// Another tenant's row is not found with the very message of a missing
+// one: its existence is not told.
 template <typename T>
 absl::StatusOr<T> GetResource(sqlite3* db, const ResourceTable& t,
-                              const std::string& id) {
+                              const std::string& id, absl::string_view tenant) {
   ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(
-          db, absl::StrCat("SELECT proto FROM ", t.table, " WHERE id = ?1")));
+      Statement::Prepare(db, absl::StrCat("SELECT proto, tenant FROM ", t.table,
+                                          " WHERE id = ?1 AND ", VisibleTo(2))));
   RETURN_IF_ERROR(stmt.Bind(1, id));
+  RETURN_IF_ERROR(stmt.Bind(2, tenant));
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat(Quoted(t.kind, id), " not found"));
   }
-  return ParseProto<T>(stmt.Blob(0), Quoted(t.kind, id));
+  return ParseOwned<T>(stmt.Blob(0), stmt.Text(1), Quoted(t.kind, id));
 }
 
 template <typename T>
 absl::StatusOr<Store::Page<T>> ListResources(sqlite3* db,
                                              const ResourceTable& t,
                                              int page_size,
-                                             const std::string& page_token) {
+                                             const std::string& page_token,
+                                             absl::string_view tenant) {
   const int limit = ClampPageSize(page_size);
   int64_t after = 0;
   if (!page_token.empty()) {
@@ -445,11 +510,12 @@ absl::StatusOr<Store::Page<T>> ListResources(sqlite3* db,
   ASSIGN_OR_RETURN(
       Statement stmt,
       Statement::Prepare(
-          db, absl::StrCat("SELECT id, create_seq, proto FROM ", t.table,
-                           " WHERE create_seq > ?1 "
-                           "ORDER BY create_seq ASC LIMIT ?2")));
+          db, absl::StrCat("SELECT id, create_seq, proto, tenant FROM ",
+                           t.table, " WHERE create_seq > ?1 AND ", VisibleTo(3),
+                           " ORDER BY create_seq ASC LIMIT ?2")));
   RETURN_IF_ERROR(stmt.Bind(1, after));
   RETURN_IF_ERROR(stmt.Bind(2, int64_t{limit} + 1));
+  RETURN_IF_ERROR(stmt.Bind(3, tenant));
   return ReadPage<T>(stmt, limit, t.kind);
 }
 
@@ -509,8 +575,8 @@ absl::StatusOr<std::vector<Job>> CollectJobs(Statement& stmt) {
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
-    ASSIGN_OR_RETURN(
-        Job job, ParseProto<Job>(stmt.Blob(1), Quoted("job", stmt.Text(0))));
+    ASSIGN_OR_RETURN(Job job, ParseOwned<Job>(stmt.Blob(1), stmt.Text(2),
+                                              Quoted("job", stmt.Text(0))));
     jobs.push_back(std::move(job));
   }
   return jobs;
@@ -610,7 +676,9 @@ int Store::schema_version() const {
 }
 
 absl::StatusOr<std::optional<std::string>> Store::LookupRequest(
-    const std::string& scope, const std::string& request_id) {
+    absl::string_view kind, absl::string_view tenant,
+    const std::string& request_id) {
+  const std::string scope = RequestScope(kind, tenant);
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Statement stmt,
                    Statement::Prepare(db_,
@@ -631,24 +699,28 @@ absl::Status Store::PutDataset(const Dataset& dataset,
   return PutResource(db_, kDatasets, dataset, request_id);
 }
 
-absl::StatusOr<Dataset> Store::GetDataset(const std::string& id) {
+absl::StatusOr<Dataset> Store::GetDataset(const std::string& id,
+                                          absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return GetResource<Dataset>(db_, kDatasets, id);
+  return GetResource<Dataset>(db_, kDatasets, id, tenant);
 }
 
 absl::StatusOr<Store::Page<Dataset>> Store::ListDatasets(
-    int page_size, const std::string& page_token) {
+    int page_size, const std::string& page_token, absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return ListResources<Dataset>(db_, kDatasets, page_size, page_token);
+  return ListResources<Dataset>(db_, kDatasets, page_size, page_token, tenant);
 }
 
-absl::Status Store::DeleteDataset(const std::string& id) {
+absl::Status Store::DeleteDataset(const std::string& id,
+                                  absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(
         Statement del,
-        Statement::Prepare(db_, "DELETE FROM datasets WHERE id = ?1"));
+        Statement::Prepare(db_, absl::StrCat("DELETE FROM datasets WHERE id = ?1 AND ",
+                                             VisibleTo(2))));
     RETURN_IF_ERROR(del.Bind(1, id));
+    RETURN_IF_ERROR(del.Bind(2, tenant));
     RETURN_IF_ERROR(del.Run());
     if (sqlite3_changes(db_) == 0) {
       return absl::NotFoundError(
@@ -659,7 +731,7 @@ absl::Status Store::DeleteDataset(const std::string& id) {
         Statement forget,
         Statement::Prepare(db_,
                            "DELETE FROM request_ids WHERE "
-                           "scope = 'dataset' AND resource_id = ?1"));
+                           "scope LIKE 'dataset/%' AND resource_id = ?1"));
     RETURN_IF_ERROR(forget.Bind(1, id));
     return forget.Run();
   });
@@ -671,10 +743,10 @@ absl::Status Store::PutDatasetWithIndex(const Dataset& dataset,
   if (dataset.id().empty()) {
     return absl::InvalidArgumentError("cannot store a dataset without an id");
   }
-  const std::string bytes = dataset.SerializeAsString();
+  const auto [tenant, bytes] = OwnedBytes(kDatasets, dataset);
   absl::MutexLock lock(&mu_);
   return InTransaction(db_, [&]() -> absl::Status {
-    RETURN_IF_ERROR(UpsertResource(db_, kDatasets, dataset.id(), bytes));
+    RETURN_IF_ERROR(UpsertResource(db_, kDatasets, dataset.id(), tenant, bytes));
     ASSIGN_OR_RETURN(Statement put,
                      Statement::Prepare(db_,
                                         "INSERT OR REPLACE INTO "
@@ -683,7 +755,7 @@ absl::Status Store::PutDatasetWithIndex(const Dataset& dataset,
     RETURN_IF_ERROR(put.Bind(1, dataset.id()));
     RETURN_IF_ERROR(put.BindBlob(2, image_index));
     RETURN_IF_ERROR(put.Run());
-    return RecordRequest(db_, kDatasets.kind, request_id, dataset.id());
+    return RecordRequest(db_, kDatasets.kind, tenant, request_id, dataset.id());
   });
 }
 
@@ -706,15 +778,17 @@ absl::Status Store::PutBackbone(const Backbone& backbone,
   return PutResource(db_, kBackbones, backbone, request_id);
 }
 
-absl::StatusOr<Backbone> Store::GetBackbone(const std::string& id) {
+absl::StatusOr<Backbone> Store::GetBackbone(const std::string& id,
+                                            absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return GetResource<Backbone>(db_, kBackbones, id);
+  return GetResource<Backbone>(db_, kBackbones, id, tenant);
 }
 
 absl::StatusOr<Store::Page<Backbone>> Store::ListBackbones(
-    int page_size, const std::string& page_token) {
+    int page_size, const std::string& page_token, absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return ListResources<Backbone>(db_, kBackbones, page_size, page_token);
+  return ListResources<Backbone>(db_, kBackbones, page_size, page_token,
+                                 tenant);
 }
 
 absl::Status Store::PutModel(const Model& model) {
@@ -722,23 +796,25 @@ absl::Status Store::PutModel(const Model& model) {
   return PutResource(db_, kModels, model, /*request_id=*/"");
 }
 
-absl::StatusOr<Model> Store::GetModel(const std::string& id) {
+absl::StatusOr<Model> Store::GetModel(const std::string& id,
+                                      absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return GetResource<Model>(db_, kModels, id);
+  return GetResource<Model>(db_, kModels, id, tenant);
 }
 
 absl::StatusOr<Store::Page<Model>> Store::ListModels(
-    int page_size, const std::string& page_token) {
+    int page_size, const std::string& page_token, absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
-  return ListResources<Model>(db_, kModels, page_size, page_token);
+  return ListResources<Model>(db_, kModels, page_size, page_token, tenant);
 }
 
-absl::Status Store::DeleteModel(const std::string& id) {
+absl::Status Store::DeleteModel(const std::string& id,
+                                absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
   return InTransaction(db_, [&]() -> absl::Status {
     // Checked in the same transaction as the delete: a deploy cannot slip
     // in between.
-    ASSIGN_OR_RETURN(Model model, GetResource<Model>(db_, kModels, id));
+    ASSIGN_OR_RETURN(Model model, GetResource<Model>(db_, kModels, id, tenant));
     if (!model.serving().undeployed()) {
       return absl::FailedPreconditionError(absl::StrCat(
           Quoted("model", id), " is deployed; undeploy it first"));
@@ -763,8 +839,8 @@ absl::Status Store::DeleteJob(const std::string& id) {
     // job's request id makes a new job rather than naming a deleted one.
     for (const char* sql : {"DELETE FROM checkpoints WHERE job_id = ?1",
                             "DELETE FROM job_events WHERE job_id = ?1",
-                            "DELETE FROM request_ids WHERE scope = 'job' AND "
-                            "resource_id = ?1",
+                            "DELETE FROM request_ids WHERE scope LIKE 'job/%' "
+                            "AND resource_id = ?1",
                             "DELETE FROM jobs WHERE id = ?1"}) {
       ASSIGN_OR_RETURN(Statement del, Statement::Prepare(db_, sql));
       RETURN_IF_ERROR(del.Bind(1, id));
@@ -779,8 +855,11 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
   if (job.id().empty()) {
     return absl::InvalidArgumentError("cannot store a job without an id");
   }
+  Job owned = job;
+  owned.set_tenant(OwnerOf(job.tenant(), /*shared_when_untenanted=*/false));
+  const std::string& tenant = owned.tenant();
+  const std::string bytes = owned.SerializeAsString();
   absl::MutexLock lock(&mu_);
-  const std::string bytes = job.SerializeAsString();
   std::vector<int64_t> sequences;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     int64_t create_seq = 0;
@@ -810,12 +889,13 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
         Statement::Prepare(
             db_,
             "INSERT INTO jobs (id, state, priority, attempt, queue_seq, "
-            "create_seq, end_time_us, proto) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+            "create_seq, end_time_us, proto, tenant) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
             "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
             "priority = excluded.priority, attempt = excluded.attempt, "
             "queue_seq = excluded.queue_seq, "
-            "end_time_us = excluded.end_time_us, proto = excluded.proto"));
+            "end_time_us = excluded.end_time_us, proto = excluded.proto, "
+            "tenant = excluded.tenant"));
     RETURN_IF_ERROR(upsert.Bind(1, job.id()));
     RETURN_IF_ERROR(upsert.Bind(2, int64_t{job.state()}));
     RETURN_IF_ERROR(upsert.Bind(3, int64_t{job.spec().priority()}));
@@ -828,11 +908,12 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
       RETURN_IF_ERROR(upsert.BindNull(7));
     }
     RETURN_IF_ERROR(upsert.BindBlob(8, bytes));
+    RETURN_IF_ERROR(upsert.Bind(9, tenant));
     RETURN_IF_ERROR(upsert.Run());
     if (events != nullptr) {
       ASSIGN_OR_RETURN(sequences, InsertEvents(db_, job.id(), *events));
     }
-    return RecordRequest(db_, "job", request_id, job.id());
+    return RecordRequest(db_, "job", tenant, request_id, job.id());
   }));
   // Only after the commit: a failed call leaves the caller's events as they
   // were.
@@ -840,20 +921,25 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
   return absl::OkStatus();
 }
 
-absl::StatusOr<Job> Store::GetJob(const std::string& id) {
+absl::StatusOr<Job> Store::GetJob(const std::string& id,
+                                  absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(db_, "SELECT proto FROM jobs WHERE id = ?1"));
+      Statement::Prepare(db_, absl::StrCat("SELECT proto, tenant FROM jobs "
+                                           "WHERE id = ?1 AND ",
+                                           VisibleTo(2))));
   RETURN_IF_ERROR(stmt.Bind(1, id));
+  RETURN_IF_ERROR(stmt.Bind(2, tenant));
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row)
     return absl::NotFoundError(absl::StrCat(Quoted("job", id), " not found"));
-  return ParseProto<Job>(stmt.Blob(0), Quoted("job", id));
+  return ParseOwned<Job>(stmt.Blob(0), stmt.Text(1), Quoted("job", id));
 }
 
 absl::StatusOr<Store::Page<Job>> Store::ListJobs(
-    JobState state, int page_size, const std::string& page_token) {
+    JobState state, int page_size, const std::string& page_token,
+    absl::string_view tenant) {
   absl::MutexLock lock(&mu_);
   const int limit = ClampPageSize(page_size);
   int64_t before = std::numeric_limits<int64_t>::max();
@@ -863,12 +949,15 @@ absl::StatusOr<Store::Page<Job>> Store::ListJobs(
   ASSIGN_OR_RETURN(
       Statement stmt,
       Statement::Prepare(db_,
-                         "SELECT id, create_seq, proto FROM jobs "
-                         "WHERE (?1 = 0 OR state = ?1) AND create_seq < ?2 "
-                         "ORDER BY create_seq DESC LIMIT ?3"));
+                         absl::StrCat("SELECT id, create_seq, proto, tenant "
+                                      "FROM jobs WHERE (?1 = 0 OR state = ?1) "
+                                      "AND create_seq < ?2 AND ",
+                                      VisibleTo(4),
+                                      " ORDER BY create_seq DESC LIMIT ?3")));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{state}));
   RETURN_IF_ERROR(stmt.Bind(2, before));
   RETURN_IF_ERROR(stmt.Bind(3, int64_t{limit} + 1));
+  RETURN_IF_ERROR(stmt.Bind(4, tenant));
   return ReadPage<Job>(stmt, limit, "job");
 }
 
@@ -877,7 +966,7 @@ absl::StatusOr<std::vector<Job>> Store::QueuedJobs(int limit) {
   ASSIGN_OR_RETURN(
       Statement stmt,
       Statement::Prepare(db_,
-                         "SELECT id, proto FROM jobs WHERE state = ?1 "
+                         "SELECT id, proto, tenant FROM jobs WHERE state = ?1 "
                          "ORDER BY priority DESC, queue_seq ASC LIMIT ?2"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{tlserve::v1::QUEUED}));
   RETURN_IF_ERROR(stmt.Bind(2, int64_t{limit > 0 ? limit : -1}));
@@ -920,7 +1009,7 @@ absl::StatusOr<std::vector<Job>> Store::JobsInState(JobState state) {
   ASSIGN_OR_RETURN(
       Statement stmt,
       Statement::Prepare(db_,
-                         "SELECT id, proto FROM jobs WHERE state = ?1 "
+                         "SELECT id, proto, tenant FROM jobs WHERE state = ?1 "
                          "ORDER BY create_seq ASC"));
   RETURN_IF_ERROR(stmt.Bind(1, int64_t{state}));
   return CollectJobs(stmt);
@@ -1116,6 +1205,60 @@ absl::Status Store::PruneCheckpoints(const std::string& job_id,
     }
     return absl::OkStatus();
   });
+}
+
+// --- Tenants.
+
+absl::StatusOr<int64_t> Store::QueuedJobsOf(absl::string_view tenant) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement stmt,
+                   Statement::Prepare(db_,
+                                      "SELECT COUNT(*) FROM jobs "
+                                      "WHERE tenant = ?1 AND state = ?2"));
+  RETURN_IF_ERROR(stmt.Bind(1, tenant));
+  RETURN_IF_ERROR(stmt.Bind(2, int64_t{tlserve::v1::QUEUED}));
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  return row ? stmt.Int64(0) : int64_t{0};
+}
+
+absl::StatusOr<int64_t> Store::StoredBytesOf(absl::string_view tenant) {
+  absl::MutexLock lock(&mu_);
+  int64_t total = 0;
+  // Sizes live in the protos; a tenant's rows are found by index.
+  auto sum = [&](const char* sql, auto size_of) -> absl::Status {
+    ASSIGN_OR_RETURN(Statement stmt, Statement::Prepare(db_, sql));
+    RETURN_IF_ERROR(stmt.Bind(1, tenant));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return absl::OkStatus();
+      ASSIGN_OR_RETURN(int64_t bytes, size_of(stmt));
+      total += bytes;
+    }
+  };
+  RETURN_IF_ERROR(sum("SELECT id, proto FROM datasets WHERE tenant = ?1",
+                      [](Statement& stmt) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(Dataset d, ParseProto<Dataset>(stmt.Blob(1), Quoted("dataset", stmt.Text(0))));
+    int64_t bytes = 0;
+    for (const auto& part : d.parts()) bytes += part.size_bytes();
+    return bytes;
+  }));
+  RETURN_IF_ERROR(sum("SELECT id, proto FROM models WHERE tenant = ?1",
+                      [](Statement& stmt) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(Model m, ParseProto<Model>(stmt.Blob(1), Quoted("model", stmt.Text(0))));
+    return m.size_bytes();
+  }));
+  RETURN_IF_ERROR(sum("SELECT id, proto FROM backbones WHERE tenant = ?1",
+                      [](Statement& stmt) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(Backbone b, ParseProto<Backbone>(stmt.Blob(1), Quoted("backbone", stmt.Text(0))));
+    return b.size_bytes();
+  }));
+  RETURN_IF_ERROR(sum("SELECT c.job_id, c.proto FROM checkpoints AS c "
+                      "JOIN jobs AS j ON j.id = c.job_id WHERE j.tenant = ?1",
+                      [](Statement& stmt) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(CheckpointInfo c, ParseProto<CheckpointInfo>(stmt.Blob(1), Quoted("checkpoint of job", stmt.Text(0))));
+    return c.size_bytes();
+  }));
+  return total;
 }
 
 // --- Blob references.

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "tlserve/v1/dataset.pb.h"
 #include "tlserve/v1/job.pb.h"
@@ -19,6 +20,19 @@
 struct sqlite3;
 
 namespace tlserve {
+
+// Tenants. Datasets, jobs (with their events and checkpoints) and models
+// belong to the tenant that made them; a row stored without one belongs to
+// kDefaultTenant, the tenant of every call when authentication is off.
+// Backbones an admin uploaded belong to no tenant ("") and every tenant
+// sees them; a PRETRAIN job's backbone is its tenant's. Reads that take a
+// tenant see that tenant's rows and the shared ones: another tenant's row
+// is NOT_FOUND with the very message of a missing one, and lists leave it
+// out. The server's own work (dispatch, recovery, workers, the collector)
+// reads with kEveryTenant. A read that names no tenant is the default
+// tenant's, so a forgotten argument hides rows rather than showing them.
+inline constexpr absl::string_view kDefaultTenant = "default";
+inline constexpr absl::string_view kEveryTenant = "*";
 
 // Durable state of the server in one SQLite database (WAL mode,
 // synchronous=FULL: a write has reached the disk when a call returns).
@@ -39,20 +53,26 @@ class Store {
     std::string next_page_token;
   };
 
-  // --- Idempotency keys: (scope, request_id) -> resource id.
+  // --- Idempotency keys: (kind, tenant, request_id) -> resource id, where
+  // kind is "dataset", "job" or "backbone" (whose tenant is "").
   absl::StatusOr<std::optional<std::string>> LookupRequest(
-      const std::string& scope, const std::string& request_id);
+      absl::string_view kind, absl::string_view tenant,
+      const std::string& request_id);
 
   // --- Datasets. Put inserts or replaces by id. When request_id is not
-  // empty it is recorded in the same transaction under scope "dataset".
+  // empty it is recorded in the same transaction, under kind "dataset" and
+  // the dataset's tenant.
   absl::Status PutDataset(const tlserve::v1::Dataset& dataset,
                           const std::string& request_id = "");
   // NOT_FOUND when absent.
-  absl::StatusOr<tlserve::v1::Dataset> GetDataset(const std::string& id);
+  absl::StatusOr<tlserve::v1::Dataset> GetDataset(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   // Ordered by creation (oldest first). page_size <= 0 means 100.
   absl::StatusOr<Page<tlserve::v1::Dataset>> ListDatasets(
-      int page_size, const std::string& page_token);
-  absl::Status DeleteDataset(const std::string& id);
+      int page_size, const std::string& page_token,
+      absl::string_view tenant = kDefaultTenant);
+  absl::Status DeleteDataset(const std::string& id,
+                             absl::string_view tenant = kDefaultTenant);
   // PutDataset plus the dataset's per-record image index (opaque bytes,
   // common/dataset_checks.h), in one transaction. The index goes away with
   // the dataset.
@@ -67,15 +87,20 @@ class Store {
   // --- Backbones (scope "backbone") and models.
   absl::Status PutBackbone(const tlserve::v1::Backbone& backbone,
                            const std::string& request_id = "");
-  absl::StatusOr<tlserve::v1::Backbone> GetBackbone(const std::string& id);
+  absl::StatusOr<tlserve::v1::Backbone> GetBackbone(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   absl::StatusOr<Page<tlserve::v1::Backbone>> ListBackbones(
-      int page_size, const std::string& page_token);
+      int page_size, const std::string& page_token,
+      absl::string_view tenant = kDefaultTenant);
   absl::Status PutModel(const tlserve::v1::Model& model);
-  absl::StatusOr<tlserve::v1::Model> GetModel(const std::string& id);
+  absl::StatusOr<tlserve::v1::Model> GetModel(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   // NOT_FOUND, or FAILED_PRECONDITION while the model is deployed.
-  absl::Status DeleteModel(const std::string& id);
+  absl::Status DeleteModel(const std::string& id,
+                           absl::string_view tenant = kDefaultTenant);
   absl::StatusOr<Page<tlserve::v1::Model>> ListModels(
-      int page_size, const std::string& page_token);
+      int page_size, const std::string& page_token,
+      absl::string_view tenant = kDefaultTenant);
 
   // --- Jobs. PutJob inserts or replaces the job (its state, priority and
   // attempt are indexed) and appends `events` in the same transaction,
@@ -87,11 +112,13 @@ class Store {
                       std::vector<tlserve::v1::JobEvent>* events = nullptr,
                       bool enter_queue = false,
                       const std::string& request_id = "");
-  absl::StatusOr<tlserve::v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<tlserve::v1::Job> GetJob(
+      const std::string& id, absl::string_view tenant = kDefaultTenant);
   // Newest first. state JOB_STATE_UNSPECIFIED: every state.
   absl::StatusOr<Page<tlserve::v1::Job>> ListJobs(
       tlserve::v1::JobState state, int page_size,
-      const std::string& page_token);
+      const std::string& page_token,
+      absl::string_view tenant = kDefaultTenant);
   // QUEUED jobs in run order (priority high to low, then queue_seq): the
   // first `limit`, or every one when limit <= 0.
   absl::StatusOr<std::vector<tlserve::v1::Job>> QueuedJobs(int limit = 0);
@@ -132,6 +159,12 @@ class Store {
   absl::StatusOr<std::set<std::string>> ReferencedBlobs();
   absl::StatusOr<std::vector<tlserve::v1::CheckpointInfo>> ListCheckpoints(
       const std::string& job_id);
+
+  // --- What a tenant holds, for quotas: its QUEUED jobs, and the bytes of
+  // its datasets' parts, models, own backbones and jobs' checkpoints as
+  // uploaded or reported (before the blob store's deduplication).
+  absl::StatusOr<int64_t> QueuedJobsOf(absl::string_view tenant);
+  absl::StatusOr<int64_t> StoredBytesOf(absl::string_view tenant);
 
  private:
   explicit Store(sqlite3* db);

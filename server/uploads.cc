@@ -64,8 +64,18 @@ absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec) {
                           "input_spec.fit");
 }
 
-DatasetUpload::DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits)
-    : store_(store), blobs_(blobs), limits_(limits) {}
+DatasetUpload::DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits,
+                             std::string tenant, const Quotas* quotas)
+    : store_(store), blobs_(blobs), limits_(limits), tenant_(std::move(tenant)),
+      quotas_(quotas) {}
+
+absl::Status DatasetUpload::CheckQuota(int64_t adding) const {
+  if (quotas_ == nullptr || !quotas_->limits_stored_bytes()) {
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(int64_t stored, store_->StoredBytesOf(tenant_));
+  return quotas_->CheckStore(tenant_, stored, adding);
+}
 
 absl::Status DatasetUpload::OnHeader(const tlserve::v1::DatasetUploadHeader& h) {
   RETURN_IF_ERROR(CheckName(h.name(), "header.name"));
@@ -112,11 +122,17 @@ absl::Status DatasetUpload::OnHeader(const tlserve::v1::DatasetUploadHeader& h) 
   }
   RETURN_IF_ERROR(ValidateRequestId(h.request_id(), "header.request_id"));
   if (!h.request_id().empty()) {
-    ASSIGN_OR_RETURN(existing_id_, store_->LookupRequest("dataset", h.request_id()));
+    ASSIGN_OR_RETURN(existing_id_,
+                     store_->LookupRequest("dataset", tenant_, h.request_id()));
   }
   header_ = h;
   have_header_ = true;
   if (existing_id_.has_value()) return absl::OkStatus();  // chunks are dropped
+  // Refused before any byte is stored when the declared sizes already pass
+  // the quota; checked again on the bytes received at the end.
+  int64_t declared_bytes = 0;
+  for (const auto& part : h.parts()) declared_bytes += part.size_bytes();
+  RETURN_IF_ERROR(CheckQuota(declared_bytes));
   for (int i = 0; i < h.parts_size(); ++i) {
     ASSIGN_OR_RETURN(auto writer, blobs_->NewWriter(limits_.max_part_bytes));
     writers_.push_back(std::move(writer));
@@ -163,7 +179,10 @@ absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
   if (!have_header_) {
     return absl::InvalidArgumentError("the upload stream was empty");
   }
-  if (existing_id_.has_value()) return store_->GetDataset(*existing_id_);
+  if (existing_id_.has_value()) return store_->GetDataset(*existing_id_, tenant_);
+  int64_t received = 0;
+  for (const auto& writer : writers_) received += writer->size();
+  RETURN_IF_ERROR(CheckQuota(received));
 
   tlserve::v1::Dataset dataset;
   DatasetFiles files;
@@ -197,6 +216,7 @@ absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
   ASSIGN_OR_RETURN(DecodedDataset decoded, LoadDataset(files, limits_.dataset));
 
   dataset.set_id(NewId("ds"));
+  dataset.set_tenant(tenant_);
   dataset.set_name(header_.name());
   dataset.set_format(header_.format());
   *dataset.mutable_class_names() = {decoded.class_names.begin(),
@@ -259,7 +279,7 @@ absl::Status BackboneUpload::OnMessage(
     RETURN_IF_ERROR(ValidateRequestId(h.request_id(), "header.request_id"));
     if (!h.request_id().empty()) {
       ASSIGN_OR_RETURN(existing_id_,
-                       store_->LookupRequest("backbone", h.request_id()));
+                       store_->LookupRequest("backbone", "", h.request_id()));
     }
     header_ = h;
     have_header_ = true;
@@ -285,7 +305,9 @@ absl::Status BackboneUpload::OnMessage(
 
 absl::StatusOr<tlserve::v1::Backbone> BackboneUpload::Finish() {
   if (!have_header_) return absl::InvalidArgumentError("the upload stream was empty");
-  if (existing_id_.has_value()) return store_->GetBackbone(*existing_id_);
+  if (existing_id_.has_value()) {
+    return store_->GetBackbone(*existing_id_, kEveryTenant);
+  }
   if (header_.size_bytes() != 0 && writer_->size() != header_.size_bytes()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "received %d bytes but the header said %d; send the file again",

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "common/dataset_loader.h"
 #include "server/blob_store.h"
+#include "server/quotas.h"
 #include "server/store.h"
 #include "tlserve/v1/dataset.pb.h"
 #include "tlserve/v1/model.pb.h"
@@ -28,9 +29,13 @@ struct UploadLimits {
   DatasetLimits dataset;
 };
 
+// A dataset upload of one tenant, within its stored-bytes quota (quotas
+// may be null: no limit).
 class DatasetUpload {
  public:
-  DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits);
+  DatasetUpload(Store* store, BlobStore* blobs, UploadLimits limits,
+                std::string tenant = std::string(kDefaultTenant),
+                const Quotas* quotas = nullptr);
   absl::Status OnMessage(const tlserve::v1::UploadDatasetRequest& request);
   // After the last message: decodes every image and label (slow: run it
   // off the reactor thread), then stores the dataset.
@@ -38,15 +43,20 @@ class DatasetUpload {
 
  private:
   absl::Status OnHeader(const tlserve::v1::DatasetUploadHeader& header);
+  absl::Status CheckQuota(int64_t adding) const;
   Store* store_;
   BlobStore* blobs_;
   UploadLimits limits_;
+  std::string tenant_;
+  const Quotas* quotas_;
   bool have_header_ = false;
   tlserve::v1::DatasetUploadHeader header_;
   std::optional<std::string> existing_id_;  // request_id seen before
   std::vector<std::unique_ptr<BlobStore::Writer>> writers_;
 };
 
+// Backbones (admins only) are shared by every tenant: stored with no
+// tenant, their request ids in one scope.
 class BackboneUpload {
  public:
   BackboneUpload(Store* store, BlobStore* blobs, UploadLimits limits);

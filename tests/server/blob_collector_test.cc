@@ -236,8 +236,10 @@ TEST_F(BlobCollectorTest, ConcurrentCollectionsNeverRemoveAReferencedBlob) {
   ASSERT_OK(stored.status());
   EXPECT_EQ(stored->size(), referenced->size());
   EXPECT_GT(collections.load(), 1);
-  // Every pruned checkpoint and every shared blob went.
-  EXPECT_EQ(removed.load(), kWriters * (kPerWriter - 3) + 7);
+  // Every pruned checkpoint and every shared blob went (stored == referenced
+  // above). A shared blob may go more than once: on a loaded machine a
+  // writer can store it again after a collection took it.
+  EXPECT_GE(removed.load(), kWriters * (kPerWriter - 3) + 7);
 }
 
 }  // namespace

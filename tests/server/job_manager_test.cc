@@ -505,5 +505,81 @@ TEST_F(JobManagerTest, DeletesFinishedJobsAndUndeployedModelsOnly) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(JobManagerTest, TenantsTrainOnAndSeeOnlyTheirOwn) {
+  // ds-1 is the default tenant's: to team-b it does not exist.
+  auto foreign = manager_->CreateJob(Spec(), "", "team-b");
+  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(foreign.status().message(),
+                                "dataset 'ds-1' not found"))
+      << foreign.status();
+
+  auto job = manager_->CreateJob(Spec(), "req-1");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->tenant(), "default");
+  EXPECT_EQ(manager_->GetJob(job->id(), "team-b").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->CancelJob(job->id(), "team-b").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->DeleteJob(job->id(), "team-b").code(),
+            absl::StatusCode::kNotFound);
+  auto listed = manager_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 0, "", "team-b");
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->items.empty());
+
+  // team-b's own dataset; the same request id makes team-b its own job.
+  tlserve::v1::Dataset theirs = *store_->GetDataset("ds-1");
+  theirs.set_id("ds-b");
+  theirs.set_tenant("team-b");
+  ASSERT_TRUE(store_->PutDataset(theirs).ok());
+  JobSpec spec = Spec();
+  spec.mutable_data()->set_dataset_id("ds-b");
+  auto job_b = manager_->CreateJob(spec, "req-1", "team-b");
+  ASSERT_TRUE(job_b.ok()) << job_b.status();
+  EXPECT_NE(job_b->id(), job->id());
+  EXPECT_EQ(job_b->tenant(), "team-b");
+  listed = manager_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 0, "", "team-b");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->items.size(), 1u);
+  EXPECT_EQ(listed->items[0].id(), job_b->id());
+  // Workers run every tenant's jobs, each with its own tenant's dataset.
+  auto first = Claim("w1");
+  auto second = Claim("w2");
+  EXPECT_EQ(first.dataset().id(), "ds-1");
+  EXPECT_EQ(second.dataset().id(), "ds-b");
+}
+
+TEST_F(JobManagerTest, QuotasRefuseJobsPastATenantsLimits) {
+  auto quotas = Quotas::FromText("default queued_jobs=2\nbig stored_bytes=1K\n",
+                                 "quotas", TenantQuota{});
+  ASSERT_TRUE(quotas.ok()) << quotas.status();
+  JobManager::Options options;
+  options.now = [this] { return now_; };
+  options.quotas = *quotas;
+  manager_ = std::make_unique<JobManager>(options, store_.get(), blobs_.get(), &hub_);
+  manager_->set_dispatcher(&dispatcher_);
+
+  ASSERT_TRUE(manager_->CreateJob(Spec(), "").ok());
+  ASSERT_TRUE(manager_->CreateJob(Spec(), "").ok());
+  auto third = manager_->CreateJob(Spec(), "");
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(third.status().message(), "2 jobs queued"))
+      << third.status();
+  Claim("w1");  // one leaves the queue: room for one more
+  EXPECT_TRUE(manager_->CreateJob(Spec(), "").ok());
+
+  tlserve::v1::Dataset big = *store_->GetDataset("ds-1");
+  big.set_id("ds-big");
+  big.set_tenant("big");
+  big.add_parts()->set_size_bytes(2048);
+  ASSERT_TRUE(store_->PutDataset(big).ok());
+  JobSpec spec = Spec();
+  spec.mutable_data()->set_dataset_id("ds-big");
+  auto over = manager_->CreateJob(spec, "", "big");
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(over.status().message(), "quota of 1024 bytes"))
+      << over.status();
+  ASSERT_TRUE(store_->DeleteDataset("ds-big", "big").ok());
+}
+
 }  // namespace
 }  // namespace tlserve

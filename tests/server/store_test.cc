@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -63,6 +64,7 @@ Dataset MakeDataset(const std::string& id) {
   d.set_height(28);
   d.set_width(28);
   d.mutable_create_time()->set_seconds(1700000000);
+  d.set_tenant("default");  // what the store gives a row without one
   return d;
 }
 
@@ -74,6 +76,7 @@ Job MakeJob(const std::string& id, int priority,
   job.mutable_spec()->set_priority(priority);
   job.mutable_spec()->set_display_name(absl::StrCat("job ", id));
   job.mutable_spec()->set_epochs(3);
+  job.set_tenant("default");
   return job;
 }
 
@@ -215,7 +218,7 @@ TEST_F(StoreTest, DeleteDatasetRemovesItAndItsRequestId) {
   EXPECT_EQ(store_->GetDataset("ds-1").status().code(),
             absl::StatusCode::kNotFound);
   // A retried upload must not be pointed at the deleted dataset.
-  ASSERT_OK_AND_ASSIGN(auto found, store_->LookupRequest("dataset", "req-1"));
+  ASSERT_OK_AND_ASSIGN(auto found, store_->LookupRequest("dataset", kDefaultTenant, "req-1"));
   EXPECT_FALSE(found.has_value());
   absl::Status again = store_->DeleteDataset("ds-1");
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
@@ -238,6 +241,7 @@ TEST_F(StoreTest, BackboneAndModelRoundTrip) {
   m.set_job_id("job-1");
   m.set_backbone_id("bb-1");
   m.add_class_names("cat");
+  m.set_tenant("default");
   ASSERT_OK(store_->PutModel(m));
   ASSERT_OK_AND_ASSIGN(Model got_m, store_->GetModel("model-1"));
   EXPECT_EQ(got_m.DebugString(), m.DebugString());
@@ -370,19 +374,19 @@ TEST_F(StoreTest, RequestIdsMapToTheFirstResourcePerScope) {
   backbone_proto.set_id("bb-1");
   ASSERT_OK(store_->PutBackbone(backbone_proto, "req-1"));
 
-  ASSERT_OK_AND_ASSIGN(auto dataset, store_->LookupRequest("dataset", "req-1"));
+  ASSERT_OK_AND_ASSIGN(auto dataset, store_->LookupRequest("dataset", kDefaultTenant, "req-1"));
   EXPECT_EQ(dataset, std::optional<std::string>("ds-1"));
-  ASSERT_OK_AND_ASSIGN(auto job, store_->LookupRequest("job", "req-1"));
+  ASSERT_OK_AND_ASSIGN(auto job, store_->LookupRequest("job", kDefaultTenant, "req-1"));
   EXPECT_EQ(job, std::optional<std::string>("job-1"));
   ASSERT_OK_AND_ASSIGN(auto backbone,
-                       store_->LookupRequest("backbone", "req-1"));
+                       store_->LookupRequest("backbone", "", "req-1"));
   EXPECT_EQ(backbone, std::optional<std::string>("bb-1"));
-  ASSERT_OK_AND_ASSIGN(auto unknown, store_->LookupRequest("job", "req-2"));
+  ASSERT_OK_AND_ASSIGN(auto unknown, store_->LookupRequest("job", kDefaultTenant, "req-2"));
   EXPECT_FALSE(unknown.has_value());
 
   // A second resource under the same key does not steal it.
   ASSERT_OK(store_->PutJob(MakeJob("job-2", 0), nullptr, true, "req-1"));
-  ASSERT_OK_AND_ASSIGN(job, store_->LookupRequest("job", "req-1"));
+  ASSERT_OK_AND_ASSIGN(job, store_->LookupRequest("job", kDefaultTenant, "req-1"));
   EXPECT_EQ(job, std::optional<std::string>("job-1"));
 }
 
@@ -511,7 +515,7 @@ TEST_F(StoreTest, EverythingSurvivesReopen) {
   EXPECT_EQ(stored[0].DebugString(), events[0].DebugString());
   ASSERT_OK_AND_ASSIGN(auto checkpoints, store_->ListCheckpoints("job-1"));
   ASSERT_EQ(checkpoints.size(), 1u);
-  ASSERT_OK_AND_ASSIGN(auto req, store_->LookupRequest("job", "req-j"));
+  ASSERT_OK_AND_ASSIGN(auto req, store_->LookupRequest("job", kDefaultTenant, "req-j"));
   EXPECT_EQ(req, std::optional<std::string>("job-1"));
   ASSERT_OK(store_->GetDataset("ds-1").status());
 
@@ -595,6 +599,167 @@ TEST_F(StoreTest, ConcurrentWritersGetUniqueSequences) {
   EXPECT_EQ(unique.size(), static_cast<size_t>(kThreads * kJobsPerThread * 2));
   ASSERT_OK_AND_ASSIGN(auto queued, store_->QueuedJobs());
   EXPECT_EQ(queued.size(), static_cast<size_t>(kThreads * kJobsPerThread));
+}
+
+TEST_F(StoreTest, TenantsSeeTheirOwnRowsAndSharedBackbonesOnly) {
+  Dataset a = MakeDataset("ds-a");
+  a.set_tenant("team-a");
+  ASSERT_OK(store_->PutDataset(a));
+  Dataset b = MakeDataset("ds-b");
+  b.set_tenant("team-b");
+  ASSERT_OK(store_->PutDataset(b));
+  Job job = MakeJob("job-a", 0);
+  job.set_tenant("team-a");
+  ASSERT_OK(store_->PutJob(job));
+  Model model;
+  model.set_id("model-a");
+  model.set_tenant("team-a");
+  ASSERT_OK(store_->PutModel(model));
+  Backbone shared;  // an admin's upload: no tenant
+  shared.set_id("bb-shared");
+  ASSERT_OK(store_->PutBackbone(shared));
+  Backbone own;  // a PRETRAIN job's
+  own.set_id("bb-a");
+  own.set_tenant("team-a");
+  ASSERT_OK(store_->PutBackbone(own));
+
+  // Another tenant's row is not found, word for word like a missing one.
+  auto hidden = store_->GetDataset("ds-a", "team-b");
+  auto missing = store_->GetDataset("ds-zzz", "team-b");
+  EXPECT_EQ(hidden.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(std::string(hidden.status().message()), "dataset 'ds-a' not found");
+  EXPECT_EQ(std::string(missing.status().message()), "dataset 'ds-zzz' not found");
+  EXPECT_EQ(store_->GetJob("job-a", "team-b").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetModel("model-a", "team-b").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetBackbone("bb-a", "team-b").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteDataset("ds-a", "team-b").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteModel("model-a", "team-b").code(),
+            absl::StatusCode::kNotFound);
+  // A read naming no tenant is the default tenant's.
+  EXPECT_EQ(store_->GetDataset("ds-a").status().code(),
+            absl::StatusCode::kNotFound);
+
+  ASSERT_OK_AND_ASSIGN(Dataset got, store_->GetDataset("ds-a", "team-a"));
+  EXPECT_EQ(got.tenant(), "team-a");
+  ASSERT_OK_AND_ASSIGN(Job got_job, store_->GetJob("job-a", "team-a"));
+  EXPECT_EQ(got_job.tenant(), "team-a");
+  ASSERT_OK(store_->GetBackbone("bb-shared", "team-b").status());
+  ASSERT_OK(store_->GetBackbone("bb-a", "team-a").status());
+  ASSERT_OK(store_->GetJob("job-a", kEveryTenant).status());
+
+  ASSERT_OK_AND_ASSIGN(auto datasets_b, store_->ListDatasets(0, "", "team-b"));
+  ASSERT_EQ(datasets_b.items.size(), 1u);
+  EXPECT_EQ(datasets_b.items[0].id(), "ds-b");
+  EXPECT_EQ(datasets_b.items[0].tenant(), "team-b");
+  ASSERT_OK_AND_ASSIGN(auto jobs_b,
+                       store_->ListJobs(tlserve::v1::JOB_STATE_UNSPECIFIED, 0,
+                                        "", "team-b"));
+  EXPECT_TRUE(jobs_b.items.empty());
+  ASSERT_OK_AND_ASSIGN(auto models_b, store_->ListModels(0, "", "team-b"));
+  EXPECT_TRUE(models_b.items.empty());
+  ASSERT_OK_AND_ASSIGN(auto backbones_b, store_->ListBackbones(0, "", "team-b"));
+  ASSERT_EQ(backbones_b.items.size(), 1u);
+  EXPECT_EQ(backbones_b.items[0].id(), "bb-shared");
+  ASSERT_OK_AND_ASSIGN(auto backbones_a, store_->ListBackbones(0, "", "team-a"));
+  EXPECT_EQ(backbones_a.items.size(), 2u);
+  ASSERT_OK_AND_ASSIGN(auto everything, store_->ListDatasets(0, "", kEveryTenant));
+  EXPECT_EQ(everything.items.size(), 2u);
+
+  ASSERT_OK(store_->DeleteDataset("ds-a", "team-a"));
+}
+
+TEST_F(StoreTest, RequestIdsAreScopedByTenant) {
+  Dataset a = MakeDataset("ds-a");
+  a.set_tenant("team-a");
+  ASSERT_OK(store_->PutDataset(a, "req-1"));
+  Dataset b = MakeDataset("ds-b");
+  b.set_tenant("team-b");
+  ASSERT_OK(store_->PutDataset(b, "req-1"));  // the same key, another tenant
+  ASSERT_OK_AND_ASSIGN(auto for_a, store_->LookupRequest("dataset", "team-a", "req-1"));
+  ASSERT_OK_AND_ASSIGN(auto for_b, store_->LookupRequest("dataset", "team-b", "req-1"));
+  ASSERT_TRUE(for_a.has_value());
+  ASSERT_TRUE(for_b.has_value());
+  EXPECT_EQ(*for_a, "ds-a");
+  EXPECT_EQ(*for_b, "ds-b");
+  ASSERT_OK_AND_ASSIGN(auto for_c, store_->LookupRequest("dataset", "team-c", "req-1"));
+  EXPECT_FALSE(for_c.has_value());
+}
+
+TEST_F(StoreTest, CountsATenantsQueuedJobsAndStoredBytes) {
+  Dataset d = MakeDataset("ds-a");
+  d.set_tenant("team-a");
+  d.add_parts()->set_size_bytes(1000);
+  d.add_parts()->set_size_bytes(200);
+  ASSERT_OK(store_->PutDataset(d));
+  for (auto [id, state] : {std::pair{"job-1", tlserve::v1::QUEUED},
+                           std::pair{"job-2", tlserve::v1::QUEUED},
+                           std::pair{"job-3", tlserve::v1::RUNNING}}) {
+    Job job = MakeJob(id, 0, state);
+    job.set_tenant("team-a");
+    ASSERT_OK(store_->PutJob(job));
+  }
+  CheckpointInfo checkpoint;
+  checkpoint.set_size_bytes(30);
+  ASSERT_OK(store_->AddCheckpoint("job-3", checkpoint));
+  Model model;
+  model.set_id("model-a");
+  model.set_tenant("team-a");
+  model.set_size_bytes(4);
+  ASSERT_OK(store_->PutModel(model));
+  Backbone shared;  // nobody's: counted against no tenant
+  shared.set_id("bb-shared");
+  shared.set_size_bytes(1 << 20);
+  ASSERT_OK(store_->PutBackbone(shared));
+  Job other = MakeJob("job-b", 0);
+  other.set_tenant("team-b");
+  ASSERT_OK(store_->PutJob(other));
+
+  EXPECT_EQ(store_->QueuedJobsOf("team-a").value_or(-1), 2);
+  EXPECT_EQ(store_->QueuedJobsOf("team-b").value_or(-1), 1);
+  EXPECT_EQ(store_->StoredBytesOf("team-a").value_or(-1), 1000 + 200 + 30 + 4);
+  EXPECT_EQ(store_->StoredBytesOf("team-b").value_or(-1), 0);
+}
+
+TEST_F(StoreTest, MigrationFourGivesEarlierRowsTheDefaultTenant) {
+  // Take the database back to schema 3 and write rows as it did.
+  Exec("DROP INDEX datasets_by_tenant; DROP INDEX models_by_tenant;"
+       "DROP INDEX backbones_by_tenant; DROP INDEX jobs_by_tenant_state;"
+       "ALTER TABLE datasets DROP COLUMN tenant;"
+       "ALTER TABLE models DROP COLUMN tenant;"
+       "ALTER TABLE jobs DROP COLUMN tenant;"
+       "ALTER TABLE backbones DROP COLUMN tenant;"
+       "DELETE FROM schema_migrations WHERE version >= 4;");
+  Dataset old = MakeDataset("ds-old");
+  old.clear_tenant();
+  Job old_job = MakeJob("job-old", 0);
+  old_job.clear_tenant();
+  Exec(absl::StrCat("INSERT INTO datasets (id, create_seq, proto) VALUES "
+                    "('ds-old', 1, x'", absl::BytesToHexString(old.SerializeAsString()),
+                    "');"
+                    "INSERT INTO jobs (id, state, priority, attempt, queue_seq, "
+                    "create_seq, proto) VALUES ('job-old', 2, 0, 0, 1, 2, x'",
+                    absl::BytesToHexString(old_job.SerializeAsString()), "');"
+                    "INSERT INTO backbones (id, create_seq, proto) VALUES "
+                    "('bb-old', 3, x'');"
+                    "INSERT INTO request_ids VALUES ('dataset', 'r1', 'ds-old'),"
+                    "('backbone', 'r2', 'bb-old');"));
+  Reopen();
+  EXPECT_EQ(store_->schema_version(), 4);
+  ASSERT_OK_AND_ASSIGN(Dataset d, store_->GetDataset("ds-old", "default"));
+  EXPECT_EQ(d.tenant(), "default");
+  ASSERT_OK_AND_ASSIGN(Job j, store_->GetJob("job-old", "default"));
+  EXPECT_EQ(j.tenant(), "default");
+  EXPECT_EQ(store_->QueuedJobsOf("default").value_or(-1), 1);
+  // Old backbones were uploaded by admins: shared.
+  ASSERT_OK(store_->GetBackbone("bb-old", "team-x").status());
+  ASSERT_OK_AND_ASSIGN(auto r1, store_->LookupRequest("dataset", "default", "r1"));
+  EXPECT_EQ(r1.value_or(""), "ds-old");
+  ASSERT_OK_AND_ASSIGN(auto r2, store_->LookupRequest("backbone", "", "r2"));
+  EXPECT_EQ(r2.value_or(""), "bb-old");
 }
 
 }  // namespace
