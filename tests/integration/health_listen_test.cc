@@ -9,15 +9,18 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/channel_security.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster.h"
+#include "tlserve/v1/dataset.grpc.pb.h"
 
 namespace tlserve::testing {
 namespace {
@@ -109,8 +112,9 @@ TEST(HealthListenTest, PlaintextHealthPortBesideTlsAnswersOnlyHealth) {
   auto jobs = cluster.client().ListJobs(v1::JOB_STATE_UNSPECIFIED, 10, "");
   EXPECT_TRUE(jobs.ok()) << jobs.status();
 
-  // A Watch on the health port sees SERVING, then NOT_SERVING once the
-  // server is told to stop; the server still exits cleanly.
+  // Told to stop, the server drains the main port (an upload held open
+  // keeps it draining for its 5 s grace) while the health port, still up,
+  // answers NOT_SERVING: probes see the drain rather than a closed port.
   grpc::ClientContext watch_ctx;
   watch_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
   grpc::health::v1::HealthCheckRequest watch_request;
@@ -118,7 +122,40 @@ TEST(HealthListenTest, PlaintextHealthPortBesideTlsAnswersOnlyHealth) {
   HealthCheckResponse update;
   ASSERT_TRUE(watch->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
-  auto exited = cluster.SignalServerAndWait(SIGTERM, absl::Seconds(20));
+  auto tls = ClientChannelCredentials(pki + "/ca.pem");
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  auto datasets = v1::DatasetService::NewStub(
+      grpc::CreateChannel(cluster.address(), *tls));
+  grpc::ClientContext upload_ctx;
+  upload_ctx.AddMetadata("authorization", "Bearer " + token);
+  upload_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::Dataset uploaded;
+  auto upload = datasets->UploadDataset(&upload_ctx, &uploaded);
+  // A valid header, then no chunks: the upload waits for them.
+  v1::UploadDatasetRequest header;
+  header.mutable_header()->set_name("held-open");
+  header.mutable_header()->set_format(v1::IMAGE_FOLDER_TAR);
+  v1::DatasetPart* part = header.mutable_header()->add_parts();
+  part->set_role(v1::TRAIN_ARCHIVE);
+  part->set_size_bytes(1024);
+  ASSERT_TRUE(upload->Write(header));
+
+  absl::StatusOr<int> exited = absl::UnknownError("not stopped");
+  std::thread stopper(
+      [&] { exited = cluster.SignalServerAndWait(SIGTERM, absl::Seconds(20)); });
+  int status = HealthCheckResponse::SERVING;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(4);
+       status == HealthCheckResponse::SERVING && absl::Now() < give_up;) {
+    absl::SleepFor(absl::Milliseconds(50));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    grpc::health::v1::HealthCheckRequest request;
+    HealthCheckResponse response;
+    if (health->Check(&ctx, request, &response).ok()) status = response.status();
+  }
+  EXPECT_EQ(status, HealthCheckResponse::NOT_SERVING);
+  upload_ctx.TryCancel();
+  stopper.join();
   ASSERT_TRUE(exited.ok()) << exited.status();
   EXPECT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << *exited;
   bool saw_not_serving = false;
@@ -127,6 +164,7 @@ TEST(HealthListenTest, PlaintextHealthPortBesideTlsAnswersOnlyHealth) {
   }
   EXPECT_TRUE(saw_not_serving);
   (void)watch->Finish();
+  // Gone with the server.
   EXPECT_EQ(CallMethod(health_port, "/grpc.health.v1.Health/Check").error_code(),
             grpc::StatusCode::UNAVAILABLE);
 }
