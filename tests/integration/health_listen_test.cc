@@ -154,7 +154,9 @@ TEST(HealthListenTest, PlaintextHealthPortBesideTlsAnswersOnlyHealth) {
     if (health->Check(&ctx, request, &response).ok()) status = response.status();
   }
   EXPECT_EQ(status, HealthCheckResponse::NOT_SERVING);
-  upload_ctx.TryCancel();
+  // Ending the upload (short of its bytes) lets the drain finish.
+  upload->WritesDone();
+  EXPECT_EQ(upload->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   stopper.join();
   ASSERT_TRUE(exited.ok()) << exited.status();
   EXPECT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << *exited;
