@@ -544,7 +544,7 @@ BREAKAGES = {
     "worker without --tls_ca_file": lambda d: drop_arg(worker_container(d), "tls_ca_file"),
     "worker without --token_file": lambda d: drop_arg(worker_container(d), "token_file"),
     "worker token not mounted": lambda d: drop_mount(worker_container(d), "auth"),
-    "workers dial a name the certificate lacks": lambda d: set_server_address(d, "tlserve:50051"),
+    "workers dial the short name, not the Service DNS name": lambda d: set_server_address(d, "tlserve:50051"),
     "workers get the server's key": lambda d: mount_everything(d, "tls"),
     "tokens in the old 'token tenant' format":
         lambda d: set_tokens(d, "REPLACE-ME-not-a-real-token default\n"),
