@@ -88,6 +88,14 @@ ABSL_FLAG(double, blob_gc_grace_seconds, 3600,
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address, host:port, e.g. 0.0.0.0:9464; port 0 "
           "takes any free port (empty: no /metrics)");
+ABSL_FLAG(std::string, health_listen, "",
+          "second address, host:port, that serves only grpc.health.v1.Health "
+          "in plaintext, with the same state as --listen: for probes that "
+          "cannot speak TLS (Kubernetes' gRPC probes), e.g. 0.0.0.0:50052; "
+          "port 0 takes any free port (empty: none)");
+ABSL_FLAG(std::string, health_port_file, "",
+          "file to write the health port to once serving, with "
+          "--health_listen=HOST:0 (empty: none)");
 ABSL_FLAG(std::string, port_file, "",
           "file to write the gRPC port to once serving, for tests and "
           "scripts that start tlserve on port 0 (empty: none)");
@@ -136,6 +144,7 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.lease = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
   options.blob_gc_interval =
       absl::Seconds(absl::GetFlag(FLAGS_blob_gc_interval_seconds));
@@ -179,12 +188,14 @@ int main(int argc, char** argv) {
                  {{"error", server.status().ToString()}});
     return 1;
   }
-  // The metrics port first: whoever waits for port_file then finds both.
+  // The other ports first: whoever waits for port_file then finds them all.
   WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port());
+  WritePortFile(absl::GetFlag(FLAGS_health_port_file), (*server)->health_port());
   WritePortFile(absl::GetFlag(FLAGS_port_file), (*server)->port());
   tlserve::Log(tlserve::LogSeverity::kInfo, "serving",
                {{"port", (*server)->port()},
                 {"metrics_port", (*server)->metrics_port()},
+                {"health_port", (*server)->health_port()},
                 {"data_dir", options.data_dir}});
   std::thread waiter([&] {
     int sig = 0;

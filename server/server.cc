@@ -17,6 +17,7 @@
 #include "server/blob_store.h"
 #include "server/dataset_service.h"
 #include "server/event_hub.h"
+#include "server/health_listener.h"
 #include "server/inference_router.h"
 #include "server/inference_service.h"
 #include "server/kserve_service.h"
@@ -160,6 +161,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
       s->scheduler_.get(), s->blobs_.get(), s->pool_.get(),
       options.limits.max_part_bytes, s->auth_.get());
 
+  // Before the main port, so that a failure here leaves nothing serving.
+  if (!options.health_listen.empty()) {
+    ASSIGN_OR_RETURN(s->health_, HealthListener::Start(options.health_listen));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -183,7 +188,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
         " (in use, or not a valid address); pick another with --listen"));
   }
   // Serving only now that the store is open and recovered.
-  s->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  s->SetServing(true);
   s->scheduler_->Start();
   s->router_->Start();
   if (options.blob_gc_interval > absl::ZeroDuration()) {
@@ -220,6 +225,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
 
 void Server::Wait() { grpc_server_->Wait(); }
 
+int Server::health_port() const {
+  return health_ == nullptr ? 0 : health_->port();
+}
+
+void Server::SetServing(bool serving) {
+  grpc_server_->GetHealthCheckService()->SetServingStatus(serving);
+  if (health_ != nullptr) health_->SetServing(serving);
+}
+
 void Server::CollectBlobsEvery(absl::Duration interval) {
   while (!stop_collecting_.WaitForNotificationWithTimeout(interval)) {
     absl::StatusOr<BlobCollection> done = CollectBlobs(
@@ -245,7 +259,7 @@ void Server::Shutdown(absl::Duration grace) {
   // Null when Start failed before serving.
   if (grpc_server_ != nullptr) {
     // Readiness fails first, so load balancers stop sending calls here.
-    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    SetServing(false);
   }
   // Local workers drain while the server still serves them: they hand
   // their jobs back with a checkpoint, which they upload here.
@@ -266,6 +280,8 @@ void Server::Shutdown(absl::Duration grace) {
   });
   grpc_server_->Shutdown(absl::ToChronoTime(deadline));
   closer.join();
+  // Probes keep reading NOT_SERVING until the main port has drained.
+  if (health_ != nullptr) health_->Shutdown(absl::Now() + absl::Seconds(1));
 }
 
 Server::~Server() {

@@ -24,6 +24,7 @@ class Authenticator;
 class BlobStore;
 class DatasetServiceImpl;
 class EventHub;
+class HealthListener;
 class InferenceServiceImpl;
 class KServeServiceImpl;
 class JobManager;
@@ -37,7 +38,8 @@ class WorkerServiceImpl;
 
 // The tlserve process: owns the store, the blob store, the job manager,
 // the scheduler, the inference router, the gRPC services (plus health and
-// reflection) and, optionally, local worker processes.
+// reflection), optionally a plaintext health-only listener
+// (server/health_listener.h) and local worker processes.
 class Server {
  public:
   struct Options {
@@ -59,6 +61,10 @@ class Server {
     // Prometheus text endpoint (/metrics), e.g. "0.0.0.0:9464" or
     // "127.0.0.1:0" (any free port); empty: none.
     std::string metrics_listen;
+    // A second, plaintext listener serving only grpc.health.v1.Health with
+    // the main port's state, for probes that cannot speak TLS; e.g.
+    // "0.0.0.0:50052", port 0 picks any; empty: none.
+    std::string health_listen;
     // Bearer tokens (server/auth.h); empty: authentication off.
     std::string auth_tokens_file;
     // TLS: the server's certificate chain and key (PEM); both or neither.
@@ -86,6 +92,8 @@ class Server {
   int port() const { return port_; }
   // The /metrics port (0 without an endpoint).
   int metrics_port() const { return metrics_port_; }
+  // The plaintext health port (0 without --health_listen).
+  int health_port() const;
   // Blocks until Shutdown() from another thread.
   void Wait();
   // Stops accepting calls, gives running ones `grace` to end, stops workers.
@@ -121,6 +129,9 @@ class Server {
   std::unique_ptr<KServeServiceImpl> kserve_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HealthListener> health_;
+  // The main port's health service and the health listener's, together.
+  void SetServing(bool serving);
   std::unique_ptr<LocalWorkers> local_workers_;
   // The blob collector's thread, woken to stop by stop_collecting_.
   void CollectBlobsEvery(absl::Duration interval);

@@ -6,9 +6,11 @@ Usage: check_manifests.py SOURCE_DIR
 Renders deploy/overlays/{cpu,gpu} with `kubectl kustomize`, runs yamllint on
 deploy/ and on each rendered overlay, and checks what a cluster operator
 relies on: one server replica on a PersistentVolumeClaim mounted at its data
-dir, a Service for gRPC and metrics, gRPC health probes, workers on the
-right device, resources, a PodDisruptionBudget, graceful termination and
-non-root pods.
+dir, a Service for gRPC and metrics, TLS and bearer tokens from mounted
+Secrets, gRPC health probes on the plaintext health port, workers on the
+right device that trust the CA and carry an admin token, resources, a
+PodDisruptionBudget, graceful termination and non-root pods. It then
+breaks the render in a few ways and expects each to be caught.
 
 Without kubectl the render is skipped (exit 77, which ctest reports as
 skipped) after the same checks ran on an approximate render of the source
@@ -31,6 +33,7 @@ except ImportError:  # python3-yaml comes with scripts/install-deps.sh
 SKIP = 77
 OVERLAYS = ("cpu", "gpu")
 NAMESPACE = "tlserve"
+DEPLOY_DOC = ""  # docs/deploy.md, read by main()
 
 failures = []
 
@@ -177,6 +180,74 @@ def expanded_args(where, container, docs):
     return args
 
 
+def secret_file(where, pod, container, path):
+    """The (Secret name, key) a file path in the container comes from, or
+    None after a failure: the path must lie in a read-only Secret mount
+    whose items (if it lists any) hold it, and the Secret must have the key."""
+    cname = f"{where} {container['name']}"
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        relative = path[len(prefix):]
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            fail(cname, f"{path} is not in a Secret mount")
+            return None
+        if mount.get("readOnly") is not True:
+            fail(cname, f"the Secret mount at {mount['mountPath']} is not readOnly")
+        items = secret.get("items")
+        if items is None:
+            key = relative
+        else:
+            keys = [i["key"] for i in items if i.get("path") == relative]
+            if not keys:
+                fail(cname, f"{path}: Secret volume {mount['name']} lists no item "
+                     f"with path {relative!r}")
+                return None
+            key = keys[0]
+        return secret["secretName"], key
+    fail(cname, f"{path} is under no volume mount")
+    return None
+
+
+def secret_keys(docs, name):
+    secret = find(docs, "Secret", name=name) or {}
+    return set(secret.get("stringData", {})) | set(secret.get("data", {}))
+
+
+def check_secret_flag(where, docs, pod, container, args, flag, secret, key):
+    """--flag names a file mounted from Secret `secret`'s `key`."""
+    path = flag_value(args, flag)
+    if path is None:
+        fail(f"{where} {container['name']}", f"no --{flag}")
+        return
+    source = secret_file(where, pod, container, path)
+    if source is None:
+        return
+    if source != (secret, key):
+        fail(f"{where} {container['name']}", f"--{flag}={path} comes from Secret "
+             f"{source[0]} key {source[1]}, expected Secret {secret} key {key}")
+    elif key not in secret_keys(docs, secret):
+        fail(f"{where} {container['name']}", f"Secret {secret} has no key {key}")
+
+
+def mounted_secret_keys(pod, container):
+    """(Secret, key) pairs the container can read."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        items = secret.get("items")
+        if items is None:
+            yield secret["secretName"], "*"
+        else:
+            for item in items:
+                yield secret["secretName"], item["key"]
+
+
 def labels_match(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -230,14 +301,36 @@ def check_server(where, docs):
         fail(where, f"container ports {ports} do not match --listen {listen} and "
              f"--metrics_listen {metrics}")
 
+    # TLS and tokens on the gRPC port, from the mounted Secrets.
+    check_secret_flag(where, docs, pod, container, args, "tls_cert_file",
+                      "tlserve-tls", "tls.crt")
+    check_secret_flag(where, docs, pod, container, args, "tls_key_file",
+                      "tlserve-tls", "tls.key")
+    check_secret_flag(where, docs, pod, container, args, "auth_tokens_file",
+                      "tlserve-auth", "tokens")
+    if ("tlserve-auth", "worker-token") in set(mounted_secret_keys(pod, container)):
+        fail(where, "the server mounts the workers' token; it needs only the tokens file")
+
+    # The kubelet's gRPC probes speak no TLS: they go to the plaintext
+    # health-only port.
+    health = flag_value(args, "health_listen")
+    if health is None:
+        fail(where, "server has no --health_listen: gRPC probes cannot reach a TLS port")
+        return
+    health_port = port_of(health)
+    if health_port in (grpc_port, metrics_port):
+        fail(where, f"--health_listen {health} shares a port with gRPC or metrics")
+    if ports.get("health") != health_port:
+        fail(where, f"container port 'health' {ports.get('health')} does not match "
+             f"--health_listen {health}")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         grpc = container.get(probe, {}).get("grpc")
         if grpc is None:
             if probe != "startupProbe":
                 fail(where, f"server {probe} is not a gRPC (grpc.health.v1) probe")
-        elif grpc.get("port") != grpc_port:
-            fail(where, f"server {probe} checks port {grpc.get('port')}, "
-                 f"gRPC listens on {grpc_port}")
+        elif grpc.get("port") != health_port:
+            fail(where, f"server {probe} checks port {grpc.get('port')}, the plaintext "
+                 f"health port is {health_port}")
 
     service = find(docs, "Service", name="tlserve")
     if service is None:
@@ -287,16 +380,35 @@ def check_worker(where, docs, overlay):
             fail(where, f"cpu worker runs --device={device}")
         if any(v != "None" for v in gpus.values()):
             fail(where, "cpu worker asks for a GPU")
-    # The worker finds the server through $TLSERVE_SERVER or --server.
+    # TLS trusting the mounted CA, and the workers' (admin) token.
+    pod = worker["spec"]["template"]["spec"]
+    check_secret_flag(where, docs, pod, container, args, "tls_ca_file",
+                      "tlserve-tls", "ca.crt")
+    check_secret_flag(where, docs, pod, container, args, "token_file",
+                      "tlserve-auth", "worker-token")
+    mounted = set(mounted_secret_keys(pod, container))
+    for secret, key in (("tlserve-tls", "tls.key"), ("tlserve-auth", "tokens")):
+        if (secret, key) in mounted or (secret, "*") in mounted:
+            fail(where, f"workers mount {secret} key {key}, which only the server needs")
+    # The worker finds the server through $TLSERVE_SERVER or --server, by the
+    # Service's DNS name: the name docs/deploy.md has operators put in the
+    # certificate, which TLS checks.
     server_address = flag_value(args, "server") or env_values(where, container, docs).get("TLSERVE_SERVER")
     service = find(docs, "Service", name="tlserve")
     if server_address is None:
         fail(where, "worker has neither --server nor TLSERVE_SERVER")
     elif service is not None:
         host, port = server_address.rsplit(":", 1)
-        service_ports = [p["port"] for p in service["spec"]["ports"]]
-        if host.split(".")[0] != "tlserve" or int(port) not in service_ports:
-            fail(where, f"workers dial {server_address}, which is not the tlserve Service")
+        namespace = service["metadata"].get("namespace", NAMESPACE)
+        names = (f"tlserve.{namespace}.svc", f"tlserve.{namespace}.svc.cluster.local")
+        service_ports = [p["port"] for p in service["spec"]["ports"]
+                         if p.get("targetPort") == "grpc"]
+        if host not in names or int(port) not in service_ports:
+            fail(where, f"workers dial {server_address}, not the tlserve Service's gRPC "
+                 f"port by its DNS name ({names[0]})")
+        elif host not in DEPLOY_DOC:
+            fail(where, f"docs/deploy.md does not tell operators to put {host} in the "
+                 "server certificate")
     # The worker's own /metrics: listened on and annotated for the scrape.
     listen = flag_value(args, "metrics_listen")
     annotations = worker["spec"]["template"]["metadata"].get("annotations", {})
@@ -364,10 +476,93 @@ def check_config(where, docs):
             fail(where, f"Secret {name}: every value must be a REPLACE-ME placeholder")
         if "placeholder" not in str(secret["metadata"].get("annotations", {})):
             fail(where, f"Secret {name} is not annotated as a placeholder")
+    # The tokens placeholder has tlserve's format, with an admin for workers.
+    tokens = (find(docs, "Secret", name="tlserve-auth") or {}).get("stringData", {}).get("tokens", "")
+    lines = [l.split() for l in tokens.splitlines() if l.strip() and not l.startswith("#")]
+    for fields in lines:
+        if len(fields) != 3 or fields[1] not in ("user", "admin"):
+            fail(where, f"tlserve-auth tokens line {' '.join(fields)!r} is not "
+                 "'<tenant> <user|admin> <sha256>'")
+    if not any(len(f) == 3 and f[1] == "admin" for f in lines):
+        fail(where, "tlserve-auth tokens has no admin line for the workers' token")
     for doc in docs:
         if doc["kind"] != "Namespace" and doc["metadata"].get("namespace") != NAMESPACE:
             fail(where, f"{doc['kind']} {doc['metadata']['name']} is not in namespace "
                  f"{NAMESPACE}")
+
+
+def check_all(where, docs, overlay):
+    check_server(where, docs)
+    check_worker(where, docs, overlay)
+    check_every_pod(where, docs)
+    check_config(where, docs)
+
+
+def server_container(docs):
+    pod = find(docs, "Deployment", name="tlserve")["spec"]["template"]["spec"]
+    return [c for c in pod["containers"] if c["name"] == "server"][0]
+
+
+def worker_container(docs):
+    pod = find(docs, "Deployment", name="tlworker")["spec"]["template"]["spec"]
+    return [c for c in pod["containers"] if c["name"] == "worker"][0]
+
+
+def drop_arg(container, flag):
+    container["args"] = [a for a in container["args"] if not a.startswith(f"--{flag}=")]
+
+
+def set_probe_ports(docs, port):
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        server_container(docs)[probe]["grpc"]["port"] = port
+
+
+def drop_mount(container, name):
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != name]
+
+
+def set_server_address(docs, address):
+    find(docs, "ConfigMap", prefix="tlserve-config")["data"]["TLSERVE_SERVER"] = address
+
+
+def set_tokens(docs, text):
+    find(docs, "Secret", name="tlserve-auth")["stringData"]["tokens"] = text
+
+
+def mount_everything(docs, volume):
+    pod = find(docs, "Deployment", name="tlworker")["spec"]["template"]["spec"]
+    [v for v in pod["volumes"] if v["name"] == volume][0]["secret"].pop("items")
+
+
+# Ways to break the TLS, token and probe wiring; each must be caught.
+BREAKAGES = {
+    "server without --tls_cert_file": lambda d: drop_arg(server_container(d), "tls_cert_file"),
+    "server without --auth_tokens_file": lambda d: drop_arg(server_container(d), "auth_tokens_file"),
+    "server without --health_listen": lambda d: drop_arg(server_container(d), "health_listen"),
+    "probes on the TLS port": lambda d: set_probe_ports(d, 50051),
+    "auth Secret not mounted in the server": lambda d: drop_mount(server_container(d), "auth"),
+    "worker without --tls_ca_file": lambda d: drop_arg(worker_container(d), "tls_ca_file"),
+    "worker without --token_file": lambda d: drop_arg(worker_container(d), "token_file"),
+    "worker token not mounted": lambda d: drop_mount(worker_container(d), "auth"),
+    "workers dial the short name, not the Service DNS name": lambda d: set_server_address(d, "tlserve:50051"),
+    "workers get the server's key": lambda d: mount_everything(d, "tls"),
+    "tokens in the old 'token tenant' format":
+        lambda d: set_tokens(d, "REPLACE-ME-not-a-real-token default\n"),
+    "tokens without an admin": lambda d: set_tokens(d, "team-a user REPLACE-ME-sha\n"),
+}
+
+
+def check_catches_breakage(where, docs, overlay):
+    """The checks above must fail each broken copy of a passing render."""
+    for name, breakage in BREAKAGES.items():
+        broken = copy.deepcopy(docs)
+        breakage(broken)
+        before = len(failures)
+        check_all(where, broken, overlay)
+        caught = len(failures) > before
+        del failures[before:]
+        if not caught:
+            fail(where, f"the checks pass a broken render: {name}")
 
 
 def yamllint(deploy_dir, label, text=None):
@@ -379,8 +574,11 @@ def yamllint(deploy_dir, label, text=None):
 
 
 def main():
+    global DEPLOY_DOC
     source_dir = sys.argv[1]
     deploy_dir = os.path.join(source_dir, "deploy")
+    with open(os.path.join(source_dir, "docs", "deploy.md")) as f:
+        DEPLOY_DOC = f.read()
     if shutil.which("yamllint") is None:
         print("FAIL: yamllint is not installed (scripts/install-deps.sh installs it)")
         return 1
@@ -396,10 +594,10 @@ def main():
             continue
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
         yamllint(deploy_dir, f"{where} (rendered)", text)
-        check_server(where, docs)
-        check_worker(where, docs, overlay)
-        check_every_pod(where, docs)
-        check_config(where, docs)
+        before = len(failures)
+        check_all(where, docs, overlay)
+        if len(failures) == before:
+            check_catches_breakage(where, docs, overlay)
         print(f"{where}: {len(docs)} objects: " +
               ", ".join(sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)))
 
