@@ -831,6 +831,7 @@ absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
 void PrintDatasetDetails(Context& ctx, const v1::Dataset& d) {
   std::ostream& o = *ctx.out;
   o << "id:       " << d.id() << "\n"
+    << "tenant:   " << d.tenant() << "\n"
     << "name:     " << d.name() << "\n"
     << "format:   " << v1::DatasetFormat_Name(d.format()) << "\n"
     << "images:   " << d.train_count() << " train, " << d.test_count()
@@ -907,6 +908,8 @@ absl::StatusOr<int> DatasetDelete(Context& ctx, const Args& args) {
 
 void PrintBackboneDetails(Context& ctx, const v1::Backbone& b) {
   *ctx.out << "id:           " << b.id() << "\n"
+           << "tenant:       "
+           << (b.tenant().empty() ? "(shared)" : b.tenant()) << "\n"
            << "name:         " << b.name() << "\n"
            << "input:        " << InputSpecText(b.input_spec()) << "\n"
            << "feature dim:  "
@@ -991,6 +994,7 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
   std::ostream& o = *ctx.out;
   const v1::JobSpec& s = job.spec();
   o << "id:         " << job.id() << "\n"
+    << "tenant:     " << job.tenant() << "\n"
     << "name:       " << (s.display_name().empty() ? "-" : s.display_name())
     << "\n"
     << "kind:       " << KindName(s.kind()) << "\n"
@@ -1273,6 +1277,7 @@ absl::StatusOr<int> JobMetrics(Context& ctx, const Args& args) {
 
 void PrintModelDetails(Context& ctx, const v1::Model& m) {
   *ctx.out << "id:        " << m.id() << "\n"
+           << "tenant:    " << m.tenant() << "\n"
            << "job:       " << m.job_id() << "\n"
            << "backbone:  " << m.backbone_id() << "\n"
            << "classes:   " << absl::StrJoin(m.class_names(), ", ") << "\n"
