@@ -119,14 +119,60 @@ std::string Truncate(const std::string& s, size_t max_chars) {
 
 constexpr int kTextScale = 2;
 
+// Plot-area margins of a panel: tick labels on the left, a little air on
+// the right.
+constexpr int kPanelLeft = 78;
+constexpr int kPanelRight = 16;
+// A legend entry: colour swatch, gap, name; entries 18 pixels apart, rows
+// 8 pixels apart.
+constexpr int kSwatch = 26;
+constexpr int kEntryGap = 18;
+constexpr int kLegendRowGap = 8;
+
+struct LegendEntry {
+  std::string name;
+  int row = 0;
+  int x = 0;  // from the plot area's left edge
+};
+
+// Entries left to right, wrapping to a new row when the next one would
+// pass `width`; a name longer than a whole row is shortened.
+std::vector<LegendEntry> LayoutLegend(const LinePanel& panel, int width) {
+  const int max_chars =
+      std::max(2, (width - kSwatch + kTextScale) / (kGlyphAdvance * kTextScale));
+  std::vector<LegendEntry> entries;
+  int row = 0;
+  int x = 0;
+  for (const Series& s : panel.series) {
+    LegendEntry e;
+    e.name = Truncate(s.name, static_cast<size_t>(max_chars));
+    const int w = kSwatch + TextWidth(e.name, kTextScale);
+    if (x > 0 && x + w > width) {
+      ++row;
+      x = 0;
+    }
+    e.row = row;
+    e.x = x;
+    entries.push_back(std::move(e));
+    x += w + kEntryGap;
+  }
+  return entries;
+}
+
+int ClampPanelWidth(int w) { return std::clamp(w, 200, 4096); }
+
 void DrawPanel(Canvas& canvas, int ox, int w, int h, const LinePanel& panel) {
   // Margins leave room for tick labels (left, bottom), the title (top),
-  // and the x label plus the legend (bottom).
+  // and the x label plus the legend (bottom), which may wrap onto more
+  // rows.
   const int th = TextHeight(kTextScale);
-  const int left = ox + 78;
-  const int right = ox + w - 16;
+  const int left = ox + kPanelLeft;
+  const int right = ox + w - kPanelRight;
+  const std::vector<LegendEntry> legend = LayoutLegend(panel, right - left);
+  const int legend_rows = legend.empty() ? 1 : legend.back().row + 1;
   const int top = 16 + th + 14;
-  const int bottom = h - (12 + th + 10 + th + 12 + th + 10);
+  const int bottom = h - (12 + th + 10 + th + 12 + th + 10) -
+                     (legend_rows - 1) * LegendRowHeight();
 
   canvas.DrawText(ox + (w - TextWidth(panel.title, kTextScale)) / 2, 14,
                   panel.title, kBlack, kTextScale);
@@ -181,12 +227,12 @@ void DrawPanel(Canvas& canvas, int ox, int w, int h, const LinePanel& panel) {
   canvas.DrawText((left + right - TextWidth(panel.x_label, kTextScale)) / 2,
                   x_label_y, panel.x_label, kBlack, kTextScale);
 
-  int legend_x = left;
   const int legend_y = x_label_y + th + 12;
-  for (const Series& s : panel.series) {
-    canvas.FillRect(legend_x, legend_y + th / 2 - 1, 20, 3, s.color);
-    canvas.DrawText(legend_x + 26, legend_y, s.name, kBlack, kTextScale);
-    legend_x += 26 + TextWidth(s.name, kTextScale) + 18;
+  for (size_t i = 0; i < legend.size(); ++i) {
+    const int x = left + legend[i].x;
+    const int y = legend_y + legend[i].row * LegendRowHeight();
+    canvas.FillRect(x, y + th / 2 - 1, 20, 3, panel.series[i].color);
+    canvas.DrawText(x + kSwatch, y, legend[i].name, kBlack, kTextScale);
   }
 
   for (const Series& s : panel.series) {
@@ -353,6 +399,14 @@ Ticks NiceTicks(double lo, double hi, int target) {
   return ticks;
 }
 
+int LegendRows(const LinePanel& panel, int panel_width) {
+  const std::vector<LegendEntry> legend = LayoutLegend(
+      panel, ClampPanelWidth(panel_width) - kPanelLeft - kPanelRight);
+  return legend.empty() ? 1 : legend.back().row + 1;
+}
+
+int LegendRowHeight() { return TextHeight(kTextScale) + kLegendRowGap; }
+
 absl::StatusOr<Canvas> DrawLineCharts(const std::vector<LinePanel>& panels,
                                       int panel_width, int panel_height) {
   for (const LinePanel& panel : panels) {
@@ -364,7 +418,7 @@ absl::StatusOr<Canvas> DrawLineCharts(const std::vector<LinePanel>& panels,
       }
     }
   }
-  panel_width = std::clamp(panel_width, 200, 4096);
+  panel_width = ClampPanelWidth(panel_width);
   panel_height = std::clamp(panel_height, 200, 4096);
   const int n = std::max<int>(1, static_cast<int>(panels.size()));
   Canvas canvas(panel_width * n, panel_height);

@@ -37,6 +37,18 @@ inline constexpr Rgb kBlue{31, 119, 180};
 inline constexpr Rgb kOrange{255, 127, 14};
 inline constexpr Rgb kGreen{44, 160, 44};
 inline constexpr Rgb kRed{214, 39, 40};
+inline constexpr Rgb kPurple{148, 103, 189};
+inline constexpr Rgb kBrown{140, 86, 75};
+inline constexpr Rgb kPink{227, 119, 194};
+inline constexpr Rgb kGray{127, 127, 127};
+inline constexpr Rgb kOlive{188, 189, 34};
+inline constexpr Rgb kCyan{23, 190, 207};
+
+// Distinct series colours, in the order charts hand them out; a chart with
+// more series than this repeats colours, so callers cap their series.
+inline constexpr Rgb kPalette[] = {kBlue,  kOrange, kGreen, kRed,   kPurple,
+                                   kBrown, kPink,   kGray,  kOlive, kCyan};
+inline constexpr int kPaletteSize = sizeof(kPalette) / sizeof(kPalette[0]);
 
 // Glyph cell of the built-in font at scale 1 (5x7 glyph plus spacing).
 inline constexpr int kGlyphWidth = 5;
@@ -107,6 +119,14 @@ struct LinePanel {
   double y_min = 0;
   double y_max = 0;
 };
+
+// Rows the panel's legend takes at `panel_width`: entries wrap onto more
+// rows when they do not fit on one (each extra row takes plot height), and
+// names too long for a row are shortened. Callers with many series use it
+// to size the chart.
+int LegendRows(const LinePanel& panel, int panel_width);
+// Pixels each legend row after the first takes from the plot.
+int LegendRowHeight();
 
 // Panels side by side, each `panel_width` x `panel_height`, with axes,
 // tick labels, a grid and a legend. INVALID_ARGUMENT if a series' x and y

@@ -178,6 +178,49 @@ TEST(LineChartTest, RejectsMismatchedSeries) {
               HasSubstr("'bad' has 2 x values and 1 y values"));
 }
 
+TEST(LineChartTest, LongLegendsWrapOntoRowsInsideThePanel) {
+  LinePanel p;
+  p.integer_x = true;
+  for (int i = 0; i < kPaletteSize; ++i) {
+    p.series.push_back({"job-with-a-long-name-" + std::to_string(i),
+                        kPalette[i],
+                        {1, 2, 3},
+                        {0.1 * i, 0.1 * i + 0.05, 0.1 * i + 0.1}});
+  }
+  const int rows = LegendRows(p, 600);
+  EXPECT_GT(rows, 2);
+  absl::StatusOr<Canvas> canvas = DrawLineCharts({p}, 600, 500);
+  ASSERT_TRUE(canvas.ok()) << canvas.status();
+  // Every series' colour is drawn, and the legend's rows (the bottom band)
+  // stay inside the plot's right margin rather than running off the
+  // canvas.
+  for (int i = 0; i < kPaletteSize; ++i) {
+    EXPECT_GT(CountColor(*canvas, kPalette[i]), 20) << i;
+  }
+  for (int y = canvas->height() - 20 * rows; y < canvas->height(); ++y) {
+    for (int x = canvas->width() - 15; x < canvas->width(); ++x) {
+      ASSERT_EQ(canvas->At(x, y), kWhite) << x << "," << y;
+    }
+  }
+  // A legend that fits keeps one row.
+  LinePanel two;
+  two.series.push_back({"train", kBlue, {1}, {1}});
+  two.series.push_back({"val", kOrange, {1}, {1}});
+  EXPECT_EQ(LegendRows(two, 480), 1);
+  EXPECT_EQ(LegendRows(LinePanel{}, 480), 1);
+  MaybeSave(*canvas, "plot_test_legend.png");
+}
+
+TEST(PaletteTest, ColoursAreDistinct) {
+  for (int i = 0; i < kPaletteSize; ++i) {
+    EXPECT_NE(kPalette[i], kWhite);
+    EXPECT_NE(kPalette[i], kBlack);
+    for (int j = i + 1; j < kPaletteSize; ++j) {
+      EXPECT_NE(kPalette[i], kPalette[j]) << i << " " << j;
+    }
+  }
+}
+
 TEST(HeatmapTest, ShadesByRowShareAndDecodesBack) {
   Heatmap h;
   h.title = "Confusion";
