@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/demo.h"
+#include "client/job_compare.h"
 #include "client/job_metrics_view.h"
 #include "client/job_progress.h"
 #include "common/file_util.h"
@@ -1273,6 +1274,48 @@ absl::StatusOr<int> JobMetrics(Context& ctx, const Args& args) {
   return 0;
 }
 
+constexpr char kJobCompareUsage[] =
+    "job compare ID ID [ID...] [--plot FILE.png] "
+    "[--metric val_accuracy|val_loss|train_loss|train_accuracy] [--json]";
+
+absl::StatusOr<int> JobCompare(Context& ctx, const Args& args) {
+  if (args.positional().size() < 2) {
+    *ctx.err << "usage: tlctl " << kJobCompareUsage << "\n";
+    return absl::InvalidArgumentError(
+        absl::StrCat("job compare needs at least two job ids, got ",
+                     args.positional().size()));
+  }
+  if (args.Has("plot") && args.Get("plot").empty()) {
+    return FlagError("plot", "needs a file name (FILE.png)");
+  }
+  JobCompareOptions options;
+  ASSIGN_OR_RETURN(options.metric,
+                   ParseCompareMetric(args.Get("metric", "val_accuracy")));
+  if (ctx.options->terminal_columns > 0) {
+    options.width = ctx.options->terminal_columns;
+  }
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  // The server's NOT_FOUND already names the job ("job 'x' not found").
+  std::vector<v1::Job> jobs;
+  for (const std::string& id : args.positional()) {
+    ASSIGN_OR_RETURN(v1::Job job, client->GetJob(id));
+    jobs.push_back(std::move(job));
+  }
+  if (args.Has("plot")) {
+    ASSIGN_OR_RETURN(std::string png, JobComparisonPng(jobs, options.metric));
+    RETURN_IF_ERROR(WriteFileAtomic(args.Get("plot"), png));
+  }
+  if (ctx.json) {
+    v1::ListJobsResponse response;
+    for (v1::Job& job : jobs) *response.add_jobs() = std::move(job);
+    RETURN_IF_ERROR(PrintJson(ctx, response));
+    return 0;
+  }
+  *ctx.out << FormatJobComparison(jobs, options);
+  if (args.Has("plot")) *ctx.out << "wrote " << args.Get("plot") << "\n";
+  return 0;
+}
+
 // --- model ---
 
 void PrintModelDetails(Context& ctx, const v1::Model& m) {
@@ -1647,6 +1690,8 @@ const std::vector<Command>& Commands() {
        1,
        {{"plot-curves"}, {"plot-confusion"}},
        JobMetrics},
+      {"job", "compare", kJobCompareUsage, 2, {{"plot"}, {"metric"}},
+       JobCompare},
       {"model", "list", "model list", 0, {}, ModelList},
       {"model",
        "deploy",
@@ -1781,9 +1826,11 @@ int RunTlctl(const std::vector<std::string>& argv, const RunOptions& options,
     out << "usage: tlctl " << command->usage << "\n";
     return 0;
   }
-  // `predict --image a.png b.png` puts extra files in positional.
+  // `predict --image a.png b.png` puts extra files in positional; `job
+  // compare` takes two or more ids and checks them itself.
   if (args->positional().size() != command->positional &&
-      command->run != PredictCommand && command->run != EmbedCommand) {
+      command->run != PredictCommand && command->run != EmbedCommand &&
+      command->run != JobCompare) {
     err << "usage: tlctl " << command->usage << "\n";
     return fail(absl::InvalidArgumentError(
         absl::StrCat("expected ", command->positional, " argument(s), got ",

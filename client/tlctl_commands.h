@@ -102,6 +102,9 @@ struct RunOptions {
   std::string default_tls_ca_file;
   // Whether `out` is a terminal (live progress bars).
   bool out_is_tty = false;
+  // The terminal's width in columns for side-by-side tables; 0: unknown
+  // (they assume 100).
+  int terminal_columns = 0;
 };
 
 // Runs one tlctl command line (argv without the program name). Errors are

@@ -1,5 +1,6 @@
 // tlctl: the command-line client of tlserve. See client/tlctl_commands.h.
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -22,6 +23,10 @@ int main(int argc, char** argv) {
     options.default_tls_ca_file = ca;
   }
   options.out_is_tty = isatty(STDOUT_FILENO) == 1;
+  if (winsize size{}; options.out_is_tty &&
+                      ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0) {
+    options.terminal_columns = size.ws_col;
+  }
   std::vector<std::string> args(argv + 1, argv + argc);
   return tlserve::cli::RunTlctl(args, options, std::cout, std::cerr);
 }
