@@ -83,7 +83,7 @@ const std::vector<Split>& StudySplits() {
 
 const std::vector<std::string>& StudyArmNames() {
   static const auto* names = new std::vector<std::string>{
-      "scratch", "frozen", "last_block", "full_low_lr", "gradual"};
+      "scratch", "frozen", "last_block", "full_low_lr", "gradual", "few_shot"};
   return *names;
 }
 
@@ -157,8 +157,9 @@ absl::StatusOr<v1::JobSpec> StudyArmSpec(const std::string& arm,
                                          const StudyOptions& options,
                                          const std::string& dataset_id,
                                          const std::string& backbone_id) {
-  const std::string base =
-      arm == "scratch" || arm == "frozen" ? arm : "last_block";
+  const std::string base = arm == "scratch" || arm == "frozen" ? arm
+                           : arm == "few_shot"                  ? "frozen"
+                                                                : "last_block";
   if (std::find(StudyArmNames().begin(), StudyArmNames().end(), arm) ==
       StudyArmNames().end()) {
     return absl::InvalidArgumentError(
@@ -178,6 +179,20 @@ absl::StatusOr<v1::JobSpec> StudyArmSpec(const std::string& arm,
   spec.set_epochs(epochs);
   spec.set_batch_size(StudyBatchSize(shots));
   v1::FreezePolicy* freeze = spec.mutable_freeze();
+  if (arm == "few_shot") {
+    // No training: the class means of the frozen source backbone's
+    // features. Every labelled image is an example (nothing to validate).
+    spec.set_kind(v1::FEW_SHOT);
+    spec.set_epochs(0);
+    spec.mutable_data()->set_validation_fraction(0);
+    spec.clear_augment();
+    spec.clear_early_stopping();
+    spec.clear_schedule();
+    spec.mutable_head()->clear_hidden_sizes();
+    freeze->set_mode(v1::FreezePolicy::FROZEN);
+    freeze->clear_gradual_unfreeze();
+    return spec;
+  }
   if (arm == "full_low_lr") {
     // Everything trains, the backbone at a tenth of the head's 1e-2.
     freeze->set_mode(v1::FreezePolicy::FULL);

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "client/backbone_rank.h"
 #include "client/client.h"
 #include "client/demo.h"
 #include "client/job_compare.h"
@@ -296,7 +298,8 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
     ASSIGN_OR_RETURN(v1::JobKind kind,
                      ParseChoice<v1::JobKind>("kind", args.Get("kind"),
                                               {{"fine_tune", v1::FINE_TUNE},
-                                               {"pretrain", v1::PRETRAIN}}));
+                                               {"pretrain", v1::PRETRAIN},
+                                               {"few_shot", v1::FEW_SHOT}}));
     spec->set_kind(kind);
   }
   if (args.Has("name")) spec->set_display_name(args.Get("name"));
@@ -941,6 +944,51 @@ absl::StatusOr<int> BackboneUpload(Context& ctx, const Args& args) {
   return 0;
 }
 
+absl::StatusOr<int> BackboneRank(Context& ctx, const Args& args) {
+  if (!args.Has("dataset")) {
+    return FlagError("dataset", "is required: the labelled data to rank on");
+  }
+  RankOptions options;
+  options.dataset_id = args.Get("dataset");
+  options.backbone_ids = args.GetStringList("backbones");
+  ASSIGN_OR_RETURN(std::vector<int64_t> classes, args.GetIntList("classes"));
+  for (int64_t c : classes) {
+    if (c < 0 || c > 1'000'000) return FlagError("classes", "labels must be >= 0");
+    options.class_subset.push_back(static_cast<int32_t>(c));
+  }
+  ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", 20));
+  if (shots < 1 || shots > 100'000) return FlagError("shots", "must be in [1, 100000]");
+  options.shots = static_cast<int>(shots);
+  ASSIGN_OR_RETURN(int64_t test, args.GetInt("max-test-samples", 1000));
+  if (test < 0 || test > 10'000'000) {
+    return FlagError("max-test-samples", "must be >= 0 (0: the whole test split)");
+  }
+  options.max_test_samples = static_cast<int>(test);
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 1));
+  options.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(int64_t wait_s, args.GetInt("wait-seconds", 1800));
+  if (wait_s < 1) return FlagError("wait-seconds", "must be >= 1");
+  options.timeout = absl::Seconds(wait_s);
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(std::vector<RankedBackbone> ranked,
+                   RankBackbones(*client, options));
+  if (ctx.json) {
+    for (const RankedBackbone& r : ranked) {
+      *ctx.out << absl::StrFormat(
+          "{\"backbone_id\": \"%s\", \"job_id\": \"%s\", \"accuracy\": %.6f, "
+          "\"top5_accuracy\": %.6f, \"scored\": %d, \"seconds\": %.3f, "
+          "\"error\": \"%s\"}\n",
+          absl::CEscape(r.backbone_id), absl::CEscape(r.job_id), r.accuracy,
+          r.top5_accuracy, r.scored, r.seconds, absl::CEscape(r.error));
+    }
+    return 0;
+  }
+  *ctx.out << "nearest-class-mean accuracy with " << options.shots
+           << " labelled images per class (no training):\n"
+           << FormatRanking(ranked);
+  return 0;
+}
+
 absl::StatusOr<int> BackboneGet(Context& ctx, const Args& args) {
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   ASSIGN_OR_RETURN(v1::Backbone b, client->GetBackbone(args.positional()[0]));
@@ -1021,12 +1069,19 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
     o << ")\n";
   } else if (s.kind() == v1::PRETRAIN) {
     o << "registers:  backbone '" << s.pretrain().backbone_name() << "'\n";
+  } else if (s.kind() == v1::FEW_SHOT) {
+    o << "backbone:   " << s.backbone_id()
+      << " (frozen; class means of its features, no training)\n";
   }
-  o << "training:   " << s.epochs() << " epochs, batch " << s.batch_size()
-    << ", "
-    << absl::AsciiStrToLower(v1::OptimizerSpec::Kind_Name(s.optimizer().kind()))
-    << " lr " << s.optimizer().learning_rate() << ", seed " << s.seed() << "\n"
-    << "created:    " << TimeText(job.create_time()) << "\n"
+  if (s.kind() != v1::FEW_SHOT) {
+    o << "training:   " << s.epochs() << " epochs, batch " << s.batch_size()
+      << ", "
+      << absl::AsciiStrToLower(
+             v1::OptimizerSpec::Kind_Name(s.optimizer().kind()))
+      << " lr " << s.optimizer().learning_rate() << ", seed " << s.seed()
+      << "\n";
+  }
+  o << "created:    " << TimeText(job.create_time()) << "\n"
     << "started:    " << TimeText(job.start_time()) << "\n"
     << "ended:      " << TimeText(job.end_time()) << "\n";
   if (job.state() == v1::QUEUED) {
@@ -1117,6 +1172,56 @@ absl::StatusOr<int> JobCreate(Context& ctx, const Args& args) {
   }
   if (!watch) return 0;
   return WatchAndReport(ctx, job.id(), 0);
+}
+
+void PrintModelDetails(Context& ctx, const v1::Model& m);
+
+// A few-shot model: a FEW_SHOT job (no training, seconds), waited for.
+absl::StatusOr<int> ModelCreate(Context& ctx, const Args& args) {
+  ASSIGN_OR_RETURN(bool few_shot, args.GetBool("few-shot"));
+  if (!few_shot) {
+    return absl::InvalidArgumentError(
+        "model create makes few-shot models: pass --few-shot (trained "
+        "models come from `tlctl job create`)");
+  }
+  if (!args.Has("dataset") || !args.Has("backbone")) {
+    return absl::InvalidArgumentError(
+        "model create --few-shot needs --dataset ID and --backbone ID");
+  }
+  v1::JobSpec spec;
+  spec.set_kind(v1::FEW_SHOT);
+  RETURN_IF_ERROR(ApplyJobSpecFlags(args, &spec));
+  ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", 0));
+  if (args.Has("shots") && shots < 1) {
+    return FlagError("shots", "must be >= 1 (labelled images per class)");
+  }
+  spec.mutable_data()->set_samples_per_class(static_cast<int32_t>(shots));
+  ASSIGN_OR_RETURN(int64_t wait_s, args.GetInt("wait-seconds", 600));
+  if (wait_s < 1) return FlagError("wait-seconds", "must be >= 1");
+  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+  ASSIGN_OR_RETURN(v1::Job job, client->CreateJob(spec, args.Get("request-id")));
+  if (!ctx.json) {
+    *ctx.out << "few-shot job " << job.id() << " (" << JobStateName(job.state())
+             << ")\n";
+  }
+  ASSIGN_OR_RETURN(v1::Job done,
+                   client->WaitForJob(job.id(), absl::Seconds(wait_s)));
+  if (done.state() != v1::SUCCEEDED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("few-shot job ", done.id(), " ended ",
+                     JobStateName(done.state()), ": ", done.error()));
+  }
+  ASSIGN_OR_RETURN(v1::Model model, client->GetModel(done.result().model_id()));
+  if (ctx.json) {
+    RETURN_IF_ERROR(PrintJson(ctx, model));
+    return 0;
+  }
+  PrintModelDetails(ctx, model);
+  *ctx.out << absl::StrFormat(
+      "test accuracy %.4f on %d images; made in %.1f s without training\n",
+      done.result().test_accuracy(), done.result().test_count(),
+      done.result().train_seconds());
+  return 0;
 }
 
 absl::StatusOr<int> JobGet(Context& ctx, const Args& args) {
@@ -1651,6 +1756,21 @@ const std::vector<Command>& Commands() {
        BackboneUpload},
       {"backbone", "list", "backbone list", 0, {}, BackboneList},
       {"backbone", "get", "backbone get ID", 1, {}, BackboneGet},
+      {"backbone",
+       "rank",
+       "backbone rank --dataset ID [--backbones ID,ID,...] [--classes 5,6,7] "
+       "[--shots 20] [--max-test-samples 1000] [--seed N] [--wait-seconds S]"
+       "   (scores each backbone's frozen features by a nearest-class-mean "
+       "classifier, best first, in seconds)",
+       0,
+       {{"dataset"},
+        {"backbones"},
+        {"classes"},
+        {"shots"},
+        {"max-test-samples"},
+        {"seed"},
+        {"wait-seconds"}},
+       BackboneRank},
       {"job", "create",
        "job create [--spec-json F] [--kind fine_tune|pretrain] --dataset ID "
        "[--classes 2,3,4] [--samples-per-class N] [--val-fraction F] "
@@ -1693,6 +1813,24 @@ const std::vector<Command>& Commands() {
       {"job", "compare", kJobCompareUsage, 2, {{"plot"}, {"metric"}},
        JobCompare},
       {"model", "list", "model list", 0, {}, ModelList},
+      {"model",
+       "create",
+       "model create --few-shot --dataset ID --backbone ID [--shots N] "
+       "[--classes 5,6,7] [--max-test-samples N] [--seed N] [--name N] "
+       "[--request-id K] [--wait-seconds S]   (a nearest-class-mean model on "
+       "the backbone's features, no training)",
+       0,
+       {{"few-shot", false},
+        {"dataset"},
+        {"backbone"},
+        {"shots"},
+        {"classes"},
+        {"max-test-samples"},
+        {"seed"},
+        {"name"},
+        {"request-id"},
+        {"wait-seconds"}},
+       ModelCreate},
       {"model",
        "deploy",
        "model deploy ID [--max-batch-size N] [--max-queue-delay-us US] "

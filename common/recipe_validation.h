@@ -18,6 +18,11 @@ namespace tlserve {
 // outside (0, 1].
 absl::Status ValidateRecipe(const tlserve::v1::JobSpec& spec, int epochs);
 
+// Kinds whose job starts from an existing backbone (spec.backbone_id).
+inline bool ReusesBackbone(tlserve::v1::JobKind kind) {
+  return kind == tlserve::v1::FINE_TUNE || kind == tlserve::v1::FEW_SHOT;
+}
+
 }  // namespace tlserve
 
 #endif  // TLSERVE_COMMON_RECIPE_VALIDATION_H_

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "common/proto_time.h"
+#include "common/recipe_validation.h"
 #include "common/status_macros.h"
 #include "server/ids.h"
 #include "server/job_spec_validator.h"
@@ -135,10 +136,11 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
   }
   RETURN_IF_ERROR(dataset.status());
   std::optional<Backbone> backbone;
-  if (spec.kind() == tlserve::v1::FINE_TUNE) {
+  if (ReusesBackbone(spec.kind())) {
     if (spec.backbone_id().empty()) {
-      return absl::InvalidArgumentError(
-          "spec.backbone_id is required for FINE_TUNE");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.backbone_id is required for ",
+          tlserve::v1::JobKind_Name(spec.kind())));
     }
     auto found = store_->GetBackbone(spec.backbone_id(), tenant);
     if (absl::IsNotFound(found.status())) {
@@ -323,7 +325,7 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
         continue;
       }
       *assign.mutable_dataset() = *dataset;
-      if (job.spec().kind() == tlserve::v1::FINE_TUNE) {
+      if (ReusesBackbone(job.spec().kind())) {
         auto backbone =
             store_->GetBackbone(job.spec().backbone_id(), job.tenant());
         if (!backbone.ok()) {

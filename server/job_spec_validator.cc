@@ -47,10 +47,50 @@ std::string ShowPairs(const std::vector<RecordPair>& pairs,
                       pairs.size() > kMaxShownPairs ? ", ..." : "");
 }
 
+// What a few-shot job cannot have: it trains nothing, so anything that
+// would change the backbone's features or ask for training is refused
+// rather than silently ignored.
+absl::Status ValidateFewShot(const JobSpec& spec) {
+  if (spec.epochs() != 0) {
+    return Invalid(absl::StrFormat(
+        "spec.epochs must be 0 for FEW_SHOT (nothing trains), got %d",
+        spec.epochs()));
+  }
+  if (spec.freeze().mode() != FreezePolicy::FROZEN ||
+      spec.freeze().gradual_unfreeze_size() > 0 ||
+      spec.freeze().trainable_patterns_size() > 0) {
+    return Invalid(
+        "spec.freeze must be FROZEN for FEW_SHOT: the prototypes are means of "
+        "the pretrained backbone's features");
+  }
+  if (spec.freeze().batchnorm_stats() == FreezePolicy::UPDATE_ALL) {
+    return Invalid("spec.freeze.batchnorm_stats cannot be UPDATE_ALL for FEW_SHOT");
+  }
+  if (spec.backbone_init() == tlserve::v1::RANDOM) {
+    return Invalid("spec.backbone_init cannot be RANDOM for FEW_SHOT: random "
+                   "features make no prototypes");
+  }
+  if (spec.head().hidden_sizes_size() > 0) {
+    return Invalid("spec.head.hidden_sizes must be empty for FEW_SHOT: the "
+                   "prototype classifier is one linear layer");
+  }
+  if (spec.augment().random_resized_crop() || spec.augment().horizontal_flip()) {
+    return Invalid("spec.augment must be off for FEW_SHOT: each labelled image "
+                   "is used once, as it is");
+  }
+  if (spec.early_stopping().patience() > 0) {
+    return Invalid("spec.early_stopping does not apply to FEW_SHOT (no epochs)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void ApplyJobDefaults(JobSpec* spec) {
-  if (spec->epochs() == 0) spec->set_epochs(10);
+  const bool few_shot = spec->kind() == tlserve::v1::FEW_SHOT;
+  // Nothing trains in a few-shot job: no epochs, and every labelled image
+  // is an example of its class rather than held out for validation.
+  if (spec->epochs() == 0 && !few_shot) spec->set_epochs(10);
   if (spec->batch_size() == 0) spec->set_batch_size(32);
   if (spec->max_attempts() == 0) spec->set_max_attempts(3);
   if (spec->device().empty()) spec->set_device("cpu");
@@ -68,8 +108,10 @@ void ApplyJobDefaults(JobSpec* spec) {
     spec->mutable_schedule()->set_kind(ScheduleSpec::COSINE);
   }
   auto* data = spec->mutable_data();
-  if (data->validation_fraction() == 0) data->set_validation_fraction(0.1f);
-  if (spec->kind() == tlserve::v1::FINE_TUNE) {
+  if (data->validation_fraction() == 0 && !few_shot) {
+    data->set_validation_fraction(0.1f);
+  }
+  if (ReusesBackbone(spec->kind())) {
     auto* freeze = spec->mutable_freeze();
     if (freeze->mode() == FreezePolicy::MODE_UNSPECIFIED) {
       freeze->set_mode(FreezePolicy::FROZEN);
@@ -89,10 +131,13 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
                              const tlserve::v1::Dataset& dataset,
                              const tlserve::v1::Backbone* backbone) {
   if (spec.kind() != tlserve::v1::FINE_TUNE &&
-      spec.kind() != tlserve::v1::PRETRAIN) {
-    return Invalid("spec.kind must be FINE_TUNE or PRETRAIN");
+      spec.kind() != tlserve::v1::PRETRAIN &&
+      spec.kind() != tlserve::v1::FEW_SHOT) {
+    return Invalid("spec.kind must be FINE_TUNE, PRETRAIN or FEW_SHOT");
   }
-  if (spec.epochs() < 1 || spec.epochs() > kMaxEpochs) {
+  if (spec.kind() == tlserve::v1::FEW_SHOT) {
+    RETURN_IF_ERROR(ValidateFewShot(spec));
+  } else if (spec.epochs() < 1 || spec.epochs() > kMaxEpochs) {
     return Invalid(absl::StrFormat("spec.epochs must be in [1, %d], got %d",
                                    kMaxEpochs, spec.epochs()));
   }
@@ -133,7 +178,8 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
         opt.weight_decay()));
   }
   if (spec.schedule().warmup_epochs() < 0 ||
-      spec.schedule().warmup_epochs() >= spec.epochs()) {
+      (spec.schedule().warmup_epochs() >= spec.epochs() &&
+       spec.schedule().warmup_epochs() > 0)) {
     return Invalid(absl::StrFormat(
         "spec.schedule.warmup_epochs must be in [0, epochs), got %d",
         spec.schedule().warmup_epochs()));
@@ -200,9 +246,10 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
     }
   }
 
-  if (spec.kind() == tlserve::v1::FINE_TUNE) {
+  if (ReusesBackbone(spec.kind())) {
     if (backbone == nullptr) {
-      return Invalid("spec.backbone_id is required for FINE_TUNE");
+      return Invalid(absl::StrCat("spec.backbone_id is required for ",
+                                  tlserve::v1::JobKind_Name(spec.kind())));
     }
     const auto& freeze = spec.freeze();
     if (freeze.mode() == FreezePolicy::LAST_N_BLOCKS) {

@@ -471,7 +471,10 @@ absl::Status PutResource(sqlite3* db, const ResourceTable& t, const T& proto,
     return absl::InvalidArgumentError(
         absl::StrCat("cannot store a ", t.kind, " without an id"));
   }
-  const auto [tenant, bytes] = OwnedBytes(t, proto);
+  // Named, not structured, bindings: clang's C++20 cannot capture those.
+  const std::pair<std::string, std::string> owned = OwnedBytes(t, proto);
+  const std::string& tenant = owned.first;
+  const std::string& bytes = owned.second;
   return InTransaction(db, [&]() -> absl::Status {
     RETURN_IF_ERROR(UpsertResource(db, t, proto.id(), tenant, bytes));
     return RecordRequest(db, t.kind, tenant, request_id, proto.id());
@@ -743,7 +746,9 @@ absl::Status Store::PutDatasetWithIndex(const Dataset& dataset,
   if (dataset.id().empty()) {
     return absl::InvalidArgumentError("cannot store a dataset without an id");
   }
-  const auto [tenant, bytes] = OwnedBytes(kDatasets, dataset);
+  const std::pair<std::string, std::string> owned = OwnedBytes(kDatasets, dataset);
+  const std::string& tenant = owned.first;
+  const std::string& bytes = owned.second;
   absl::MutexLock lock(&mu_);
   return InTransaction(db_, [&]() -> absl::Status {
     RETURN_IF_ERROR(UpsertResource(db_, kDatasets, dataset.id(), tenant, bytes));

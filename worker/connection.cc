@@ -13,6 +13,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/recipe_validation.h"
 #include "common/channel_security.h"
 #include "common/dataset_loader.h"
 #include "common/file_util.h"
@@ -706,10 +707,11 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   input.spec = assign.spec();
   input.work_dir = work_dir;
   input.num_threads = options_.num_threads;
-  if (assign.spec().kind() == tlserve::v1::FINE_TUNE) {
+  if (ReusesBackbone(assign.spec().kind())) {
     if (assign.backbone().sha256().empty()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("FINE_TUNE job ", job_id, " came without a backbone"));
+          absl::StrCat(tlserve::v1::JobKind_Name(assign.spec().kind()), " job ",
+                       job_id, " came without a backbone"));
     }
     absl::StatusOr<std::string> backbone =
         blob_cache_->Fetch(assign.backbone().sha256());
@@ -745,7 +747,7 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   // so large source images do not pile up in memory.
   DatasetLoadOptions load;
   const tlserve::v1::InputSpec fit = ApplyJobFit(
-      assign.spec().kind() == tlserve::v1::FINE_TUNE
+      ReusesBackbone(assign.spec().kind())
           ? assign.backbone_input_spec()
           : assign.spec().input_spec(),
       assign.spec());

@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/recipe_validation.h"
 #include "common/classification_metrics.h"
 #include "common/sha256.h"
 #include "common/input_fit.h"
@@ -325,6 +326,9 @@ class Trainer {
   // Decides whether the frozen first part of a partly trainable backbone
   // can run once per sample (the activation cache), and sets it up.
   absl::Status PlanActivationCache();
+  // FEW_SHOT: sets the head to the prototype classifier of the cached
+  // training features.
+  absl::Status SetPrototypeHead();
   // True when the splits hold cached features or activations, not images.
   bool InputsCached() const {
     return use_feature_cache_ || use_activation_cache_;
@@ -401,7 +405,7 @@ class Trainer {
 absl::Status Trainer::BuildModel() {
   const uint64_t seed = spec_.seed();
   const int64_t num_classes = static_cast<int64_t>(tensors_.class_names.size());
-  if (spec_.kind() == v1::FINE_TUNE) {
+  if (ReusesBackbone(spec_.kind())) {
     ASSIGN_OR_RETURN(
         backbone_, TorchGuardOr<torch::jit::Module>(
                        absl::StrCat("loading backbone ", input_.backbone_path),
@@ -447,13 +451,20 @@ absl::Status Trainer::BuildModel() {
   // Features can be computed once when no epoch trains the backbone, its
   // BatchNorm statistics stay fixed and inputs are not augmented.
   const auto& freeze = spec_.freeze();
+  // A few-shot job is nothing but those features (the server refuses any
+  // spec that would change them), whatever the cache setting.
   use_feature_cache_ =
-      spec_.kind() == v1::FINE_TUNE && plan_.backbone_frozen &&
-      BackboneFrozenThroughout(freeze) &&
-      freeze.batchnorm_stats() != v1::FreezePolicy::UPDATE_ALL &&
-      !spec_.augment().random_resized_crop() &&
-      !spec_.augment().horizontal_flip() &&
-      spec_.feature_cache().mode() != v1::FeatureCacheSpec::OFF;
+      (spec_.kind() == v1::FEW_SHOT && plan_.backbone_frozen) ||
+      (spec_.kind() == v1::FINE_TUNE && plan_.backbone_frozen &&
+       BackboneFrozenThroughout(freeze) &&
+       freeze.batchnorm_stats() != v1::FreezePolicy::UPDATE_ALL &&
+       !spec_.augment().random_resized_crop() &&
+       !spec_.augment().horizontal_flip() &&
+       spec_.feature_cache().mode() != v1::FeatureCacheSpec::OFF);
+  if (spec_.kind() == v1::FEW_SHOT && !use_feature_cache_) {
+    return absl::InvalidArgumentError(
+        "FEW_SHOT needs a frozen backbone (freeze.mode FROZEN)");
+  }
   if (use_feature_cache_) {
     const int64_t limit = spec_.feature_cache().memory_limit_bytes() > 0
                               ? spec_.feature_cache().memory_limit_bytes()
@@ -470,6 +481,41 @@ absl::Status Trainer::BuildModel() {
     }
   }
   return PlanActivationCache();
+}
+
+// Class k scores 2 f.c_k - |c_k|^2, c_k the mean feature of its labelled
+// images. That differs from -|f - c_k|^2 only by |f|^2, the same for every
+// class, so it ranks classes, and softmaxes them, as the squared distance
+// to each class mean does (the prototypical-network rule), while the model
+// stays a plain linear head that exports and serves like any other.
+absl::Status Trainer::SetPrototypeHead() {
+  at::NoGradGuard no_grad;
+  const int64_t k = static_cast<int64_t>(tensors_.class_names.size());
+  const at::Tensor labels = tensors_.train.labels.to(at::kLong);
+  const at::Tensor features = train_inputs_.to(at::kFloat);
+  at::Tensor counts = at::bincount(labels, c10::nullopt, k);
+  for (int64_t c = 0; c < k; ++c) {
+    if (counts[c].item<int64_t>() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "FEW_SHOT: class '", tensors_.class_names[c],
+          "' has no labelled image left in the training split; lower "
+          "data.validation_fraction or raise data.samples_per_class"));
+    }
+  }
+  at::Tensor means = at::zeros({k, feature_dim_}, features.options());
+  means.index_add_(0, labels, features);
+  means.div_(counts.to(at::kFloat).unsqueeze(1));
+  torch::jit::Module out = head_.attr("out").toModule();
+  out.attr("weight").toTensor().copy_(means * 2);
+  out.attr("bias").toTensor().copy_(-(means * means).sum(1));
+  Log(absl::StrFormat(
+      "few-shot: prototypes of %d classes from %d labelled images (%s per "
+      "class), no training",
+      k, labels.size(0),
+      absl::StrJoin(std::vector<int64_t>(counts.data_ptr<int64_t>(),
+                                         counts.data_ptr<int64_t>() + k),
+                    "/")));
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::PlanActivationCache() {
@@ -1060,7 +1106,7 @@ absl::Status Trainer::Checkpoint(const TrainingCursor& cursor,
 
 absl::Status Trainer::Export(TrainJobOutput* output) {
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
-  if (spec_.kind() == v1::FINE_TUNE) {
+  if (ReusesBackbone(spec_.kind())) {
     output->artifact_path =
         (std::filesystem::path(input_.work_dir) / "model.pt").string();
     classifier_.save(output->artifact_path);
@@ -1088,8 +1134,9 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   if (input_.num_threads > 0) torch::set_num_threads(input_.num_threads);
   torch::manual_seed(spec_.seed());
   ASSIGN_OR_RETURN(hyper_, ResolveHyper(spec_));
+  if (spec_.kind() == v1::FEW_SHOT) hyper_.epochs = 0;  // nothing trains
 
-  if (spec_.kind() == v1::FINE_TUNE) {
+  if (ReusesBackbone(spec_.kind())) {
     input_spec_ = ApplyJobFit(input_.backbone_input_spec, spec_);
     RETURN_IF_ERROR(Annotate(ValidateInputSpec(input_spec_), "backbone"));
   } else if (spec_.kind() == v1::PRETRAIN) {
@@ -1109,7 +1156,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("job kind ", v1::JobKind_Name(spec_.kind()),
-                     " is not FINE_TUNE or PRETRAIN"));
+                     " is not FINE_TUNE, PRETRAIN or FEW_SHOT"));
   }
   ASSIGN_OR_RETURN(tensors_, PrepareTrainingData(data_, spec_.data(),
                                                  input_spec_, spec_.seed()));
@@ -1187,6 +1234,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
     val_inputs_ = tensors_.val.images;
     test_inputs_ = tensors_.test.images;
   }
+  if (spec_.kind() == v1::FEW_SHOT) RETURN_IF_ERROR(SetPrototypeHead());
 
   if (spec_.checkpoint_every_seconds() > 0) {
     checkpoint_every_seconds_ = spec_.checkpoint_every_seconds();

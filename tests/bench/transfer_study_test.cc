@@ -85,6 +85,15 @@ TEST(TransferStudyTest, ArmSpecsDifferOnlyInRecipe) {
   EXPECT_FLOAT_EQ(full.freeze().backbone_lr_scale(), 0.1f);
   EXPECT_FLOAT_EQ(full.optimizer().learning_rate(), 1e-2f);
 
+  const v1::JobSpec few = Spec("few_shot", 5);
+  EXPECT_EQ(few.kind(), v1::FEW_SHOT);
+  EXPECT_EQ(few.epochs(), 0);
+  EXPECT_EQ(few.freeze().mode(), v1::FreezePolicy::FROZEN);
+  EXPECT_EQ(few.data().samples_per_class(), 5);
+  EXPECT_EQ(few.data().validation_fraction(), 0.0f);  // all 5 are examples
+  EXPECT_EQ(few.backbone_id(), "bb");
+  EXPECT_THAT(few.data().class_subset(), ElementsAre(2, 3, 4, 6, 7));
+
   EXPECT_FALSE(StudyArmSpec("bogus", Related(), 5, 1, StudyOptions(), "d", "b")
                    .ok());
 }

@@ -2,6 +2,7 @@
 // watch, cancel, worker and server crashes, inference, export, bad input.
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
@@ -125,6 +127,80 @@ std::vector<int> EpochsOf(const Job& job) {
   std::vector<int> epochs;
   for (const auto& m : job.metrics()) epochs.push_back(m.epoch());
   return epochs;
+}
+
+// `tlctl model create --few-shot`: a FEW_SHOT job that trains nothing,
+// then a model served like a fine-tuned one.
+TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  v1::Dataset dataset = Upload({0, 1, 7}, 40, 20);
+  v1::Backbone backbone = UploadResNet18(32);
+
+  const std::string command = absl::StrCat(
+      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
+      " model create --few-shot --dataset ", dataset.id(), " --backbone ",
+      backbone.id(), " --shots 10 --classes 0,1,7 --seed 3 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  const int status = pclose(pipe);
+  ASSERT_EQ(WEXITSTATUS(status), 0) << output;
+  EXPECT_TRUE(absl::StrContains(output, "without training")) << output;
+
+  auto jobs = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_OK(jobs.status());
+  ASSERT_EQ(jobs->size(), 1u);
+  const Job& job = (*jobs)[0];
+  EXPECT_EQ(job.spec().kind(), v1::FEW_SHOT);
+  EXPECT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.spec().data().samples_per_class(), 10);
+  EXPECT_TRUE(job.metrics().empty()) << "a few-shot job trains no epoch";
+  EXPECT_EQ(job.result().test_count(), 60);
+  // T-shirt, Trouser and Sneaker on a randomly initialised resnet18's
+  // features: well above chance (1/3) all the same.
+  EXPECT_GT(job.result().test_accuracy(), 0.5f);
+  EXPECT_FALSE(job.result().frozen_backbone_digest().empty());
+  std::vector<JobEvent> events = WatchAll(job.id());
+  bool logged = false;
+  for (const JobEvent& e : events) {
+    logged |= absl::StrContains(e.message(), "few-shot: prototypes of 3 classes");
+  }
+  EXPECT_TRUE(logged);
+
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  EXPECT_EQ(model->class_names_size(), 3);
+  EXPECT_TRUE(absl::StrContains(output, model->id())) << output;
+  v1::PredictRequest request;
+  request.set_model_id(model->id());
+  request.set_top_k(3);
+  request.add_images(TinyPng(1));
+  auto predicted = cluster_.client().Predict(request, absl::Seconds(30));
+  ASSERT_OK(predicted.status());
+  ASSERT_EQ(predicted->predictions_size(), 1);
+  EXPECT_EQ(predicted->predictions(0).top_size(), 3);
+  EXPECT_EQ(predicted->predictions(0).probabilities_size(), 3);
+
+  // `tlctl backbone rank` scores the backbone by the same rule: with the
+  // same images (seed) it finds the very accuracy of the model above.
+  const std::string rank = absl::StrCat(
+      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
+      " --json backbone rank --dataset ", dataset.id(),
+      " --shots 10 --classes 0,1,7 --seed 3 2>&1");
+  pipe = popen(rank.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  output.clear();
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  ASSERT_EQ(WEXITSTATUS(pclose(pipe)), 0) << output;
+  EXPECT_TRUE(absl::StrContains(output, absl::StrCat("\"backbone_id\": \"",
+                                                     backbone.id(), "\"")))
+      << output;
+  EXPECT_TRUE(absl::StrContains(
+      output, absl::StrFormat("\"accuracy\": %.6f", job.result().test_accuracy())))
+      << output;
+  EXPECT_TRUE(absl::StrContains(output, "\"error\": \"\"")) << output;
 }
 
 TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {

@@ -581,5 +581,41 @@ TEST_F(JobManagerTest, QuotasRefuseJobsPastATenantsLimits) {
   ASSERT_TRUE(store_->DeleteDataset("ds-big", "big").ok());
 }
 
+TEST_F(JobManagerTest, FewShotJobsTrainNothingAndRefuseTrainingSettings) {
+  JobSpec spec = Spec();
+  spec.set_kind(tlserve::v1::FEW_SHOT);
+  spec.mutable_data()->set_samples_per_class(5);
+  auto job = manager_->CreateJob(spec, "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec().epochs(), 0);
+  EXPECT_EQ(job->spec().data().validation_fraction(), 0.0f);
+  EXPECT_EQ(job->spec().freeze().mode(), tlserve::v1::FreezePolicy::FROZEN);
+  EXPECT_EQ(job->spec().backbone_init(), tlserve::v1::PRETRAINED);
+  // A worker gets the backbone with it.
+  auto assign = Claim("w1");
+  EXPECT_EQ(assign.backbone().sha256(), std::string(64, 'a'));
+
+  auto refused = [&](auto change, const std::string& field) {
+    JobSpec bad = spec;
+    change(&bad);
+    auto r = manager_->CreateJob(bad, "");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), field))
+        << field << ": " << r.status();
+  };
+  refused([](JobSpec* s) { s->set_epochs(3); }, "spec.epochs must be 0");
+  refused([](JobSpec* s) {
+    s->mutable_freeze()->set_mode(tlserve::v1::FreezePolicy::FULL);
+  }, "spec.freeze must be FROZEN");
+  refused([](JobSpec* s) { s->mutable_head()->add_hidden_sizes(64); },
+          "spec.head.hidden_sizes");
+  refused([](JobSpec* s) { s->mutable_augment()->set_horizontal_flip(true); },
+          "spec.augment");
+  refused([](JobSpec* s) { s->set_backbone_init(tlserve::v1::RANDOM); },
+          "spec.backbone_init");
+  refused([](JobSpec* s) { s->clear_backbone_id(); },
+          "spec.backbone_id is required for FEW_SHOT");
+}
+
 }  // namespace
 }  // namespace tlserve

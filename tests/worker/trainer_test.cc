@@ -170,6 +170,55 @@ TEST(TrainerTest, FrozenBackboneStaysBitIdenticalAndHeadLearns) {
   }
 }
 
+TEST(TrainerTest, FewShotHeadIsTheNearestClassMeanRuleWithoutTraining) {
+  const std::string dir = testing::MakeTempDir("few_shot");
+  TrainJobInput input;
+  input.spec.set_kind(tlserve::v1::FEW_SHOT);
+  input.spec.mutable_freeze()->set_mode(FreezePolicy::FROZEN);
+  input.spec.mutable_data()->set_samples_per_class(5);
+  input.spec.set_seed(42);
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+  DecodedDataset data = testing::SyntheticDataset(3, 30, 10, 12, 1, 5);
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, data, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(recorder.epochs.empty()) << "a few-shot job trains no epoch";
+  EXPECT_TRUE(recorder.Logged(
+      "few-shot: prototypes of 3 classes from 15 labelled images (5/5/5 per "
+      "class)"));
+  EXPECT_EQ(out->result.test_count(), 30);
+  ExpectConsistentEvaluation(out->result.test_confusion(),
+                             out->result.per_class_test(), 3,
+                             out->result.test_count(),
+                             out->result.test_accuracy(),
+                             out->result.test_top5_accuracy());
+  EXPECT_GT(out->result.test_accuracy(), 0.5f);  // chance is 1/3
+  // The backbone is untouched, so the model can share it when served.
+  EXPECT_FALSE(out->result.frozen_backbone_digest().empty());
+
+  // The exported model ranks classes by the distance of the backbone's
+  // features to each class mean (weight = 2 c_k, bias = -|c_k|^2).
+  torch::jit::Module model = torch::jit::load(out->artifact_path);
+  torch::jit::Module head = model.attr("head").toModule().attr("out").toModule();
+  const at::Tensor means = head.attr("weight").toTensor() / 2;
+  EXPECT_TRUE(torch::allclose(head.attr("bias").toTensor(),
+                              -(means * means).sum(1), 1e-4, 1e-4));
+  at::NoGradGuard no_grad;
+  const at::Tensor x = torch::rand({8, 1, 12, 12}, torch::kFloat);
+  const at::Tensor logits = model.forward({x}).toTensor();
+  const at::Tensor features = model.run_method("features", x).toTensor();
+  const at::Tensor distances = torch::cdist(features, means).pow(2);
+  EXPECT_TRUE(torch::equal(logits.argmax(1), distances.argmin(1)));
+  // Scores differ from -distance by |f|^2 only, the same for every class.
+  const at::Tensor gap = logits + distances;
+  EXPECT_TRUE(torch::allclose(gap, gap.select(1, 0).unsqueeze(1).expand_as(gap),
+                              1e-3, 1e-3));
+}
+
 TEST(TrainerTest, LastBlockOfResnet18TrainsOnlyLayer4) {
   if (!testing::PythonTorchAvailable()) {
     GTEST_SKIP() << "/usr/bin/python3 with torch is not available";
