@@ -14,6 +14,7 @@
 #include "client/job_progress.h"
 #include "client/tlctl_commands.h"
 #include "common/plot.h"
+#include "common/recipe_validation.h"
 #include "common/status_macros.h"
 
 namespace tlserve::cli {
@@ -205,18 +206,20 @@ std::string SummaryTable(const std::vector<v1::Job>& jobs,
   auto fine_tune = [](const v1::Job& j) {
     return j.spec().kind() == v1::FINE_TUNE;
   };
+  // FEW_SHOT reuses a backbone too (frozen, pretrained).
+  auto reuses = [](const v1::Job& j) { return ReusesBackbone(j.spec().kind()); };
   add("backbone", [&](const v1::Job& j) {
-    return fine_tune(j) && !j.spec().backbone_id().empty()
+    return reuses(j) && !j.spec().backbone_id().empty()
                ? Shorten(j.spec().backbone_id(), 24, "~")
                : kNone;
   });
   add("init", [&](const v1::Job& j) {
-    if (!fine_tune(j)) return std::string(kNone);
+    if (!reuses(j)) return std::string(kNone);
     return j.spec().backbone_init() == v1::RANDOM ? std::string("random")
                                                   : std::string("pretrained");
   });
   add("freeze", [&](const v1::Job& j) {
-    return fine_tune(j) ? FreezeText(j.spec()) : kNone;
+    return reuses(j) ? FreezeText(j.spec()) : kNone;
   });
   add("backbone lr", [&](const v1::Job& j) {
     return fine_tune(j) ? BackboneLrText(j.spec()) : kNone;

@@ -243,6 +243,8 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"kind"},
                                                       {"name"},
                                                       {"dataset"},
+                                                      {"target-dataset"},
+                                                      {"domain-weight"},
                                                       {"classes"},
                                                       {"samples-per-class"},
                                                       {"val-fraction"},
@@ -299,7 +301,8 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
                      ParseChoice<v1::JobKind>("kind", args.Get("kind"),
                                               {{"fine_tune", v1::FINE_TUNE},
                                                {"pretrain", v1::PRETRAIN},
-                                               {"few_shot", v1::FEW_SHOT}}));
+                                               {"few_shot", v1::FEW_SHOT},
+                                               {"domain_adapt", v1::DOMAIN_ADAPT}}));
     spec->set_kind(kind);
   }
   if (args.Has("name")) spec->set_display_name(args.Get("name"));
@@ -330,6 +333,16 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   data->set_max_test_samples(i32);
 
   if (args.Has("backbone")) spec->set_backbone_id(args.Get("backbone"));
+  if (args.Has("target-dataset")) {
+    spec->mutable_domain_adapt()->set_target_dataset_id(args.Get("target-dataset"));
+  }
+  if (args.Has("domain-weight")) {
+    ASSIGN_OR_RETURN(double w, args.GetDouble("domain-weight", 1));
+    if (!(w >= 0 && w <= 100)) {
+      return FlagError("domain-weight", "must be in [0, 100] (0: source only)");
+    }
+    spec->mutable_domain_adapt()->set_domain_loss_weight(static_cast<float>(w));
+  }
   if (args.Has("init")) {
     ASSIGN_OR_RETURN(v1::BackboneInit init, ParseChoice<v1::BackboneInit>(
                                                 "init", args.Get("init"),
@@ -1059,7 +1072,7 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
     o << " " << s.data().samples_per_class() << "/class";
   }
   o << "\n";
-  if (s.kind() == v1::FINE_TUNE) {
+  if (s.kind() == v1::FINE_TUNE || s.kind() == v1::DOMAIN_ADAPT) {
     o << "backbone:   " << s.backbone_id() << " ("
       << absl::AsciiStrToLower(v1::BackboneInit_Name(s.backbone_init())) << ", "
       << absl::AsciiStrToLower(v1::FreezePolicy::Mode_Name(s.freeze().mode()));
@@ -1067,6 +1080,13 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
       o << " n=" << s.freeze().n_blocks();
     }
     o << ")\n";
+    if (s.kind() == v1::DOMAIN_ADAPT) {
+      const v1::DomainAdaptSpec& da = s.domain_adapt();
+      o << "target:     " << da.target_dataset_id() << " (unlabelled; domain "
+        << "loss weight "
+        << (da.has_domain_loss_weight() ? da.domain_loss_weight() : 1.0f)
+        << ")\n";
+    }
   } else if (s.kind() == v1::PRETRAIN) {
     o << "registers:  backbone '" << s.pretrain().backbone_name() << "'\n";
   } else if (s.kind() == v1::FEW_SHOT) {
@@ -1772,7 +1792,8 @@ const std::vector<Command>& Commands() {
         {"wait-seconds"}},
        BackboneRank},
       {"job", "create",
-       "job create [--spec-json F] [--kind fine_tune|pretrain] --dataset ID "
+       "job create [--spec-json F] [--kind fine_tune|pretrain|few_shot|"
+       "domain_adapt] --dataset ID [--target-dataset ID] [--domain-weight W] "
        "[--classes 2,3,4] [--samples-per-class N] [--val-fraction F] "
        "[--max-test-samples N] [--backbone ID] [--init pretrained|random] "
        "[--freeze frozen|last_n_blocks|full] [--blocks N] "

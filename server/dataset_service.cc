@@ -79,7 +79,8 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
         for (auto state : {tlserve::v1::QUEUED, tlserve::v1::RUNNING}) {
           ASSIGN_OR_RETURN(auto jobs, store_->JobsInState(state));
           for (const auto& job : jobs) {
-            if (job.spec().data().dataset_id() == id) {
+            if (job.spec().data().dataset_id() == id ||
+                job.spec().domain_adapt().target_dataset_id() == id) {
               return absl::FailedPreconditionError(absl::StrFormat(
                   "dataset '%s' is used by %s job '%s'; cancel it or wait", id,
                   tlserve::v1::JobState_Name(state), job.id()));

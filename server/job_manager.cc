@@ -152,6 +152,18 @@ absl::StatusOr<Job> JobManager::CreateJob(JobSpec spec,
   }
   RETURN_IF_ERROR(
       ValidateJobSpec(spec, *dataset, backbone ? &*backbone : nullptr));
+  if (spec.kind() == tlserve::v1::DOMAIN_ADAPT) {
+    // The caller's own, like the source.
+    const std::string& target_id = spec.domain_adapt().target_dataset_id();
+    auto target = store_->GetDataset(target_id, tenant);
+    if (absl::IsNotFound(target.status())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "spec.domain_adapt.target_dataset_id: dataset '%s' not found",
+          target_id));
+    }
+    RETURN_IF_ERROR(target.status());
+    RETURN_IF_ERROR(ValidateDomainTarget(*dataset, *target, *backbone));
+  }
   // The job's own split (exactly the worker's): warnings become events.
   ASSIGN_OR_RETURN(std::optional<std::string> image_index,
                    store_->GetDatasetImageIndex(dataset->id()));
@@ -333,6 +345,18 @@ absl::StatusOr<std::optional<AssignJob>> JobManager::ClaimNextJob(
               &job, tlserve::v1::FAILED,
               "backbone is gone: " + std::string(backbone.status().message())));
           continue;
+        }
+        if (job.spec().kind() == tlserve::v1::DOMAIN_ADAPT) {
+          auto target = store_->GetDataset(
+              job.spec().domain_adapt().target_dataset_id(), job.tenant());
+          if (!target.ok()) {
+            RETURN_IF_ERROR(Transition(
+                &job, tlserve::v1::FAILED,
+                "target dataset is gone: " +
+                    std::string(target.status().message())));
+            continue;
+          }
+          *assign.mutable_target_dataset() = *target;
         }
         assign.mutable_backbone()->set_sha256(backbone->sha256());
         assign.mutable_backbone()->set_size_bytes(backbone->size_bytes());

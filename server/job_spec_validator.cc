@@ -84,7 +84,87 @@ absl::Status ValidateFewShot(const JobSpec& spec) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateDomainAdapt(const JobSpec& spec) {
+  const tlserve::v1::DomainAdaptSpec& da = spec.domain_adapt();
+  if (da.target_dataset_id().empty()) {
+    return Invalid("spec.domain_adapt.target_dataset_id is required for "
+                   "DOMAIN_ADAPT: the unlabelled images of the target domain");
+  }
+  if (da.target_dataset_id() == spec.data().dataset_id()) {
+    return Invalid("spec.domain_adapt.target_dataset_id names the source "
+                   "dataset itself; there is no shift to adapt to");
+  }
+  if (da.has_domain_loss_weight() &&
+      !(da.domain_loss_weight() >= 0 && da.domain_loss_weight() <= 100)) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.domain_loss_weight must be in [0, 100], got %g",
+        da.domain_loss_weight()));
+  }
+  if (!(da.gamma() >= 0 && da.gamma() <= 100)) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.gamma must be in [0, 100] (0: 10), got %g",
+        da.gamma()));
+  }
+  if (da.domain_hidden() < 0 || da.domain_hidden() > kMaxHeadWidth) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.domain_hidden must be in [0, %d] (0: 256), got %d",
+        kMaxHeadWidth, da.domain_hidden()));
+  }
+  const FreezePolicy& freeze = spec.freeze();
+  if (freeze.mode() == FreezePolicy::FROZEN &&
+      freeze.gradual_unfreeze_size() == 0 &&
+      freeze.trainable_patterns_size() == 0) {
+    return Invalid(
+        "spec.freeze must let the backbone train for DOMAIN_ADAPT "
+        "(LAST_N_BLOCKS or FULL): frozen features cannot move toward the "
+        "target domain");
+  }
+  if (spec.early_stopping().patience() > 0) {
+    return Invalid(
+        "spec.early_stopping does not apply to DOMAIN_ADAPT: the source's "
+        "validation accuracy says nothing about the target's");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status ValidateDomainTarget(const tlserve::v1::Dataset& source,
+                                  const tlserve::v1::Dataset& target,
+                                  const tlserve::v1::Backbone& backbone) {
+  const std::string& id = target.id();
+  if (target.class_names_size() != source.class_names_size() ||
+      !std::equal(target.class_names().begin(), target.class_names().end(),
+                  source.class_names().begin())) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.target_dataset_id: dataset '%s' has classes [%s], "
+        "not the source's [%s]; the target must share the label set",
+        id, absl::StrJoin(target.class_names(), ", "),
+        absl::StrJoin(source.class_names(), ", ")));
+  }
+  if (target.train_count() == 0) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.target_dataset_id: dataset '%s' has no training "
+        "images to adapt to",
+        id));
+  }
+  if (target.test_count() == 0) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.target_dataset_id: dataset '%s' has no test split; "
+        "its labelled test images measure the adaptation",
+        id));
+  }
+  const auto& in = backbone.input_spec();
+  if (target.channels() != 0 && in.channels() != 0 &&
+      target.channels() != in.channels() && target.channels() != 1 &&
+      in.channels() != 1) {
+    return Invalid(absl::StrFormat(
+        "spec.domain_adapt.target_dataset_id: dataset '%s' has %d channels "
+        "but backbone '%s' takes %d",
+        id, target.channels(), backbone.id(), in.channels()));
+  }
+  return absl::OkStatus();
+}
 
 void ApplyJobDefaults(JobSpec* spec) {
   const bool few_shot = spec->kind() == tlserve::v1::FEW_SHOT;
@@ -114,7 +194,10 @@ void ApplyJobDefaults(JobSpec* spec) {
   if (ReusesBackbone(spec->kind())) {
     auto* freeze = spec->mutable_freeze();
     if (freeze->mode() == FreezePolicy::MODE_UNSPECIFIED) {
-      freeze->set_mode(FreezePolicy::FROZEN);
+      // Adaptation moves the features; everything else starts frozen.
+      freeze->set_mode(spec->kind() == tlserve::v1::DOMAIN_ADAPT
+                           ? FreezePolicy::FULL
+                           : FreezePolicy::FROZEN);
     }
     if (freeze->backbone_lr_scale() == 0) freeze->set_backbone_lr_scale(1.0f);
     if (spec->backbone_init() == tlserve::v1::BACKBONE_INIT_UNSPECIFIED) {
@@ -132,8 +215,15 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
                              const tlserve::v1::Backbone* backbone) {
   if (spec.kind() != tlserve::v1::FINE_TUNE &&
       spec.kind() != tlserve::v1::PRETRAIN &&
-      spec.kind() != tlserve::v1::FEW_SHOT) {
-    return Invalid("spec.kind must be FINE_TUNE, PRETRAIN or FEW_SHOT");
+      spec.kind() != tlserve::v1::FEW_SHOT &&
+      spec.kind() != tlserve::v1::DOMAIN_ADAPT) {
+    return Invalid(
+        "spec.kind must be FINE_TUNE, PRETRAIN, FEW_SHOT or DOMAIN_ADAPT");
+  }
+  if (spec.kind() == tlserve::v1::DOMAIN_ADAPT) {
+    RETURN_IF_ERROR(ValidateDomainAdapt(spec));
+  } else if (spec.has_domain_adapt()) {
+    return Invalid("spec.domain_adapt is for DOMAIN_ADAPT jobs only");
   }
   if (spec.kind() == tlserve::v1::FEW_SHOT) {
     RETURN_IF_ERROR(ValidateFewShot(spec));

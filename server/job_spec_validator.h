@@ -23,6 +23,14 @@ void ApplyJobDefaults(tlserve::v1::JobSpec* spec);
 // FINE_TUNE; null for PRETRAIN) before any worker time is spent. Errors are
 // INVALID_ARGUMENT naming the field, e.g. "spec.optimizer.learning_rate
 // must be > 0, got -1".
+// DOMAIN_ADAPT: INVALID_ARGUMENT naming spec.domain_adapt.target_dataset_id
+// when the target cannot serve: another label set than the source's, no
+// test split to measure on, no training images, or channels the backbone
+// cannot take.
+absl::Status ValidateDomainTarget(const tlserve::v1::Dataset& source,
+                                  const tlserve::v1::Dataset& target,
+                                  const tlserve::v1::Backbone& backbone);
+
 absl::Status ValidateJobSpec(const tlserve::v1::JobSpec& spec,
                              const tlserve::v1::Dataset& dataset,
                              const tlserve::v1::Backbone* backbone);

@@ -683,23 +683,39 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   };
 
   // Inputs first: blobs, then the dataset decode.
+  auto fetch = [&](const tlserve::v1::Dataset& dataset,
+                   DatasetFiles* files) -> absl::Status {
+    files->format = dataset.format();
+    files->class_names.assign(dataset.class_names().begin(),
+                              dataset.class_names().end());
+    for (const tlserve::v1::DatasetPart& part : dataset.parts()) {
+      const std::string role = tlserve::v1::DatasetPartRole_Name(part.role());
+      if (part.sha256().empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "dataset ", dataset.id(), " part ", role, " has no sha256"));
+      }
+      absl::StatusOr<std::string> path = blob_cache_->Fetch(part.sha256());
+      if (!path.ok()) {
+        return Annotate(path.status(), absl::StrCat("dataset ", dataset.id(),
+                                                    " part ", role, ": "));
+      }
+      files->paths[part.role()] = *path;
+      if (cancelled()) return absl::OkStatus();
+    }
+    return absl::OkStatus();
+  };
   const tlserve::v1::Dataset& dataset = assign.dataset();
   DatasetFiles files;
-  files.format = dataset.format();
-  files.class_names.assign(dataset.class_names().begin(),
-                           dataset.class_names().end());
-  for (const tlserve::v1::DatasetPart& part : dataset.parts()) {
-    const std::string role = tlserve::v1::DatasetPartRole_Name(part.role());
-    if (part.sha256().empty()) {
+  RETURN_IF_ERROR(fetch(dataset, &files));
+  if (cancelled()) return absl::OkStatus();
+  const bool adapts = assign.spec().kind() == tlserve::v1::DOMAIN_ADAPT;
+  DatasetFiles target_files;
+  if (adapts) {
+    if (assign.target_dataset().id().empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "dataset ", dataset.id(), " part ", role, " has no sha256"));
+          "DOMAIN_ADAPT job ", job_id, " came without its target dataset"));
     }
-    absl::StatusOr<std::string> path = blob_cache_->Fetch(part.sha256());
-    if (!path.ok()) {
-      return Annotate(path.status(), absl::StrCat("dataset ", dataset.id(),
-                                                  " part ", role, ": "));
-    }
-    files.paths[part.role()] = *path;
+    RETURN_IF_ERROR(fetch(assign.target_dataset(), &target_files));
     if (cancelled()) return absl::OkStatus();
   }
 
@@ -768,6 +784,17 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
     return Annotate(data.status(), absl::StrCat("dataset ", dataset.id(), ": "));
   }
   if (cancelled()) return absl::OkStatus();
+  absl::StatusOr<DecodedDataset> target_data;
+  if (adapts) {
+    target_data = LoadDataset(target_files, {}, load);
+    if (!target_data.ok()) {
+      return Annotate(target_data.status(),
+                      absl::StrCat("target dataset ",
+                                   assign.target_dataset().id(), ": "));
+    }
+    input.target_data = &*target_data;
+    if (cancelled()) return absl::OkStatus();
+  }
 
   absl::Time last_progress = absl::InfinitePast();
   TrainerCallbacks callbacks;

@@ -270,6 +270,24 @@ struct EvalResult {
   }
 };
 
+// The gradient-reversal layer of DANN: the identity going forward; going
+// back it multiplies the gradient by -lambda, so the layers before it learn
+// to make the domain classifier after it fail.
+class GradientReversal : public torch::autograd::Function<GradientReversal> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x, double lambda) {
+    ctx->saved_data["lambda"] = lambda;
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    const double lambda = ctx->saved_data["lambda"].toDouble();
+    return {grads[0] * -lambda, at::Tensor()};
+  }
+};
+
 class Trainer {
  public:
   Trainer(const TrainJobInput& input, const DecodedDataset& data,
@@ -302,6 +320,8 @@ class Trainer {
 
   absl::Status BuildModel();
   absl::Status BuildOptimizer();
+  // DOMAIN_ADAPT: the target's splits, with the source's classes.
+  absl::Status PrepareTarget();
   // Sets which backbone parameters train during `epoch` (gradual
   // unfreezing, patterns); logs when the set of trainable blocks changes.
   absl::Status ApplyFreezeAt(int epoch);
@@ -356,6 +376,15 @@ class Trainer {
   Hyper hyper_;
   tlserve::v1::InputSpec input_spec_;
   TrainingData tensors_;
+  // DOMAIN_ADAPT: the target's images (training labels unread) and the
+  // domain classifier, a submodule of classifier_ so that checkpoints hold
+  // it; the exported model leaves it out. adapts_ is false for a weight of
+  // 0: the source-only baseline never shows the backbone a target image.
+  TrainingData target_;
+  torch::jit::Module domain_head_;
+  bool adapts_ = false;
+  double domain_weight_ = 1.0;
+  double domain_gamma_ = 10.0;
   torch::jit::Module classifier_;
   torch::jit::Module backbone_;
   torch::jit::Module head_;
@@ -401,6 +430,48 @@ class Trainer {
   double train_seconds_ = 0;
   int64_t batches_done_ = 0;
 };
+
+absl::Status Trainer::PrepareTarget() {
+  if (input_.target_data == nullptr) {
+    return absl::InvalidArgumentError(
+        "DOMAIN_ADAPT needs the target dataset; none came with the job");
+  }
+  const v1::DomainAdaptSpec& da = spec_.domain_adapt();
+  domain_weight_ = da.has_domain_loss_weight() ? da.domain_loss_weight() : 1.0;
+  if (!(domain_weight_ >= 0 && domain_weight_ <= 100)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "domain_adapt.domain_loss_weight ", domain_weight_,
+        " is outside [0, 100]"));
+  }
+  domain_gamma_ = da.gamma() > 0 ? da.gamma() : 10.0;
+  adapts_ = domain_weight_ > 0;
+  // Every target training image takes part, unlabelled; the test split
+  // (the source's classes, remapped alike) measures the result.
+  v1::DataSpec target_spec = spec_.data();
+  target_spec.set_dataset_id(da.target_dataset_id());
+  target_spec.set_samples_per_class(0);
+  target_spec.set_validation_fraction(0);
+  ASSIGN_OR_RETURN(target_, PrepareTrainingData(*input_.target_data, target_spec,
+                                                input_spec_, spec_.seed() + 1));
+  if (target_.class_names != tensors_.class_names) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the target dataset's classes (", absl::StrJoin(target_.class_names, ", "),
+        ") are not the source's (", absl::StrJoin(tensors_.class_names, ", "),
+        ")"));
+  }
+  if (target_.test_is_val || target_.test.size() == 0) {
+    return absl::InvalidArgumentError(
+        "the target dataset has no test split to measure the adaptation on");
+  }
+  Log(absl::StrFormat(
+      "domain adaptation: %d unlabelled target images, %d labelled target "
+      "test images; %s",
+      target_.train.size(), target_.test.size(),
+      adapts_ ? absl::StrFormat("domain loss weight %g, gamma %g",
+                                domain_weight_, domain_gamma_)
+              : std::string("weight 0: source only (the baseline)")));
+  return absl::OkStatus();
+}
 
 absl::Status Trainer::BuildModel() {
   const uint64_t seed = spec_.seed();
@@ -448,6 +519,14 @@ absl::Status Trainer::BuildModel() {
                      MakeHead(feature_dim_, {}, 0.0, num_classes, seed + 1));
   }
   ASSIGN_OR_RETURN(classifier_, MakeClassifier(backbone_, head_, input_spec_));
+  if (adapts_) {
+    const int64_t hidden = spec_.domain_adapt().domain_hidden() > 0
+                               ? spec_.domain_adapt().domain_hidden()
+                               : 256;
+    ASSIGN_OR_RETURN(domain_head_,
+                     MakeHead(feature_dim_, {hidden}, 0.0, 2, seed + 2));
+    classifier_.register_module("domain_head", domain_head_);
+  }
   // Features can be computed once when no epoch trains the backbone, its
   // BatchNorm statistics stay fixed and inputs are not augmented.
   const auto& freeze = spec_.freeze();
@@ -693,13 +772,19 @@ absl::Status Trainer::BuildOptimizer() {
     p.requires_grad_(true);
     head_params.push_back(p);
   }
+  if (adapts_) {
+    for (at::Tensor p : domain_head_.parameters()) {
+      p.requires_grad_(true);
+      head_params.push_back(p);
+    }
+  }
   // One group per backbone block, so each can have its own rate. Frozen
   // parameters never get a gradient, so the optimizer leaves them alone
   // until gradual unfreezing turns them on.
   std::vector<BackboneGroup> backbone_groups;
   const bool backbone_trains_some_epoch =
       !plan_.backbone_frozen ||
-      (spec_.kind() == v1::FINE_TUNE &&
+      (ReusesBackbone(spec_.kind()) &&
        !BackboneFrozenThroughout(spec_.freeze()));
   if (!use_feature_cache_ && backbone_trains_some_epoch) {
     ASSIGN_OR_RETURN(backbone_groups,
@@ -939,6 +1024,33 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   // converted on loader threads while the model trains.
   load.threads = InputsCached() ? 0 : std::max(1, spec_.loader_threads());
   BatchLoader loader(std::move(load));
+  // DOMAIN_ADAPT: as many target images per batch as source ones, in an
+  // order drawn from (seed, epoch) alone, so a resumed epoch sees the same.
+  std::unique_ptr<BatchLoader> target_loader;
+  if (adapts_) {
+    const int64_t nt = target_.train.size();
+    BatchLoaderOptions t;
+    t.inputs = target_.train.images;
+    t.labels = at::zeros({nt}, at::kLong);
+    const int64_t needed = steps_per_epoch_ * hyper_.batch_size;
+    for (int round = 0; static_cast<int64_t>(t.order.size()) < needed; ++round) {
+      std::vector<int64_t> more =
+          EpochOrder(nt, spec_.seed() + 1, epoch * 1000 + round);
+      t.order.insert(t.order.end(), more.begin(), more.end());
+    }
+    t.batch_size = hyper_.batch_size;
+    t.num_batches = steps_per_epoch_;
+    t.first_batch = first_batch;
+    t.augment = spec_.augment();
+    t.seed = spec_.seed() + 1;
+    t.epoch = epoch;
+    t.threads = std::max(1, spec_.loader_threads());
+    target_loader = std::make_unique<BatchLoader>(std::move(t));
+  }
+  double domain_loss_sum = 0;
+  int64_t domain_correct = 0;
+  int64_t domain_seen = 0;
+  double lambda = 0;
 
   double loss_sum = 0;
   int64_t correct = 0;
@@ -976,15 +1088,43 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     // OS and every step paid page faults for fresh ones, about 20% slower
     // per step on the CPU.
     optimizer_->zero_grad();
-    at::Tensor logits = Forward(x);
+    at::Tensor logits;
+    at::Tensor domain_loss;
+    if (adapts_) {
+      ASSIGN_OR_RETURN(LoadedBatch target_batch, target_loader->Next());
+      const int64_t bs = x.size(0);
+      const int64_t bt = target_batch.inputs.size(0);
+      // One pass over both domains: BatchNorm sees them together.
+      at::Tensor features =
+          classifier_.run_method("features", at::cat({x, target_batch.inputs}))
+              .toTensor();
+      logits = head_.forward({features.slice(0, 0, bs)}).toTensor();
+      const double progress =
+          static_cast<double>(step + 1) /
+          static_cast<double>(std::max<int64_t>(1, hyper_.epochs * steps_per_epoch_));
+      lambda = 2.0 / (1.0 + std::exp(-domain_gamma_ * progress)) - 1.0;
+      at::Tensor domain_logits =
+          domain_head_.forward({GradientReversal::apply(features, lambda)})
+              .toTensor();
+      at::Tensor domains = at::cat({at::zeros({bs}, at::kLong),
+                                    at::ones({bt}, at::kLong)});
+      domain_loss = torch::nn::functional::cross_entropy(domain_logits, domains);
+      domain_loss_sum += domain_loss.item<double>() * (bs + bt);
+      domain_correct += domain_logits.argmax(1).eq(domains).sum().item<int64_t>();
+      domain_seen += bs + bt;
+    } else {
+      logits = Forward(x);
+    }
     at::Tensor loss = torch::nn::functional::cross_entropy(
         logits, y,
         torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
             hyper_.label_smoothing));
+    // The class loss is what the metrics report; the sum is what trains.
+    at::Tensor total = adapts_ ? loss + domain_loss * domain_weight_ : loss;
     // A loss that is no longer finite poisons every weight it touches:
     // fail here, before the step, so no checkpoint ever holds it.
     const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) {
+    if (!std::isfinite(loss_value) || !std::isfinite(total.item<double>())) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "training diverged: the loss is %f at epoch %d, batch %d of %d "
           "(learning rate %g); lower spec.optimizer.learning_rate or set "
@@ -992,7 +1132,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
           loss_value, epoch, batch + 1, steps_per_epoch_,
           base_lrs_.empty() ? 0.0 : base_lrs_[0] * factor));
     }
-    loss.backward();
+    total.backward();
     if (hyper_.grad_clip_norm > 0) {
       torch::nn::utils::clip_grad_norm_(all_params_, hyper_.grad_clip_norm);
     }
@@ -1051,6 +1191,12 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   val.CopyTo(metrics->mutable_per_class(), metrics->mutable_confusion());
   metrics->set_seconds(SecondsSince(start));
   metrics->set_samples_per_second(seen / std::max(1e-9, train_seconds));
+  if (adapts_ && domain_seen > 0) {
+    metrics->set_domain_loss(static_cast<float>(domain_loss_sum / domain_seen));
+    metrics->set_domain_accuracy(static_cast<float>(domain_correct) /
+                                 static_cast<float>(domain_seen));
+    metrics->set_domain_loss_weight(static_cast<float>(lambda * domain_weight_));
+  }
   return true;
 }
 
@@ -1109,7 +1255,15 @@ absl::Status Trainer::Export(TrainJobOutput* output) {
   if (ReusesBackbone(spec_.kind())) {
     output->artifact_path =
         (std::filesystem::path(input_.work_dir) / "model.pt").string();
-    classifier_.save(output->artifact_path);
+    if (adapts_) {
+      // The served model is backbone and head; the domain classifier only
+      // mattered in training.
+      ASSIGN_OR_RETURN(torch::jit::Module served,
+                       MakeClassifier(backbone_, head_, input_spec_));
+      served.save(output->artifact_path);
+    } else {
+      classifier_.save(output->artifact_path);
+    }
     // Only a backbone that training left exactly as loaded (weights and
     // BatchNorm statistics) can be shared with other models at serving.
     ASSIGN_OR_RETURN(const std::string final_digest, WeightsDigest(backbone_));
@@ -1168,6 +1322,7 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
       input_spec_.add_std(std[c]);
     }
   }
+  if (spec_.kind() == v1::DOMAIN_ADAPT) RETURN_IF_ERROR(PrepareTarget());
   Log(absl::StrFormat(
       "data: %d train, %d validation, %d test samples, %d classes, input "
       "%dx%dx%d",
@@ -1292,8 +1447,19 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   }
 
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
-  const EvalResult test = Evaluate(test_inputs_, tensors_.test.labels);
+  // DOMAIN_ADAPT is judged on the target; the source's test is kept beside.
+  const bool on_target = spec_.kind() == v1::DOMAIN_ADAPT;
+  const EvalResult test = on_target
+                              ? Evaluate(target_.test.images, target_.test.labels)
+                              : Evaluate(test_inputs_, tensors_.test.labels);
   tlserve::v1::JobResult& result = output.result;
+  if (on_target) {
+    const EvalResult source = Evaluate(test_inputs_, tensors_.test.labels);
+    result.set_source_test_accuracy(static_cast<float>(source.accuracy));
+    result.set_source_test_count(source.count);
+    Log(absl::StrFormat("source test accuracy %.4f on %d samples",
+                        source.accuracy, source.count));
+  }
   result.set_test_accuracy(static_cast<float>(test.accuracy));
   result.set_test_loss(static_cast<float>(test.loss));
   for (float a : test.per_class) result.add_per_class_test_accuracy(a);
@@ -1365,7 +1531,9 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   output.class_names = tensors_.class_names;
   Log(absl::StrFormat("test accuracy %.4f on %d samples%s", test.accuracy,
                       test.count,
-                      tensors_.test_is_val ? " (validation split)" : ""));
+                      on_target                ? " (target test split)"
+                      : tensors_.test_is_val ? " (validation split)"
+                                             : ""));
   return output;
 }
 

@@ -61,6 +61,8 @@ struct TrainJobInput {
   std::string resume_checkpoint_path;
   // Epoch stored in that checkpoint (the first epoch to run is this + 1).
   int resume_epoch = 0;
+  // DOMAIN_ADAPT: the target dataset (its training labels are not read).
+  const DecodedDataset* target_data = nullptr;
   int num_threads = 0;  // 0: leave LibTorch's setting
 };
 

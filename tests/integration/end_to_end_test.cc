@@ -52,10 +52,11 @@ class EndToEndTest : public ::testing::Test {
     ASSERT_OK(cluster_.StartServer());
   }
 
-  v1::Dataset Upload(const std::vector<int>& classes, int train, int test) {
+  v1::Dataset Upload(const std::vector<int>& classes, int train, int test,
+                     bool invert = false, int skip = 0) {
     const std::string dir = cluster_.dir() + "/data" + std::to_string(++uploads_);
     EXPECT_TRUE(MakeDirs(dir).ok());
-    auto parts = WriteFashionMnistSubset(dir, classes, train, test);
+    auto parts = WriteFashionMnistSubset(dir, classes, train, test, invert, skip);
     EXPECT_TRUE(parts.ok()) << parts.status();
     auto dataset = cluster_.client().UploadDatasetFiles(
         "fmnist", v1::IDX, *parts, FashionMnistClassNames(), "");
@@ -127,6 +128,49 @@ std::vector<int> EpochsOf(const Job& job) {
   std::vector<int> epochs;
   for (const auto& m : job.metrics()) epochs.push_back(m.epoch());
   return epochs;
+}
+
+// DOMAIN_ADAPT through the real processes: labelled source images, an
+// inverted target with other images, a model judged on the target.
+TEST_F(EndToEndTest, DomainAdaptJobTrainsOnBothDomainsAndIsJudgedOnTheTarget) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  v1::Dataset source = Upload({0, 1, 7}, 40, 20);
+  v1::Dataset target = Upload({0, 1, 7}, 40, 20, /*invert=*/true, /*skip=*/40);
+  v1::Backbone backbone = UploadResNet18(32);
+
+  JobSpec spec = FineTune(source, backbone.id(), {0, 1, 7}, 2);
+  spec.set_kind(v1::DOMAIN_ADAPT);
+  spec.mutable_freeze()->set_mode(v1::FreezePolicy::LAST_N_BLOCKS);
+  spec.mutable_freeze()->set_n_blocks(1);
+  spec.mutable_domain_adapt()->set_target_dataset_id(target.id());
+  auto created = cluster_.client().CreateJob(spec, "");
+  ASSERT_OK(created.status());
+  std::vector<JobEvent> events = WatchAll(created->id());
+  Job job = WaitDone(created->id());
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  bool logged = false;
+  for (const JobEvent& e : events) {
+    logged |= absl::StrContains(
+        e.message(), "domain adaptation: 120 unlabelled target images, 60 labelled");
+  }
+  EXPECT_TRUE(logged);
+  ASSERT_EQ(job.metrics_size(), 2);
+  for (const auto& m : job.metrics()) {
+    EXPECT_GT(m.domain_loss(), 0.0f);
+    EXPECT_GT(m.domain_loss_weight(), 0.0f);
+  }
+  EXPECT_EQ(job.result().test_count(), 60);         // the target's test split
+  EXPECT_EQ(job.result().source_test_count(), 60);  // and the source's
+  EXPECT_GT(job.result().test_accuracy(), 0.0f);
+
+  // The target dataset is in use until the job ends, then it may go.
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  v1::PredictRequest request;
+  request.set_model_id(model->id());
+  request.add_images(TinyPng(2));
+  ASSERT_OK(cluster_.client().Predict(request, absl::Seconds(30)).status());
+  ASSERT_OK(cluster_.client().DeleteDataset(target.id()));
 }
 
 // `tlctl model create --few-shot`: a FEW_SHOT job that trains nothing,
@@ -201,6 +245,23 @@ TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {
       output, absl::StrFormat("\"accuracy\": %.6f", job.result().test_accuracy())))
       << output;
   EXPECT_TRUE(absl::StrContains(output, "\"error\": \"\"")) << output;
+
+  // `tlctl job compare` on the two real jobs (the model's and the rank's):
+  // both columns, and the same test accuracy for both (same images).
+  auto all = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_OK(all.status());
+  ASSERT_EQ(all->size(), 2u);
+  const std::string compare = absl::StrCat(
+      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
+      " job compare ", (*all)[0].id(), " ", (*all)[1].id(), " 2>&1");
+  pipe = popen(compare.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  output.clear();
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  ASSERT_EQ(WEXITSTATUS(pclose(pipe)), 0) << output;
+  EXPECT_TRUE(absl::StrContains(output, "few_shot")) << output;
+  EXPECT_TRUE(absl::StrContains(output, "best by test accuracy")) << output;
+  EXPECT_TRUE(absl::StrContains(output, "+0.00 pp")) << output;
 }
 
 TEST_F(EndToEndTest, FineTunesATorchvisionResNet18AndServesAndExportsIt) {

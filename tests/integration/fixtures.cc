@@ -33,7 +33,7 @@ absl::Status WriteIdx(const std::string& path, const std::vector<int>& dims,
 
 absl::StatusOr<DatasetParts> WriteFashionMnistSubset(
     const std::string& dir, const std::vector<int>& classes,
-    int train_per_class, int test_per_class) {
+    int train_per_class, int test_per_class, bool invert, int skip_per_class) {
   DatasetParts parts;
   for (const auto& [split, per_class] :
        std::vector<std::pair<std::string, int>>{{"train", train_per_class},
@@ -48,16 +48,23 @@ absl::StatusOr<DatasetParts> WriteFashionMnistSubset(
     ASSIGN_OR_RETURN(IdxArray labels, ParseIdx(label_bytes));
     const int pixels = images.dims[1] * images.dims[2];
     std::map<int, int> taken;
+    std::map<int, int> skipped;
     std::vector<uint8_t> out_images, out_labels;
     for (size_t i = 0; i < labels.data.size(); ++i) {
       int label = labels.data[i];
       bool wanted = false;
       for (int c : classes) wanted |= c == label;
       if (!wanted || taken[label] >= per_class) continue;
+      if (skipped[label] < skip_per_class) {
+        ++skipped[label];
+        continue;
+      }
       ++taken[label];
       out_labels.push_back(static_cast<uint8_t>(label));
-      out_images.insert(out_images.end(), images.data.begin() + i * pixels,
-                        images.data.begin() + (i + 1) * pixels);
+      for (int64_t p = i * pixels; p < static_cast<int64_t>(i + 1) * pixels; ++p) {
+        const uint8_t v = images.data[p];
+        out_images.push_back(invert ? static_cast<uint8_t>(255 - v) : v);
+      }
     }
     const int n = static_cast<int>(out_labels.size());
     const std::string img_path = absl::StrCat(dir, "/", split, "-images.idx");

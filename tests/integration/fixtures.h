@@ -17,10 +17,12 @@ using DatasetParts =
 
 // Writes IDX files holding the first `train_per_class` training and
 // `test_per_class` test images of each listed Fashion-MNIST class (labels
-// kept as in Fashion-MNIST). Returns the four parts.
+// kept as in Fashion-MNIST), after skipping `skip_per_class` of each;
+// `invert` stores 255 - pixel (a shifted domain). Returns the four parts.
 absl::StatusOr<DatasetParts> WriteFashionMnistSubset(
     const std::string& dir, const std::vector<int>& classes,
-    int train_per_class, int test_per_class);
+    int train_per_class, int test_per_class, bool invert = false,
+    int skip_per_class = 0);
 
 // Writes an IDX file of unsigned bytes.
 absl::Status WriteIdx(const std::string& path, const std::vector<int>& dims,

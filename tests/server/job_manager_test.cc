@@ -617,5 +617,71 @@ TEST_F(JobManagerTest, FewShotJobsTrainNothingAndRefuseTrainingSettings) {
           "spec.backbone_id is required for FEW_SHOT");
 }
 
+TEST_F(JobManagerTest, DomainAdaptJobsNeedAnOwnTargetWithTheSameLabels) {
+  tlserve::v1::Dataset target = *store_->GetDataset("ds-1");
+  target.set_id("ds-target");
+  target.set_test_count(12);
+  ASSERT_TRUE(store_->PutDataset(target).ok());
+  JobSpec spec = Spec();
+  spec.set_kind(tlserve::v1::DOMAIN_ADAPT);
+  spec.mutable_domain_adapt()->set_target_dataset_id("ds-target");
+  auto job = manager_->CreateJob(spec, "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  // Adaptation moves the features: the backbone trains by default.
+  EXPECT_EQ(job->spec().freeze().mode(), tlserve::v1::FreezePolicy::FULL);
+  auto assign = Claim("w1");
+  EXPECT_EQ(assign.target_dataset().id(), "ds-target");
+  EXPECT_EQ(assign.dataset().id(), "ds-1");
+
+  auto refused = [&](auto change, const std::string& field) {
+    JobSpec bad = spec;
+    change(&bad);
+    auto r = manager_->CreateJob(bad, "");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), field))
+        << field << ": " << r.status();
+  };
+  refused([](JobSpec* s) { s->mutable_domain_adapt()->clear_target_dataset_id(); },
+          "spec.domain_adapt.target_dataset_id is required");
+  refused([](JobSpec* s) {
+    s->mutable_domain_adapt()->set_target_dataset_id("ds-1");
+  }, "names the source dataset itself");
+  refused([](JobSpec* s) {
+    s->mutable_domain_adapt()->set_target_dataset_id("ds-nowhere");
+  }, "dataset 'ds-nowhere' not found");
+  refused([](JobSpec* s) {
+    s->mutable_freeze()->set_mode(tlserve::v1::FreezePolicy::FROZEN);
+  }, "spec.freeze must let the backbone train");
+  refused([](JobSpec* s) { s->mutable_domain_adapt()->set_domain_loss_weight(-1); },
+          "spec.domain_adapt.domain_loss_weight");
+  refused([](JobSpec* s) {
+    s->set_kind(tlserve::v1::FINE_TUNE);
+  }, "spec.domain_adapt is for DOMAIN_ADAPT jobs only");
+
+  // Another label set, or no test split to measure on.
+  tlserve::v1::Dataset other = target;
+  other.set_id("ds-other-labels");
+  other.set_class_names(0, "zebra");
+  ASSERT_TRUE(store_->PutDataset(other).ok());
+  refused([](JobSpec* s) {
+    s->mutable_domain_adapt()->set_target_dataset_id("ds-other-labels");
+  }, "must share the label set");
+  tlserve::v1::Dataset untested = target;
+  untested.set_id("ds-untested");
+  untested.set_test_count(0);
+  ASSERT_TRUE(store_->PutDataset(untested).ok());
+  refused([](JobSpec* s) {
+    s->mutable_domain_adapt()->set_target_dataset_id("ds-untested");
+  }, "has no test split");
+  // Another tenant's target does not exist for this one.
+  tlserve::v1::Dataset foreign = target;
+  foreign.set_id("ds-foreign");
+  foreign.set_tenant("team-b");
+  ASSERT_TRUE(store_->PutDataset(foreign).ok());
+  refused([](JobSpec* s) {
+    s->mutable_domain_adapt()->set_target_dataset_id("ds-foreign");
+  }, "dataset 'ds-foreign' not found");
+}
+
 }  // namespace
 }  // namespace tlserve

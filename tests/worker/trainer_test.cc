@@ -219,6 +219,82 @@ TEST(TrainerTest, FewShotHeadIsTheNearestClassMeanRuleWithoutTraining) {
                               1e-3, 1e-3));
 }
 
+// The same images with every pixel inverted: a shift in appearance with
+// the labels unchanged.
+DecodedDataset Inverted(DecodedDataset data) {
+  for (LabelledImages* split : {&data.train, &data.test}) {
+    for (Image& image : split->images) {
+      for (uint8_t& p : image.pixels) p = static_cast<uint8_t>(255 - p);
+    }
+  }
+  return data;
+}
+
+TEST(TrainerTest, DomainAdaptationTrainsADomainClassifierAndReportsTheTarget) {
+  const std::string dir = testing::MakeTempDir("dann");
+  DecodedDataset source = testing::SyntheticDataset(3, 30, 10, 12, 1, 5);
+  DecodedDataset target = Inverted(testing::SyntheticDataset(3, 20, 8, 12, 1, 6));
+  TrainJobInput input;
+  input.spec = FineTuneSpec(FreezePolicy::FULL, 3, 16);
+  input.spec.set_kind(tlserve::v1::DOMAIN_ADAPT);
+  input.spec.mutable_optimizer()->set_learning_rate(0.01f);
+  input.spec.mutable_data()->set_validation_fraction(0.2f);
+  input.spec.mutable_domain_adapt()->set_target_dataset_id("ds-target");
+  input.work_dir = dir;
+  input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+  input.backbone_input_spec = testing::SimpleSpec(1, 12);
+  input.num_threads = 2;
+  input.target_data = &target;
+  Recorder recorder;
+  absl::StatusOr<TrainJobOutput> out =
+      RunTrainingJob(input, source, recorder.Callbacks());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(recorder.Logged("domain adaptation: 60 unlabelled target images, "
+                              "24 labelled target test images"));
+  ASSERT_EQ(recorder.epochs.size(), 3u);
+  float previous_weight = 0;
+  for (const tlserve::v1::EpochMetrics& m : recorder.epochs) {
+    SCOPED_TRACE(absl::StrCat("epoch ", m.epoch()));
+    EXPECT_GT(m.domain_loss(), 0.0f);
+    EXPECT_GE(m.domain_accuracy(), 0.0f);
+    EXPECT_LE(m.domain_accuracy(), 1.0f);
+    // The reversal's weight ramps up over training.
+    EXPECT_GT(m.domain_loss_weight(), previous_weight);
+    EXPECT_LT(m.domain_loss_weight(), 1.0f);
+    previous_weight = m.domain_loss_weight();
+  }
+  // Judged on the target's test split, the source's kept beside it.
+  EXPECT_EQ(out->result.test_count(), 24);
+  EXPECT_EQ(out->result.source_test_count(), 30);
+  ExpectConsistentEvaluation(out->result.test_confusion(),
+                             out->result.per_class_test(), 3,
+                             out->result.test_count(),
+                             out->result.test_accuracy(),
+                             out->result.test_top5_accuracy());
+  // The served model is backbone and head only.
+  torch::jit::Module model = torch::jit::load(out->artifact_path);
+  EXPECT_FALSE(model.hasattr("domain_head"));
+  EXPECT_TRUE(model.hasattr("head"));
+
+  // Weight 0: the same pipeline on the source alone, the baseline.
+  input.spec.mutable_domain_adapt()->set_domain_loss_weight(0);
+  input.work_dir = testing::MakeTempDir("dann_baseline");
+  Recorder baseline;
+  absl::StatusOr<TrainJobOutput> alone =
+      RunTrainingJob(input, source, baseline.Callbacks());
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_TRUE(baseline.Logged("weight 0: source only"));
+  ASSERT_EQ(baseline.epochs.size(), 3u);
+  EXPECT_EQ(baseline.epochs[0].domain_loss(), 0.0f);
+  EXPECT_EQ(alone->result.test_count(), 24);
+
+  // Without the target's images the job cannot run.
+  input.target_data = nullptr;
+  absl::StatusOr<TrainJobOutput> missing =
+      RunTrainingJob(input, source, Recorder().Callbacks());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TrainerTest, LastBlockOfResnet18TrainsOnlyLayer4) {
   if (!testing::PythonTorchAvailable()) {
     GTEST_SKIP() << "/usr/bin/python3 with torch is not available";
