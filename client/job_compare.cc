@@ -203,8 +203,11 @@ std::string SummaryTable(const std::vector<v1::Job>& jobs,
   add("kind", [](const v1::Job& j) {
     return absl::AsciiStrToLower(v1::JobKind_Name(j.spec().kind()));
   });
+  // Kinds whose backbone may train at its own rate.
   auto fine_tune = [](const v1::Job& j) {
-    return j.spec().kind() == v1::FINE_TUNE;
+    return j.spec().kind() == v1::FINE_TUNE ||
+           j.spec().kind() == v1::DOMAIN_ADAPT ||
+           j.spec().kind() == v1::MULTITASK;
   };
   // FEW_SHOT reuses a backbone too (frozen, pretrained).
   auto reuses = [](const v1::Job& j) { return ReusesBackbone(j.spec().kind()); };

@@ -245,6 +245,9 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"dataset"},
                                                       {"target-dataset"},
                                                       {"domain-weight"},
+                                                      {"task", true, true},
+                                                      {"task-weight", true, true},
+                                                      {"classes-weight"},
                                                       {"classes"},
                                                       {"samples-per-class"},
                                                       {"val-fraction"},
@@ -295,6 +298,47 @@ const std::vector<FlagDef>& JobCreateFlags() {
   return *flags;
 }
 
+absl::StatusOr<v1::TaskSpec> ParseTaskFlag(std::string_view flag_text) {
+  // absl::string_view is not std::string_view in this Abseil.
+  const std::string owned(flag_text);
+  const absl::string_view text(owned);
+  auto bad = [&](absl::string_view why) {
+    return FlagError("task", absl::StrCat("'", text, "': ", why,
+                                          " (want NAME=GROUP:L,L/GROUP:L,...)"));
+  };
+  const size_t eq = text.find('=');
+  if (eq == absl::string_view::npos || eq == 0) return bad("no NAME=");
+  v1::TaskSpec task;
+  task.set_name(std::string(text.substr(0, eq)));
+  std::map<int64_t, int> group_of;
+  for (absl::string_view group : absl::StrSplit(text.substr(eq + 1), '/')) {
+    const size_t colon = group.find(':');
+    if (colon == absl::string_view::npos || colon == 0) {
+      return bad(absl::StrCat("group '", group, "' is not GROUP:LABELS"));
+    }
+    const int index = task.class_names_size();
+    task.add_class_names(std::string(group.substr(0, colon)));
+    for (absl::string_view label : absl::StrSplit(group.substr(colon + 1), ',')) {
+      ASSIGN_OR_RETURN(int64_t l,
+                       ParseIntFlag("task", std::string_view(label.data(), label.size())));
+      if (l < 0 || l > 100000) return bad(absl::StrCat("label ", l, " is out of range"));
+      if (!group_of.emplace(l, index).second) {
+        return bad(absl::StrCat("label ", l, " is in two groups"));
+      }
+    }
+  }
+  if (task.class_names_size() < 2) return bad("a task needs 2 or more groups");
+  const int64_t max_label = group_of.rbegin()->first;
+  for (int64_t l = 0; l <= max_label; ++l) {
+    auto it = group_of.find(l);
+    if (it == group_of.end()) {
+      return bad(absl::StrCat("label ", l, " is in no group"));
+    }
+    task.add_label_map(it->second);
+  }
+  return task;
+}
+
 absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   if (args.Has("kind")) {
     ASSIGN_OR_RETURN(v1::JobKind kind,
@@ -302,7 +346,8 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
                                               {{"fine_tune", v1::FINE_TUNE},
                                                {"pretrain", v1::PRETRAIN},
                                                {"few_shot", v1::FEW_SHOT},
-                                               {"domain_adapt", v1::DOMAIN_ADAPT}}));
+                                               {"domain_adapt", v1::DOMAIN_ADAPT},
+                                               {"multitask", v1::MULTITASK}}));
     spec->set_kind(kind);
   }
   if (args.Has("name")) spec->set_display_name(args.Get("name"));
@@ -342,6 +387,41 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
       return FlagError("domain-weight", "must be in [0, 100] (0: source only)");
     }
     spec->mutable_domain_adapt()->set_domain_loss_weight(static_cast<float>(w));
+  }
+  if (args.Has("task")) {
+    v1::MultitaskSpec* mt = spec->mutable_multitask();
+    mt->clear_tasks();
+    for (const std::string& text : args.GetAll("task")) {
+      ASSIGN_OR_RETURN(*mt->add_tasks(), ParseTaskFlag(text));
+    }
+  }
+  for (const std::string& text : args.GetAll("task-weight")) {
+    const std::vector<std::string> parts = absl::StrSplit(text, '=');
+    if (parts.size() != 2) {
+      return FlagError("task-weight", absl::StrCat("'", text, "' is not NAME=W"));
+    }
+    ASSIGN_OR_RETURN(double w, ParseDoubleFlag("task-weight", parts[1]));
+    if (!(w > 0 && w <= 100)) {
+      return FlagError("task-weight", absl::StrCat("'", text, "': W must be in (0, 100]"));
+    }
+    bool found = false;
+    for (v1::TaskSpec& task : *spec->mutable_multitask()->mutable_tasks()) {
+      if (task.name() == parts[0]) {
+        task.set_loss_weight(static_cast<float>(w));
+        found = true;
+      }
+    }
+    if (!found) {
+      return FlagError("task-weight",
+                       absl::StrCat("no --task named '", parts[0], "'"));
+    }
+  }
+  if (args.Has("classes-weight")) {
+    ASSIGN_OR_RETURN(double w, args.GetDouble("classes-weight", 1));
+    if (!(w > 0 && w <= 100)) {
+      return FlagError("classes-weight", "must be in (0, 100]");
+    }
+    spec->mutable_multitask()->set_classes_loss_weight(static_cast<float>(w));
   }
   if (args.Has("init")) {
     ASSIGN_OR_RETURN(v1::BackboneInit init, ParseChoice<v1::BackboneInit>(
@@ -1072,7 +1152,8 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
     o << " " << s.data().samples_per_class() << "/class";
   }
   o << "\n";
-  if (s.kind() == v1::FINE_TUNE || s.kind() == v1::DOMAIN_ADAPT) {
+  if (s.kind() == v1::FINE_TUNE || s.kind() == v1::DOMAIN_ADAPT ||
+      s.kind() == v1::MULTITASK) {
     o << "backbone:   " << s.backbone_id() << " ("
       << absl::AsciiStrToLower(v1::BackboneInit_Name(s.backbone_init())) << ", "
       << absl::AsciiStrToLower(v1::FreezePolicy::Mode_Name(s.freeze().mode()));
@@ -1086,6 +1167,13 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
         << "loss weight "
         << (da.has_domain_loss_weight() ? da.domain_loss_weight() : 1.0f)
         << ")\n";
+    }
+ if (s.kind() == v1::MULTITASK) {
+      for (const v1::TaskSpec& task : s.multitask().tasks()) {
+        o << "task:       " << task.name() << " ["
+          << absl::StrJoin(task.class_names(), ", ") << "], loss weight "
+          << (task.loss_weight() > 0 ? task.loss_weight() : 1.0f) << "\n";
+      }
     }
   } else if (s.kind() == v1::PRETRAIN) {
     o << "registers:  backbone '" << s.pretrain().backbone_name() << "'\n";
@@ -1116,24 +1204,38 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
     o << absl::StrFormat(
         "result:     test accuracy %.4f, loss %.4f on %d images\n",
         r.test_accuracy(), r.test_loss(), r.test_count());
+    for (const v1::TaskMetrics& t : r.tasks()) {
+      o << absl::StrFormat("            head '%s': test accuracy %.4f, loss %.4f\n",
+                           t.name(), t.accuracy(), t.loss());
+    }
     if (!r.model_id().empty()) o << "model:      " << r.model_id() << "\n";
     if (!r.backbone_id().empty())
       o << "backbone:   " << r.backbone_id() << "\n";
   }
   if (job.metrics_size() > 0) {
     std::vector<std::vector<std::string>> rows;
-    for (const v1::EpochMetrics& m : job.metrics()) {
-      rows.push_back({absl::StrCat(m.epoch()),
-                      absl::StrFormat("%.4f", m.train_loss()),
-                      absl::StrFormat("%.3f", m.train_accuracy()),
-                      absl::StrFormat("%.4f", m.val_loss()),
-                      absl::StrFormat("%.3f", m.val_accuracy()),
-                      absl::StrFormat("%.1f", m.seconds())});
+    std::vector<std::string> header = {"EPOCH", "TRAIN_LOSS", "TRAIN_ACC",
+                                       "VAL_LOSS", "VAL_ACC"};
+    // MULTITASK: each other head's validation accuracy beside the classes'.
+    for (const v1::TaskMetrics& t : job.metrics(0).tasks()) {
+      header.push_back(absl::AsciiStrToUpper(absl::StrCat("VAL_ACC_", t.name())));
     }
-    o << "\n"
-      << FormatTable({"EPOCH", "TRAIN_LOSS", "TRAIN_ACC", "VAL_LOSS", "VAL_ACC",
-                      "SECONDS"},
-                     rows);
+    header.push_back("SECONDS");
+    for (const v1::EpochMetrics& m : job.metrics()) {
+      std::vector<std::string> row = {absl::StrCat(m.epoch()),
+                                      absl::StrFormat("%.4f", m.train_loss()),
+                                      absl::StrFormat("%.3f", m.train_accuracy()),
+                                      absl::StrFormat("%.4f", m.val_loss()),
+                                      absl::StrFormat("%.3f", m.val_accuracy())};
+      for (size_t t = 0; t + 5 < header.size() - 1; ++t) {
+        row.push_back(static_cast<int>(t) < m.tasks_size()
+                          ? absl::StrFormat("%.3f", m.tasks(t).accuracy())
+                          : "-");
+      }
+      row.push_back(absl::StrFormat("%.1f", m.seconds()));
+      rows.push_back(std::move(row));
+    }
+    o << "\n" << FormatTable(header, rows);
   }
 }
 
@@ -1622,6 +1724,18 @@ absl::StatusOr<int> PredictCommand(Context& ctx, const Args& args) {
                       absl::StrFormat("%.4f", c.probability())});
     }
     *ctx.out << FormatTable({"RANK", "CLASS", "INDEX", "PROBABILITY"}, rows);
+    for (const v1::TaskPrediction& t : response.predictions(i).tasks()) {
+      std::vector<std::vector<std::string>> task_rows;
+      int task_rank = 1;
+      for (const v1::ClassScore& c : t.top()) {
+        task_rows.push_back({absl::StrCat(task_rank++), c.label(),
+                             absl::StrCat(c.index()),
+                             absl::StrFormat("%.4f", c.probability())});
+      }
+      *ctx.out << "  head '" << t.task() << "':\n"
+               << FormatTable({"RANK", "CLASS", "INDEX", "PROBABILITY"},
+                              task_rows);
+    }
   }
   return 0;
 }
@@ -1793,7 +1907,9 @@ const std::vector<Command>& Commands() {
        BackboneRank},
       {"job", "create",
        "job create [--spec-json F] [--kind fine_tune|pretrain|few_shot|"
-       "domain_adapt] --dataset ID [--target-dataset ID] [--domain-weight W] "
+       "domain_adapt|multitask] --dataset ID [--target-dataset ID] "
+       "[--domain-weight W] [--task NAME=GROUP:L,L/GROUP:L,... ...] "
+       "[--task-weight NAME=W ...] [--classes-weight W] "
        "[--classes 2,3,4] [--samples-per-class N] [--val-fraction F] "
        "[--max-test-samples N] [--backbone ID] [--init pretrained|random] "
        "[--freeze frozen|last_n_blocks|full] [--blocks N] "

@@ -76,6 +76,13 @@ absl::StatusOr<double> ParseDoubleFlag(std::string_view flag,
 // Case-insensitive enum names as the CLI spells them.
 absl::StatusOr<v1::JobState> ParseJobState(std::string_view text);
 
+// `job create --task NAME=GROUP:L,L,.../GROUP:L,...` (MULTITASK): a task
+// whose classes are the groups, in order, each taking the dataset labels
+// listed. Every label from 0 to the largest one listed must be in exactly
+// one group (the server checks that this covers the dataset's labels).
+// INVALID_ARGUMENT naming --task otherwise.
+absl::StatusOr<v1::TaskSpec> ParseTaskFlag(std::string_view text);
+
 // The flags of `job create` (see JobCreateFlags()) applied on top of
 // `spec`, which is empty or came from --spec-json. Only the flags given
 // change the spec, so the server's defaults apply to the rest.

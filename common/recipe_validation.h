@@ -21,7 +21,7 @@ absl::Status ValidateRecipe(const tlserve::v1::JobSpec& spec, int epochs);
 // Kinds whose job starts from an existing backbone (spec.backbone_id).
 inline bool ReusesBackbone(tlserve::v1::JobKind kind) {
   return kind == tlserve::v1::FINE_TUNE || kind == tlserve::v1::FEW_SHOT ||
-         kind == tlserve::v1::DOMAIN_ADAPT;
+         kind == tlserve::v1::DOMAIN_ADAPT || kind == tlserve::v1::MULTITASK;
 }
 
 }  // namespace tlserve

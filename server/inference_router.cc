@@ -333,6 +333,7 @@ tlserve::v1::InferenceModel InferenceRouter::ServedModel(
   served.mutable_model()->set_size_bytes(model.size_bytes());
   *served.mutable_input_spec() = model.input_spec();
   *served.mutable_class_names() = model.class_names();
+  *served.mutable_tasks() = model.tasks();
   if (options_.share_backbones && !model.backbone_digest().empty()) {
     served.set_shared_backbone(
         absl::StrCat(model.backbone_id(), "/", model.backbone_digest()));

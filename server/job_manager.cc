@@ -531,6 +531,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     model.set_sha256(sha);
     model.set_size_bytes(finished.artifact_size_bytes());
     *model.mutable_class_names() = finished.class_names();
+    *model.mutable_tasks() = job->spec().multitask().tasks();
     *model.mutable_input_spec() = finished.input_spec();
     model.set_backbone_digest(finished.result().frozen_backbone_digest());
     *model.mutable_create_time() = ToProtoTime(options_.now());

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/data_split.h"
 #include "common/input_fit.h"
+#include "common/multitask.h"
 #include "common/recipe_validation.h"
 #include "common/status_macros.h"
 
@@ -216,10 +217,13 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
   if (spec.kind() != tlserve::v1::FINE_TUNE &&
       spec.kind() != tlserve::v1::PRETRAIN &&
       spec.kind() != tlserve::v1::FEW_SHOT &&
-      spec.kind() != tlserve::v1::DOMAIN_ADAPT) {
+      spec.kind() != tlserve::v1::DOMAIN_ADAPT &&
+      spec.kind() != tlserve::v1::MULTITASK) {
     return Invalid(
-        "spec.kind must be FINE_TUNE, PRETRAIN, FEW_SHOT or DOMAIN_ADAPT");
+        "spec.kind must be FINE_TUNE, PRETRAIN, FEW_SHOT, DOMAIN_ADAPT or "
+        "MULTITASK");
   }
+  RETURN_IF_ERROR(ValidateMultitask(spec, dataset.class_names_size()));
   if (spec.kind() == tlserve::v1::DOMAIN_ADAPT) {
     RETURN_IF_ERROR(ValidateDomainAdapt(spec));
   } else if (spec.has_domain_adapt()) {

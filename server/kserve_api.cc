@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -105,10 +106,15 @@ absl::StatusOr<tlserve::v1::InferenceItem> ItemFromInferRequest(
       probabilities = true;
     } else if (name == kFeaturesOutput) {
       features = true;
+    } else if (absl::StartsWith(name, kTaskOutputPrefix) &&
+               name.size() > strlen(kTaskOutputPrefix)) {
+      // A MULTITASK head; InferResponse checks the model has it.
+      probabilities = true;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "outputs[", i, "]: unknown output '", name, "' (the model has '",
-          kProbabilitiesOutput, "' and '", kFeaturesOutput, "')"));
+          kProbabilitiesOutput, "', '", kFeaturesOutput, "' and, with more "
+          "heads, '", kTaskOutputPrefix, "<head>')"));
     }
   }
   item.set_embed(features);
@@ -126,9 +132,44 @@ absl::StatusOr<ModelInferResponse> InferResponse(
   response.set_id(request.id());
   std::vector<std::string> names;
   for (const auto& out : request.outputs()) names.push_back(out.name());
-  if (names.empty()) names = {kProbabilitiesOutput, kFeaturesOutput};
+  if (names.empty()) {
+    names = {kProbabilitiesOutput};
+    // A MULTITASK model's other heads, then the features.
+    const auto& rows = result.prediction().predictions();
+    if (!rows.empty()) {
+      for (const auto& task : rows[0].tasks()) {
+        names.push_back(absl::StrCat(kTaskOutputPrefix, task.task()));
+      }
+    }
+    names.push_back(kFeaturesOutput);
+  }
   for (const std::string& name : names) {
-    if (name == kProbabilitiesOutput) {
+    if (absl::StartsWith(name, kTaskOutputPrefix)) {
+      const std::string head = name.substr(strlen(kTaskOutputPrefix));
+      const auto& rows = result.prediction().predictions();
+      int index = -1;
+      if (!rows.empty()) {
+        for (int t = 0; t < rows[0].tasks_size(); ++t) {
+          if (rows[0].tasks(t).task() == head) index = t;
+        }
+      }
+      if (index < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "outputs: model ", request.model_name(), " has no head '", head,
+            "' (ModelMetadata lists its outputs)"));
+      }
+      const int64_t cols = rows[0].tasks(index).probabilities_size();
+      std::string bytes;
+      bytes.reserve(rows.size() * cols * sizeof(float));
+      for (const auto& row : rows) {
+        if (row.tasks_size() <= index ||
+            row.tasks(index).probabilities_size() != cols) {
+          return absl::InternalError("prediction rows differ in their heads");
+        }
+        bytes += FloatBytes(row.tasks(index).probabilities().data(), cols);
+      }
+      AddOutput(name, rows.size(), cols, std::move(bytes), &response);
+    } else if (name == kProbabilitiesOutput) {
       const auto& rows = result.prediction().predictions();
       const int64_t cols = rows.empty() ? 0 : rows[0].probabilities_size();
       std::string bytes;
@@ -177,6 +218,13 @@ inference::ModelMetadataResponse Metadata(const tlserve::v1::Model& model) {
   probabilities->set_datatype("FP32");
   probabilities->add_shape(-1);
   probabilities->add_shape(model.class_names_size() > 0 ? model.class_names_size() : -1);
+  for (const tlserve::v1::TaskSpec& task : model.tasks()) {
+    auto* head = out.add_outputs();
+    head->set_name(absl::StrCat(kTaskOutputPrefix, task.name()));
+    head->set_datatype("FP32");
+    head->add_shape(-1);
+    head->add_shape(task.class_names_size());
+  }
   auto* features = out.add_outputs();
   features->set_name(kFeaturesOutput);
   features->set_datatype("FP32");
@@ -207,6 +255,12 @@ inference::ModelConfig Config(const tlserve::v1::Model& model,
   probabilities->set_name(kProbabilitiesOutput);
   probabilities->set_data_type(inference::TYPE_FP32);
   probabilities->add_dims(model.class_names_size() > 0 ? model.class_names_size() : -1);
+  for (const tlserve::v1::TaskSpec& task : model.tasks()) {
+    auto* head = config.add_output();
+    head->set_name(absl::StrCat(kTaskOutputPrefix, task.name()));
+    head->set_data_type(inference::TYPE_FP32);
+    head->add_dims(task.class_names_size());
+  }
   auto* features = config.add_output();
   features->set_name(kFeaturesOutput);
   features->set_data_type(inference::TYPE_FP32);

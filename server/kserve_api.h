@@ -25,6 +25,8 @@ namespace tlserve::kserve {
 inline constexpr char kInputName[] = "input";
 inline constexpr char kProbabilitiesOutput[] = "probabilities";
 inline constexpr char kFeaturesOutput[] = "features";
+// A MULTITASK model's other heads: "probabilities_<task name>", [N, K_task].
+inline constexpr char kTaskOutputPrefix[] = "probabilities_";
 inline constexpr char kVersion[] = "1";
 inline constexpr char kPlatform[] = "pytorch_libtorch";
 

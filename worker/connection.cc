@@ -583,6 +583,7 @@ InferenceReply WorkerAgent::RunInference(const InferenceTask& task) {
       file.input_spec = m.input_spec();
       file.class_names.assign(m.class_names().begin(), m.class_names().end());
       file.shared_backbone = m.shared_backbone();
+      file.tasks.assign(m.tasks().begin(), m.tasks().end());
       models.push_back(std::move(file));
     }
     if (absl::Now() > task.deadline) return expired();

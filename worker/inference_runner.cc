@@ -196,11 +196,13 @@ absl::StatusOr<at::Tensor> RunChunked(
   return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts).contiguous();
 }
 
-void FillPrediction(const float* row, int64_t num_classes, int64_t top_k,
-                    const std::vector<std::string>& class_names,
-                    std::vector<int>* order,
-                    tlserve::v1::Prediction* prediction) {
-  prediction->mutable_probabilities()->Add(row, row + num_classes);
+// Probabilities and the top_k classes of one head's row.
+void FillScores(const float* row, int64_t num_classes, int64_t top_k,
+                const std::vector<std::string>& class_names,
+                std::vector<int>* order,
+                google::protobuf::RepeatedField<float>* probabilities,
+                google::protobuf::RepeatedPtrField<tlserve::v1::ClassScore>* top) {
+  probabilities->Add(row, row + num_classes);
   order->resize(num_classes);
   for (int c = 0; c < num_classes; ++c) (*order)[c] = c;
   // Ties keep the lower class index first, so results are stable.
@@ -210,11 +212,41 @@ void FillPrediction(const float* row, int64_t num_classes, int64_t top_k,
                     });
   for (int64_t j = 0; j < top_k; ++j) {
     const int c = (*order)[j];
-    tlserve::v1::ClassScore* score = prediction->add_top();
+    tlserve::v1::ClassScore* score = top->Add();
     score->set_index(c);
     score->set_label(class_names.empty() ? std::to_string(c) : class_names[c]);
     score->set_probability(row[c]);
   }
+}
+
+// Output widths of a model's heads: its classes, then each task's (a
+// MULTITASK model's forward() returns them side by side).
+std::vector<int64_t> HeadWidths(const InferenceRunner::ModelFile& file) {
+  std::vector<int64_t> widths = {static_cast<int64_t>(file.class_names.size())};
+  for (const tlserve::v1::TaskSpec& task : file.tasks) {
+    widths.push_back(task.class_names_size());
+  }
+  return widths;
+}
+
+// Softmax over each head's own outputs. Logits whose width does not fit
+// the heads get one softmax; FillResults then reports the mismatch.
+at::Tensor HeadProbabilities(const at::Tensor& logits,
+                             const InferenceRunner::ModelFile& file) {
+  if (file.tasks.empty()) return logits.softmax(1).contiguous();
+  const std::vector<int64_t> widths = HeadWidths(file);
+  int64_t total = 0;
+  for (int64_t w : widths) total += w;
+  if (logits.dim() != 2 || logits.size(1) != total) {
+    return logits.softmax(1).contiguous();
+  }
+  std::vector<at::Tensor> parts;
+  int64_t start = 0;
+  for (int64_t w : widths) {
+    parts.push_back(logits.slice(1, start, start + w).softmax(1));
+    start += w;
+  }
+  return at::cat(parts, 1).contiguous();
 }
 
 // Laid out like MakeClassifier's TlClassifier: features(), submodules
@@ -575,7 +607,7 @@ struct InferenceRunner::Impl {
                                         }));
           }
           if (run->any_predict) {
-            run->probabilities = logits.softmax(1).contiguous();
+            run->probabilities = HeadProbabilities(logits, *run->file);
           }
           return absl::OkStatus();
         });
@@ -628,7 +660,7 @@ struct InferenceRunner::Impl {
                 RunChunked(
                     run->features, absl::StrCat("model ", id, " head"),
                     [&](const at::Tensor& x) { return head.forward({x}); }));
-            run->probabilities = logits.softmax(1).contiguous();
+            run->probabilities = HeadProbabilities(logits, *run->file);
             return absl::OkStatus();
           });
       if (!head_ran.ok()) FailReady(*run, head_ran, results);
@@ -644,15 +676,26 @@ struct InferenceRunner::Impl {
     const int64_t num_classes = run.any_predict && run.probabilities.defined()
                                     ? run.probabilities.size(1)
                                     : 0;
+    const std::vector<int64_t> widths = HeadWidths(file);
+    int64_t expected = 0;
+    for (int64_t w : widths) expected += w;
     if (num_classes > 0 && !file.class_names.empty() &&
-        static_cast<int64_t>(file.class_names.size()) != num_classes) {
-      const absl::Status mismatch = absl::FailedPreconditionError(absl::StrCat(
-          "model ", file.model_id, " outputs ", num_classes,
-          " classes but has ", file.class_names.size(), " class names"));
+        expected != num_classes) {
+      const absl::Status mismatch = absl::FailedPreconditionError(
+          file.tasks.empty()
+              ? absl::StrCat("model ", file.model_id, " outputs ", num_classes,
+                             " classes but has ", file.class_names.size(),
+                             " class names")
+              : absl::StrCat("model ", file.model_id, " outputs ", num_classes,
+                             " values but its heads have ",
+                             absl::StrJoin(widths, " + "), " classes"));
       for (int i : run.ready) {
         if (WantsPrediction(items[i])) SetError(mismatch, &(*results)[i]);
       }
     }
+    // The classes head comes first; without class names it is all of it.
+    const int64_t classes_width =
+        file.class_names.empty() ? num_classes : widths[0];
     std::vector<int> order;
     for (size_t k = 0; k < run.ready.size(); ++k) {
       const int i = run.ready[k];
@@ -672,15 +715,28 @@ struct InferenceRunner::Impl {
       }
       if (!WantsPrediction(items[i])) continue;
       const int top_k_asked = items[i].request().top_k();
-      const int64_t top_k = std::min<int64_t>(
-          top_k_asked == 0 ? kDefaultTopK : top_k_asked, num_classes);
+      const int64_t want = top_k_asked == 0 ? kDefaultTopK : top_k_asked;
       tlserve::v1::PredictResponse* out = result.mutable_prediction();
       out->set_model_id(file.model_id);
       const float* data =
           run.probabilities.data_ptr<float>() + run.offsets[k] * num_classes;
       for (int64_t r = 0; r < n; ++r) {
-        FillPrediction(data + r * num_classes, num_classes, top_k,
-                       file.class_names, &order, out->add_predictions());
+        const float* row = data + r * num_classes;
+        tlserve::v1::Prediction* p = out->add_predictions();
+        FillScores(row, classes_width, std::min(want, classes_width),
+                   file.class_names, &order, p->mutable_probabilities(),
+                   p->mutable_top());
+        int64_t offset = classes_width;
+        for (const tlserve::v1::TaskSpec& task : file.tasks) {
+          const int64_t width = task.class_names_size();
+          const std::vector<std::string> names(task.class_names().begin(),
+                                               task.class_names().end());
+          tlserve::v1::TaskPrediction* t = p->add_tasks();
+          t->set_task(task.name());
+          FillScores(row + offset, width, std::min(want, width), names, &order,
+                     t->mutable_probabilities(), t->mutable_top());
+          offset += width;
+        }
       }
     }
   }

@@ -57,6 +57,10 @@ class InferenceRunner {
     // InferenceModel.shared_backbone: models with the same non-empty key
     // may share one backbone (checked at load). Empty: not shared.
     std::string shared_backbone;
+    // A MULTITASK model's other heads: forward() returns their logits
+    // after the class_names ones, and each Predict answer carries one
+    // TaskPrediction per task.
+    std::vector<tlserve::v1::TaskSpec> tasks;
   };
 
   struct LoadedModelInfo {

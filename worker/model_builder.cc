@@ -263,6 +263,37 @@ absl::StatusOr<Module> MakeHead(int64_t in_dim,
       });
 }
 
+absl::StatusOr<Module> MakeMultiHead(
+    Module classes_head,
+    const std::vector<std::pair<std::string, Module>>& tasks) {
+  if (tasks.empty()) {
+    return absl::InvalidArgumentError("multi-head: no task heads");
+  }
+  return TorchGuardOr<Module>(
+      "building the multitask head", [&]() -> absl::StatusOr<Module> {
+        Module head = NewModule("MultiHead");
+        head.register_module("classes", classes_head);
+        std::vector<std::string> parts = {"self.classes.forward(f)"};
+        std::vector<std::string> entries = {
+            "\"classes\": self.classes.forward(f)"};
+        for (const auto& [name, module] : tasks) {
+          head.register_module(absl::StrCat("task_", name), module);
+          parts.push_back(absl::StrCat("self.task_", name, ".forward(f)"));
+          entries.push_back(absl::StrCat("\"", name, "\": self.task_", name,
+                                         ".forward(f)"));
+        }
+        head.define(absl::StrCat(
+            "def forward(self, f):\n"
+            "    return torch.cat([",
+            absl::StrJoin(parts, ", "),
+            "], 1)\n"
+            "def outputs(self, f):\n"
+            "    return {",
+            absl::StrJoin(entries, ", "), "}\n"));
+        return head;
+      });
+}
+
 absl::Status ValidateInputSpec(const tlserve::v1::InputSpec& spec) {
   if (spec.channels() != 1 && spec.channels() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -311,6 +342,11 @@ absl::StatusOr<Module> MakeClassifier(Module backbone, Module head,
             "    return self.backbone.forward((x - self.mean) / self.std)\n"
             "def forward(self, x):\n"
             "    return self.head.forward(self.features(x))\n");
+        if (head.find_method("outputs").has_value()) {
+          classifier.define(
+              "def outputs(self, x):\n"
+              "    return self.head.outputs(self.features(x))\n");
+        }
         classifier.train(backbone.is_training());
         return classifier;
       });

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,10 +47,22 @@ absl::StatusOr<torch::jit::Module> MakeHead(
     int64_t in_dim, const std::vector<int64_t>& hidden_sizes, double dropout,
     int64_t num_classes, uint64_t seed);
 
+// A MULTITASK head ("MultiHead"): submodule "classes" and one submodule
+// "task_<name>" per entry of `tasks` (names checked by the server);
+//   forward(f) = cat([classes(f), task_<name>(f), ...], 1)   -> [N, sum K]
+//   outputs(f) = {"classes": classes(f), "<name>": task_<name>(f), ...}
+// so the classifier's forward() is still one tensor (the inference path
+// splits it by head) and outputs() gives each head by name. Shares (does
+// not copy) the heads.
+absl::StatusOr<torch::jit::Module> MakeMultiHead(
+    torch::jit::Module classes_head,
+    const std::vector<std::pair<std::string, torch::jit::Module>>& tasks);
+
 // The exported model ("TlClassifier"): submodules "backbone" and "head",
 // buffers mean/std shaped [1, C, 1, 1];
 //   forward(x)  = head(backbone((x - mean) / std))   [N,C,H,W] in [0,1] ->
 //   logits features(x) = backbone((x - mean) / std)         -> [N, D]
+// With a MultiHead head it also has outputs(x) = head.outputs(features(x)).
 // The classifier shares (does not copy) backbone and head.
 absl::StatusOr<torch::jit::Module> MakeClassifier(
     torch::jit::Module backbone, torch::jit::Module head,

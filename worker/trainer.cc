@@ -36,6 +36,7 @@
 #include "common/classification_metrics.h"
 #include "common/sha256.h"
 #include "common/input_fit.h"
+#include "common/multitask.h"
 #include "common/status_macros.h"
 #include "worker/backbone_split.h"
 #include "worker/batch_loader.h"
@@ -254,6 +255,13 @@ struct EvalResult {
   std::vector<ClassScores> class_scores;
   // Row-major k x k, rows true, columns predicted.
   std::vector<int64_t> confusion;
+  // MULTITASK: each task head's loss, accuracy and per-class accuracy.
+  struct Task {
+    double loss = 0;
+    double accuracy = 0;
+    std::vector<float> per_class;
+  };
+  std::vector<Task> tasks;
 
   // Appends the scores and the matrix to an EpochMetrics or JobResult.
   void CopyTo(
@@ -349,6 +357,16 @@ class Trainer {
   // FEW_SHOT: sets the head to the prototype classifier of the cached
   // training features.
   absl::Status SetPrototypeHead();
+  // MULTITASK: one head per task (the classes head's layout), wrapped with
+  // head_ in a MultiHead that becomes head_.
+  absl::Status BuildTaskHeads(const std::vector<int64_t>& hidden);
+  // MULTITASK: the classes head's logits of Forward's output.
+  at::Tensor ClassLogits(const at::Tensor& logits) const {
+    return tasks_.empty()
+               ? logits
+               : logits.slice(1, 0,
+                              static_cast<int64_t>(tensors_.class_names.size()));
+  }
   // True when the splits hold cached features or activations, not images.
   bool InputsCached() const {
     return use_feature_cache_ || use_activation_cache_;
@@ -387,7 +405,21 @@ class Trainer {
   double domain_gamma_ = 10.0;
   torch::jit::Module classifier_;
   torch::jit::Module backbone_;
+  // The classes head; for MULTITASK the MultiHead holding it and the task
+  // heads, whose logits Forward returns after the classes' ones.
   torch::jit::Module head_;
+  // MULTITASK: where each task's logits sit in Forward's output, its loss
+  // weight, and its class of each model class (a [K] long tensor that
+  // turns a batch's labels into the task's).
+  struct TaskHead {
+    std::string name;
+    int64_t offset = 0;
+    int64_t width = 0;
+    double weight = 1.0;
+    at::Tensor of_class;
+  };
+  std::vector<TaskHead> tasks_;
+  double classes_weight_ = 1.0;
   FreezePlan plan_;
   std::vector<std::string> blocks_;
   bool use_feature_cache_ = false;
@@ -504,6 +536,7 @@ absl::Status Trainer::BuildModel() {
     ASSIGN_OR_RETURN(head_,
                      MakeHead(feature_dim_, hidden, spec_.head().dropout(),
                               num_classes, seed + 1));
+    if (spec_.kind() == v1::MULTITASK) RETURN_IF_ERROR(BuildTaskHeads(hidden));
   } else {
     const int64_t width = spec_.pretrain().base_width() > 0
                               ? spec_.pretrain().base_width()
@@ -534,7 +567,8 @@ absl::Status Trainer::BuildModel() {
   // spec that would change them), whatever the cache setting.
   use_feature_cache_ =
       (spec_.kind() == v1::FEW_SHOT && plan_.backbone_frozen) ||
-      (spec_.kind() == v1::FINE_TUNE && plan_.backbone_frozen &&
+      ((spec_.kind() == v1::FINE_TUNE || spec_.kind() == v1::MULTITASK) &&
+       plan_.backbone_frozen &&
        BackboneFrozenThroughout(freeze) &&
        freeze.batchnorm_stats() != v1::FreezePolicy::UPDATE_ALL &&
        !spec_.augment().random_resized_crop() &&
@@ -560,6 +594,43 @@ absl::Status Trainer::BuildModel() {
     }
   }
   return PlanActivationCache();
+}
+
+absl::Status Trainer::BuildTaskHeads(const std::vector<int64_t>& hidden) {
+  const v1::MultitaskSpec& mt = spec_.multitask();
+  // The server checked the spec against the dataset; a worker may still be
+  // handed one that does not fit the dataset it decoded.
+  RETURN_IF_ERROR(ValidateMultitask(spec_, static_cast<int>(data_.class_names.size())));
+  const std::vector<std::vector<int>> of_class = TaskClassesOfModelClasses(
+      spec_, static_cast<int>(data_.class_names.size()));
+  classes_weight_ = ClassesLossWeight(mt);
+  int64_t offset = static_cast<int64_t>(tensors_.class_names.size());
+  std::vector<std::pair<std::string, torch::jit::Module>> heads;
+  std::vector<std::string> shown;
+  for (int t = 0; t < mt.tasks_size(); ++t) {
+    const v1::TaskSpec& task = mt.tasks(t);
+    TaskHead head;
+    head.name = task.name();
+    head.offset = offset;
+    head.width = task.class_names_size();
+    head.weight = TaskLossWeight(task);
+    head.of_class = at::tensor(std::vector<int64_t>(of_class[t].begin(),
+                                                    of_class[t].end()),
+                               at::kLong);
+    ASSIGN_OR_RETURN(torch::jit::Module module,
+                     MakeHead(feature_dim_, hidden, spec_.head().dropout(),
+                              head.width, spec_.seed() + 10 + t));
+    heads.emplace_back(head.name, module);
+    shown.push_back(absl::StrFormat("%s (%d classes, weight %g)", head.name,
+                                    head.width, head.weight));
+    offset += head.width;
+    tasks_.push_back(std::move(head));
+  }
+  ASSIGN_OR_RETURN(head_, MakeMultiHead(head_, heads));
+  Log(absl::StrFormat("multitask: heads classes (%d classes, weight %g), %s",
+                      tensors_.class_names.size(), classes_weight_,
+                      absl::StrJoin(shown, ", ")));
+  return absl::OkStatus();
 }
 
 // Class k scores 2 f.c_k - |c_k|^2, c_k the mean feature of its labelled
@@ -601,7 +672,8 @@ absl::Status Trainer::PlanActivationCache() {
   // The same conditions as the feature cache, except that the last blocks
   // train: the frozen first part must be the same function every epoch.
   const auto& freeze = spec_.freeze();
-  if (use_feature_cache_ || spec_.kind() != v1::FINE_TUNE ||
+  if (use_feature_cache_ ||
+      (spec_.kind() != v1::FINE_TUNE && spec_.kind() != v1::MULTITASK) ||
       plan_.backbone_frozen || plan_.frozen_blocks.empty() ||
       freeze.gradual_unfreeze_size() > 0 ||
       freeze.batchnorm_stats() == v1::FreezePolicy::UPDATE_ALL ||
@@ -958,12 +1030,32 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
   const int64_t top = std::min<int64_t>(5, k);
   double loss_sum = 0;
   int64_t top5_hits = 0;
+  std::vector<double> task_loss(tasks_.size(), 0.0);
+  std::vector<at::Tensor> task_hits;
+  std::vector<at::Tensor> task_support;
+  for (const TaskHead& task : tasks_) {
+    task_hits.push_back(at::zeros({task.width}, at::kLong));
+    task_support.push_back(at::zeros({task.width}, at::kLong));
+  }
   for (int64_t start = 0; start < result.count; start += kEvalBatchSize) {
     const int64_t end = std::min(result.count, start + kEvalBatchSize);
     at::Tensor y = labels.slice(0, start, end).to(at::kLong);
     at::Tensor x = inputs.slice(0, start, end);
     if (!InputsCached()) x = ToModelInput(x);
-    at::Tensor logits = Forward(x);
+    const at::Tensor outputs = Forward(x);
+    at::Tensor logits = ClassLogits(outputs);
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      const TaskHead& task = tasks_[t];
+      const at::Tensor tl = outputs.slice(1, task.offset, task.offset + task.width);
+      const at::Tensor ty = task.of_class.index_select(0, y);
+      task_loss[t] += torch::nn::functional::cross_entropy(
+                          tl, ty,
+                          torch::nn::functional::CrossEntropyFuncOptions()
+                              .reduction(torch::kSum))
+                          .item<double>();
+      task_hits[t].index_add_(0, ty, tl.argmax(1).eq(ty).to(at::kLong));
+      task_support[t].index_add_(0, ty, at::ones_like(ty));
+    }
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, y,
                     torch::nn::functional::CrossEntropyFuncOptions().reduction(
@@ -977,6 +1069,22 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
                      .item<int64_t>();
   }
   if (result.count > 0) result.loss = loss_sum / result.count;
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    EvalResult::Task task;
+    if (result.count > 0) {
+      task.loss = task_loss[t] / result.count;
+      task.accuracy = static_cast<double>(task_hits[t].sum().item<int64_t>()) /
+                      static_cast<double>(result.count);
+    }
+    for (int64_t c = 0; c < tasks_[t].width; ++c) {
+      const int64_t support = task_support[t][c].item<int64_t>();
+      task.per_class.push_back(
+          support > 0 ? static_cast<float>(task_hits[t][c].item<int64_t>()) /
+                            static_cast<float>(support)
+                      : 0.0f);
+    }
+    result.tasks.push_back(std::move(task));
+  }
   const at::Tensor counts = confusion.cpu().contiguous();
   absl::StatusOr<ClassificationMetrics> metrics =
       ClassificationMetrics::FromConfusion(
@@ -1055,6 +1163,12 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   double loss_sum = 0;
   int64_t correct = 0;
   int64_t seen = 0;
+  // MULTITASK: each task head's sums over the batches this attempt trained
+  // (a resume inside the epoch restarts them; the classes head's come from
+  // the checkpoint).
+  std::vector<double> task_loss_sum(tasks_.size(), 0.0);
+  std::vector<int64_t> task_correct(tasks_.size(), 0);
+  int64_t task_seen = 0;
   if (first_batch > 0) {
     loss_sum = resume_cursor_.loss_sum;
     correct = resume_cursor_.correct;
@@ -1115,12 +1229,28 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     } else {
       logits = Forward(x);
     }
-    at::Tensor loss = torch::nn::functional::cross_entropy(
-        logits, y,
-        torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
-            hyper_.label_smoothing));
+    const at::Tensor outputs = logits;
+    logits = ClassLogits(outputs);
+    auto smoothed = torch::nn::functional::CrossEntropyFuncOptions()
+                        .label_smoothing(hyper_.label_smoothing);
+    at::Tensor loss = torch::nn::functional::cross_entropy(logits, y, smoothed);
     // The class loss is what the metrics report; the sum is what trains.
     at::Tensor total = adapts_ ? loss + domain_loss * domain_weight_ : loss;
+    if (!tasks_.empty()) {
+      total = loss * classes_weight_;
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        const TaskHead& task = tasks_[t];
+        const at::Tensor tl =
+            outputs.slice(1, task.offset, task.offset + task.width);
+        const at::Tensor ty = task.of_class.index_select(0, y);
+        const at::Tensor task_loss =
+            torch::nn::functional::cross_entropy(tl, ty, smoothed);
+        total = total + task_loss * task.weight;
+        task_loss_sum[t] += task_loss.item<double>() * y.size(0);
+        task_correct[t] += tl.argmax(1).eq(ty).sum().item<int64_t>();
+      }
+      task_seen += y.size(0);
+    }
     // A loss that is no longer finite poisons every weight it touches:
     // fail here, before the step, so no checkpoint ever holds it.
     const double loss_value = loss.item<double>();
@@ -1191,6 +1321,18 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   val.CopyTo(metrics->mutable_per_class(), metrics->mutable_confusion());
   metrics->set_seconds(SecondsSince(start));
   metrics->set_samples_per_second(seen / std::max(1e-9, train_seconds));
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    v1::TaskMetrics* m = metrics->add_tasks();
+    m->set_name(tasks_[t].name);
+    if (task_seen > 0) {
+      m->set_train_loss(static_cast<float>(task_loss_sum[t] / task_seen));
+      m->set_train_accuracy(static_cast<float>(task_correct[t]) /
+                            static_cast<float>(task_seen));
+    }
+    m->set_loss(static_cast<float>(val.tasks[t].loss));
+    m->set_accuracy(static_cast<float>(val.tasks[t].accuracy));
+    for (float a : val.tasks[t].per_class) m->add_per_class_accuracy(a);
+  }
   if (adapts_ && domain_seen > 0) {
     metrics->set_domain_loss(static_cast<float>(domain_loss_sum / domain_seen));
     metrics->set_domain_accuracy(static_cast<float>(domain_correct) /
@@ -1310,7 +1452,8 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("job kind ", v1::JobKind_Name(spec_.kind()),
-                     " is not FINE_TUNE, PRETRAIN or FEW_SHOT"));
+                     " is not FINE_TUNE, PRETRAIN, FEW_SHOT, DOMAIN_ADAPT "
+                     "or MULTITASK"));
   }
   ASSIGN_OR_RETURN(tensors_, PrepareTrainingData(data_, spec_.data(),
                                                  input_spec_, spec_.seed()));
@@ -1466,6 +1609,15 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   result.set_test_top5_accuracy(static_cast<float>(test.top5_accuracy));
   test.CopyTo(result.mutable_per_class_test(), result.mutable_test_confusion());
   result.set_test_count(test.count);
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    v1::TaskMetrics* m = result.add_tasks();
+    m->set_name(tasks_[t].name);
+    m->set_loss(static_cast<float>(test.tasks[t].loss));
+    m->set_accuracy(static_cast<float>(test.tasks[t].accuracy));
+    for (float a : test.tasks[t].per_class) m->add_per_class_accuracy(a);
+    Log(absl::StrFormat("test accuracy of head '%s': %.4f", tasks_[t].name,
+                        test.tasks[t].accuracy));
+  }
   result.set_feature_dim(static_cast<int32_t>(feature_dim_));
   for (const std::string& block : Blocks(backbone_)) result.add_blocks(block);
   RETURN_IF_ERROR(Export(&output));

@@ -2,6 +2,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "client/tlctl_commands.h"
@@ -86,6 +87,45 @@ TEST(JobSpecFromArgsTest, LastNBlocksWithBlocksYieldsFreezePolicy) {
   EXPECT_EQ(spec->freeze().n_blocks(), 1);
   EXPECT_FLOAT_EQ(spec->freeze().backbone_lr_scale(), 0.1f);
   EXPECT_EQ(spec->kind(), v1::FINE_TUNE);  // the default kind
+}
+
+TEST(JobSpecFromArgsTest, MultitaskTasksFromGroupsOfLabels) {
+  auto spec = SpecFrom({"--kind", "multitask", "--task",
+                        "coarse=tops:0,2,3,4,6/footwear:5,7,9/other:1,8",
+                        "--task", "parity=even:0,2/odd:1,3",
+                        "--task-weight", "coarse=0.5", "--classes-weight", "2"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->kind(), v1::MULTITASK);
+  ASSERT_EQ(spec->multitask().tasks_size(), 2);
+  const v1::TaskSpec& coarse = spec->multitask().tasks(0);
+  EXPECT_EQ(coarse.name(), "coarse");
+  EXPECT_THAT(coarse.class_names(), ElementsAre("tops", "footwear", "other"));
+  EXPECT_THAT(coarse.label_map(), ElementsAre(0, 2, 0, 0, 0, 1, 0, 1, 2, 1));
+  EXPECT_FLOAT_EQ(coarse.loss_weight(), 0.5f);
+  EXPECT_THAT(spec->multitask().tasks(1).label_map(), ElementsAre(0, 1, 0, 1));
+  EXPECT_FLOAT_EQ(spec->multitask().tasks(1).loss_weight(), 0.0f);
+  EXPECT_FLOAT_EQ(spec->multitask().classes_loss_weight(), 2.0f);
+}
+
+TEST(JobSpecFromArgsTest, BadTaskFlagsSayWhatIsWrong) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"coarse", "no NAME="},
+      {"coarse=tops:0,1", "a task needs 2 or more groups"},
+      {"coarse=tops:0,1/rest:1,2", "label 1 is in two groups"},
+      {"coarse=tops:0/rest:2", "label 1 is in no group"},
+      {"coarse=tops:0/rest", "group 'rest' is not GROUP:LABELS"},
+      {"coarse=tops:0/rest:x", "--task"},
+  };
+  for (const auto& [text, message] : cases) {
+    SCOPED_TRACE(text);
+    auto spec = SpecFrom({"--kind", "multitask", "--task", text});
+    ASSERT_FALSE(spec.ok());
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr(message));
+  }
+  auto unknown = SpecFrom({"--task", "a=x:0/y:1", "--task-weight", "b=2"});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_THAT(std::string(unknown.status().message()),
+              HasSubstr("no --task named 'b'"));
 }
 
 TEST(JobSpecFromArgsTest, LastNBlocksWithoutBlocksIsAnError) {

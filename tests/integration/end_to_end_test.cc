@@ -173,6 +173,102 @@ TEST_F(EndToEndTest, DomainAdaptJobTrainsOnBothDomainsAndIsJudgedOnTheTarget) {
   ASSERT_OK(cluster_.client().DeleteDataset(target.id()));
 }
 
+// MULTITASK through tlctl and the real processes: Fashion-MNIST classes
+// and a coarse grouping of them, trained together on one backbone; one
+// model whose Predict answers with both heads.
+TEST_F(EndToEndTest, MultitaskJobTrainsTwoHeadsAndPredictAnswersWithBoth) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  v1::Dataset dataset = Upload({0, 1, 5, 7}, 40, 20);
+  v1::Backbone backbone = UploadResNet18(32);
+  auto run = [&](const std::string& args) {
+    const std::string command =
+        absl::StrCat(TLSERVE_BINARY_DIR, "/client/tlctl --server=",
+                     cluster_.address(), " ", args, " 2>&1");
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string output;
+    if (pipe == nullptr) return std::make_pair(-1, output);
+    char buffer[4096];
+    while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+    return std::make_pair(WEXITSTATUS(pclose(pipe)), output);
+  };
+
+  // A grouping that leaves a label out is refused by the server, naming
+  // the field; nothing is queued.
+  auto [bad_code, bad] = run(absl::StrCat(
+      "job create --kind multitask --dataset ", dataset.id(), " --backbone ",
+      backbone.id(), " --classes 0,1,5,7 --task coarse=tops:0,2,3,4,6/"
+      "footwear:5,7/other:1,8"));
+  EXPECT_EQ(bad_code, 1) << bad;
+  EXPECT_TRUE(absl::StrContains(bad, "label_map has 9 entries; the dataset has 10 labels"))
+      << bad;
+
+  auto [code, output] = run(absl::StrCat(
+      "job create --kind multitask --dataset ", dataset.id(), " --backbone ",
+      backbone.id(), " --classes 0,1,5,7 --epochs 3 --batch-size 16 --seed 7 "
+      "--lr 0.003 --task coarse=tops:0,2,3,4,6/footwear:5,7,9/other:1,8 "
+      "--task-weight coarse=0.5 --watch"));
+  ASSERT_EQ(code, 0) << output;
+  auto jobs = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_OK(jobs.status());
+  ASSERT_EQ(jobs->size(), 1u);
+  const Job& job = (*jobs)[0];
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.spec().kind(), v1::MULTITASK);
+  ASSERT_EQ(job.metrics_size(), 3);
+  for (const auto& m : job.metrics()) {
+    ASSERT_EQ(m.tasks_size(), 1);
+    EXPECT_EQ(m.tasks(0).name(), "coarse");
+    EXPECT_GT(m.tasks(0).train_loss(), 0.0f);
+    EXPECT_EQ(m.tasks(0).per_class_accuracy_size(), 3);
+  }
+  ASSERT_EQ(job.result().tasks_size(), 1);
+  EXPECT_EQ(job.result().test_count(), 80);
+  // Footwear is half of the test images: the head must beat always
+  // answering it. A random resnet18's features separate these classes.
+  EXPECT_GT(job.result().tasks(0).accuracy(), 0.6f);
+  EXPECT_GT(job.result().test_accuracy(), 0.4f);
+  // The backbone stayed frozen, so the model can share it when served.
+  EXPECT_FALSE(job.result().frozen_backbone_digest().empty());
+
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  EXPECT_EQ(model->class_names_size(), 4);
+  ASSERT_EQ(model->tasks_size(), 1);
+  EXPECT_EQ(model->tasks(0).name(), "coarse");
+  v1::PredictRequest request;
+  request.set_model_id(model->id());
+  request.add_images(TinyPng(1));
+  request.add_images(TinyPng(2));
+  auto predicted = cluster_.client().Predict(request, absl::Seconds(30));
+  ASSERT_OK(predicted.status());
+  ASSERT_EQ(predicted->predictions_size(), 2);
+  for (const v1::Prediction& p : predicted->predictions()) {
+    EXPECT_EQ(p.probabilities_size(), 4);
+    ASSERT_EQ(p.tasks_size(), 1);
+    EXPECT_EQ(p.tasks(0).task(), "coarse");
+    ASSERT_EQ(p.tasks(0).probabilities_size(), 3);
+    float sum = 0;
+    for (float v : p.tasks(0).probabilities()) sum += v;
+    EXPECT_NEAR(sum, 1.0f, 1e-4f);
+    ASSERT_EQ(p.tasks(0).top_size(), 3);
+  }
+
+  // tlctl shows both heads: the job's results and a prediction.
+  auto [get_code, shown] = run(absl::StrCat("job get ", job.id()));
+  ASSERT_EQ(get_code, 0) << shown;
+  EXPECT_TRUE(absl::StrContains(shown, "head 'coarse': test accuracy")) << shown;
+  EXPECT_TRUE(absl::StrContains(shown, "VAL_ACC_COARSE")) << shown;
+  const std::string png = cluster_.dir() + "/one.png";
+  {
+    std::ofstream out(png, std::ios::binary);
+    out << TinyPng(1);
+  }
+  auto [predict_code, answer] = run(absl::StrCat("predict --model ", model->id(),
+                                                 " --image ", png));
+  ASSERT_EQ(predict_code, 0) << answer;
+  EXPECT_TRUE(absl::StrContains(answer, "head 'coarse'")) << answer;
+}
+
 // `tlctl model create --few-shot`: a FEW_SHOT job that trains nothing,
 // then a model served like a fine-tuned one.
 TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {

@@ -128,6 +128,63 @@ TEST(KServeApiTest, ResponseCarriesTheOutputsAsRawFp32) {
   EXPECT_THAT(features, ElementsAre(0, 1, 2, 10, 11, 12));
 }
 
+TEST(KServeApiTest, MultitaskHeadsAreOutputsOfTheirOwn) {
+  tlserve::v1::Model model;
+  model.set_id("m1");
+  model.add_class_names("a");
+  model.add_class_names("b");
+  tlserve::v1::TaskSpec* task = model.add_tasks();
+  task->set_name("coarse");
+  for (const char* c : {"x", "y", "z"}) task->add_class_names(c);
+  model.mutable_input_spec()->set_channels(1);
+  inference::ModelMetadataResponse meta = Metadata(model);
+  ASSERT_EQ(meta.outputs_size(), 3);
+  EXPECT_EQ(meta.outputs(1).name(), "probabilities_coarse");
+  EXPECT_THAT(meta.outputs(1).shape(), ElementsAre(-1, 3));
+  inference::ModelConfig config = Config(model, InferenceRouter::Options{});
+  ASSERT_EQ(config.output_size(), 3);
+  EXPECT_EQ(config.output(1).name(), "probabilities_coarse");
+  EXPECT_THAT(config.output(1).dims(), ElementsAre(3));
+
+  tlserve::v1::InferenceResult result;
+  for (int row = 0; row < 2; ++row) {
+    auto* p = result.mutable_prediction()->add_predictions();
+    p->add_probabilities(0.5f);
+    p->add_probabilities(0.5f);
+    auto* t = p->add_tasks();
+    t->set_task("coarse");
+    for (float v : {0.2f, 0.3f, 0.5f}) t->add_probabilities(v + row);
+  }
+  // Asked for by name: a Predict item, no features.
+  ModelInferRequest request = Request("FP32", {2, 1, 1, 1});
+  request.add_raw_input_contents(std::string(8, '\0'));
+  request.add_outputs()->set_name("probabilities_coarse");
+  absl::StatusOr<tlserve::v1::InferenceItem> item = ItemFromInferRequest(request);
+  ASSERT_TRUE(item.ok()) << item.status();
+  EXPECT_FALSE(item->embed());
+  absl::StatusOr<inference::ModelInferResponse> response =
+      InferResponse(request, result);
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_EQ(response->outputs_size(), 1);
+  EXPECT_THAT(response->outputs(0).shape(), ElementsAre(2, 3));
+  std::vector<float> values(6);
+  ASSERT_EQ(response->raw_output_contents(0).size(), 6 * sizeof(float));
+  std::memcpy(values.data(), response->raw_output_contents(0).data(), 24);
+  EXPECT_THAT(values, ElementsAre(0.2f, 0.3f, 0.5f, 1.2f, 1.3f, 1.5f));
+  // Every output when none is named: classes, each head, features.
+  ModelInferRequest all = Request("FP32", {2, 1, 1, 1});
+  response = InferResponse(all, result);
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_EQ(response->outputs_size(), 3);
+  EXPECT_EQ(response->outputs(1).name(), "probabilities_coarse");
+  // A head the model lacks is the caller's mistake.
+  request.mutable_outputs(0)->set_name("probabilities_fine");
+  response = InferResponse(request, result);
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(response.status().message()),
+              HasSubstr("has no head 'fine'"));
+}
+
 TEST(KServeApiTest, DescribesTheModel) {
   tlserve::v1::Model model;
   model.set_id("m1");

@@ -719,5 +719,120 @@ TEST_F(SharedBackboneTest, ConcurrentFirstLoadsKeepOneBackbone) {
   }
 }
 
+// A MULTITASK model answers Predict with every head, the same whether it
+// shares its frozen backbone with a plain model in one batch or runs alone.
+TEST(MultitaskInferenceTest, PredictAnswersWithEveryHead) {
+  const std::string dir = testing::MakeTempDir("multitask_inference");
+  const std::string backbone = testing::SaveCompactBackbone(dir, 1, 4, 9);
+  DecodedDataset data = testing::SyntheticDataset(4, 8, 0, kSize, 1, 3);
+  tlserve::v1::TaskSpec coarse;
+  coarse.set_name("coarse");
+  coarse.add_class_names("low");
+  coarse.add_class_names("high");
+  for (int m : {0, 0, 1, 1}) coarse.add_label_map(m);
+  std::vector<InferenceRunner::ModelFile> files;
+  for (bool multitask : {true, false}) {
+    TrainJobInput input;
+    input.spec.set_kind(multitask ? tlserve::v1::MULTITASK
+                                  : tlserve::v1::FINE_TUNE);
+    input.spec.mutable_freeze()->set_mode(tlserve::v1::FreezePolicy::FROZEN);
+    input.spec.set_epochs(1);
+    input.spec.set_batch_size(8);
+    if (multitask) *input.spec.mutable_multitask()->add_tasks() = coarse;
+    input.work_dir = testing::MakeTempDir(multitask ? "mt_model" : "plain_model");
+    input.backbone_path = backbone;
+    input.backbone_input_spec = testing::SimpleSpec(1, kSize);
+    absl::StatusOr<TrainJobOutput> out = RunTrainingJob(input, data, {});
+    ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_FALSE(out->result.frozen_backbone_digest().empty());
+    InferenceRunner::ModelFile file;
+    file.model_id = multitask ? "mt" : "plain";
+    file.path = out->artifact_path;
+    file.input_spec = out->input_spec;
+    file.class_names = out->class_names;
+    file.shared_backbone = "backbone-1";
+    if (multitask) file.tasks = {coarse};
+    files.push_back(file);
+  }
+  const at::Tensor x = torch::rand({3, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  for (int m : {0, 1}) {
+    tlserve::v1::InferenceItem* item = items.Add();
+    item->set_model_index(m);
+    *item->mutable_request()->mutable_tensor() = ToRaw(x);
+  }
+
+  InferenceRunner shared(InferenceRunner::Options{});
+  const std::vector<tlserve::v1::InferenceResult> got =
+      shared.RunBatch(files, items);
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(got[0].code(), 0) << got[0].message();
+  ASSERT_EQ(got[1].code(), 0) << got[1].message();
+  EXPECT_EQ(shared.BackboneRuns(), 1);
+  for (const auto& info : shared.LoadedModels()) {
+    EXPECT_EQ(info.shared_backbone, "backbone-1") << info.model_id;
+  }
+
+  // Each head's probabilities are the softmax of its own outputs().
+  torch::jit::Module model = torch::jit::load(files[0].path);
+  model.eval();
+  const c10::Dict<c10::IValue, c10::IValue> heads =
+      model.run_method("outputs", x).toGenericDict();
+  const at::Tensor classes = heads.at("classes").toTensor().softmax(1);
+  const at::Tensor coarse_p = heads.at("coarse").toTensor().softmax(1);
+  const tlserve::v1::PredictResponse& mt = got[0].prediction();
+  ASSERT_EQ(mt.predictions_size(), 3);
+  for (int r = 0; r < 3; ++r) {
+    SCOPED_TRACE(absl::StrCat("row ", r));
+    const tlserve::v1::Prediction& p = mt.predictions(r);
+    ASSERT_EQ(p.probabilities_size(), 4);
+    for (int c = 0; c < 4; ++c) {
+      EXPECT_NEAR(p.probabilities(c), classes[r][c].item<float>(), 1e-5);
+    }
+    ASSERT_EQ(p.tasks_size(), 1);
+    const tlserve::v1::TaskPrediction& t = p.tasks(0);
+    EXPECT_EQ(t.task(), "coarse");
+    ASSERT_EQ(t.probabilities_size(), 2);
+    EXPECT_NEAR(t.probabilities(0) + t.probabilities(1), 1.0f, 1e-5f);
+    for (int c = 0; c < 2; ++c) {
+      EXPECT_NEAR(t.probabilities(c), coarse_p[r][c].item<float>(), 1e-5);
+    }
+    // top_k 0 means 5, capped at each head's own class count.
+    EXPECT_EQ(p.top_size(), 4);
+    ASSERT_EQ(t.top_size(), 2);
+    EXPECT_EQ(t.top(0).label(), t.top(0).index() == 0 ? "low" : "high");
+    EXPECT_GE(t.top(0).probability(), t.top(1).probability());
+  }
+  EXPECT_EQ(got[1].prediction().predictions(0).tasks_size(), 0);
+
+  // Alone, without a shared backbone: the same answers.
+  InferenceRunner alone(InferenceRunner::Options{});
+  std::vector<InferenceRunner::ModelFile> own = files;
+  for (auto& f : own) f.shared_backbone.clear();
+  const std::vector<tlserve::v1::InferenceResult> want =
+      alone.RunBatch(own, items);
+  ASSERT_EQ(want[0].code(), 0) << want[0].message();
+  for (int r = 0; r < 3; ++r) {
+    const auto& a = got[0].prediction().predictions(r).tasks(0);
+    const auto& b = want[0].prediction().predictions(r).tasks(0);
+    for (int c = 0; c < 2; ++c) {
+      EXPECT_NEAR(a.probabilities(c), b.probabilities(c), 1e-5);
+    }
+  }
+
+  // A server that forgot the model's tasks gets an error, not a misread
+  // of the extra outputs as classes.
+  std::vector<InferenceRunner::ModelFile> forgot = {own[0]};
+  forgot[0].tasks.clear();
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> one;
+  *one.Add() = items[0];
+  const std::vector<tlserve::v1::InferenceResult> mismatch =
+      alone.RunBatch(forgot, one);
+  EXPECT_EQ(mismatch[0].code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(mismatch[0].message(),
+              HasSubstr("outputs 6 classes but has 4 class names"));
+}
+
 }  // namespace
 }  // namespace tlserve::worker

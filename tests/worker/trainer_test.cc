@@ -295,6 +295,116 @@ TEST(TrainerTest, DomainAdaptationTrainsADomainClassifierAndReportsTheTarget) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Four classes and a coarse task grouping them {0, 1} -> "low", {2, 3} ->
+// "high"; class_subset keeps labels 1, 2, 3 only.
+tlserve::v1::TaskSpec CoarseTask() {
+  tlserve::v1::TaskSpec task;
+  task.set_name("coarse");
+  task.add_class_names("low");
+  task.add_class_names("high");
+  for (int m : {0, 0, 1, 1}) task.add_label_map(m);
+  task.set_loss_weight(2.0f);
+  return task;
+}
+
+TEST(TrainerTest, MultitaskHeadsTrainTogetherAndExportEveryOutput) {
+  DecodedDataset data = testing::SyntheticDataset(4, 24, 10, 12, 1, 7);
+  for (FreezePolicy::Mode mode : {FreezePolicy::FROZEN, FreezePolicy::FULL}) {
+    SCOPED_TRACE(FreezePolicy::Mode_Name(mode));
+    const std::string dir = testing::MakeTempDir("multitask");
+    TrainJobInput input;
+    input.spec = FineTuneSpec(mode, 3, 16);
+    input.spec.set_kind(tlserve::v1::MULTITASK);
+    input.spec.mutable_optimizer()->set_learning_rate(0.01f);
+    input.spec.mutable_data()->set_validation_fraction(0.2f);
+    for (int c : {1, 2, 3}) input.spec.mutable_data()->add_class_subset(c);
+    *input.spec.mutable_multitask()->add_tasks() = CoarseTask();
+    input.work_dir = dir;
+    input.backbone_path = testing::SaveCompactBackbone(dir, 1, 8, 3);
+    input.backbone_input_spec = testing::SimpleSpec(1, 12);
+    input.num_threads = 2;
+    Recorder recorder;
+    absl::StatusOr<TrainJobOutput> out =
+        RunTrainingJob(input, data, recorder.Callbacks());
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_TRUE(recorder.Logged("multitask: heads classes (3 classes, weight "
+                                "1), coarse (2 classes, weight 2)"));
+    EXPECT_EQ(out->class_names.size(), 3u);
+    ASSERT_EQ(recorder.epochs.size(), 3u);
+    for (const tlserve::v1::EpochMetrics& m : recorder.epochs) {
+      SCOPED_TRACE(absl::StrCat("epoch ", m.epoch()));
+      ASSERT_EQ(m.tasks_size(), 1);
+      EXPECT_EQ(m.tasks(0).name(), "coarse");
+      EXPECT_GT(m.tasks(0).train_loss(), 0.0f);
+      EXPECT_GT(m.tasks(0).loss(), 0.0f);
+      EXPECT_GE(m.tasks(0).accuracy(), 0.0f);
+      EXPECT_LE(m.tasks(0).accuracy(), 1.0f);
+      EXPECT_EQ(m.tasks(0).per_class_accuracy_size(), 2);
+    }
+    ASSERT_EQ(out->result.tasks_size(), 1);
+    const tlserve::v1::TaskMetrics& coarse = out->result.tasks(0);
+    EXPECT_EQ(coarse.name(), "coarse");
+    // The classes head stays a 3-class classifier with consistent numbers.
+    ExpectConsistentEvaluation(out->result.test_confusion(),
+                               out->result.per_class_test(), 3,
+                               out->result.test_count(),
+                               out->result.test_accuracy(),
+                               out->result.test_top5_accuracy());
+
+    // One file, every head: forward() side by side, outputs() by name.
+    torch::jit::Module model = torch::jit::load(out->artifact_path);
+    model.eval();
+    const at::Tensor x = torch::rand({5, 1, 12, 12});
+    const at::Tensor all = model.forward({x}).toTensor();
+    ASSERT_EQ(all.size(1), 5);
+    const c10::Dict<c10::IValue, c10::IValue> heads =
+        model.run_method("outputs", x).toGenericDict();
+    ASSERT_EQ(heads.size(), 2u);
+    EXPECT_TRUE(heads.at("classes").toTensor().equal(all.slice(1, 0, 3)));
+    EXPECT_TRUE(heads.at("coarse").toTensor().equal(all.slice(1, 3, 5)));
+
+    // The coarse head's test accuracy is what its outputs give on the test
+    // split (the classes are 1, 2, 3: coarse low, high, high).
+    std::vector<at::Tensor> pixels;
+    for (const Image& image : data.test.images) {
+      pixels.push_back(
+          torch::from_blob(const_cast<uint8_t*>(image.pixels.data()),
+                           {1, 12, 12}, at::kByte)
+              .clone());
+    }
+    const at::Tensor images = torch::stack(pixels).to(at::kFloat).div(255);
+    const at::Tensor labels = torch::tensor(
+        std::vector<int64_t>(data.test.labels.begin(), data.test.labels.end()));
+    const at::Tensor kept = labels.ge(1);
+    const at::Tensor truth = labels.index({kept}).ge(2).to(at::kLong);
+    const at::Tensor coarse_out =
+        model.run_method("outputs", images.index({kept}))
+            .toGenericDict()
+            .at("coarse")
+            .toTensor();
+    EXPECT_EQ(out->result.test_count(), truth.size(0));
+    EXPECT_NEAR(coarse.accuracy(),
+                coarse_out.argmax(1).eq(truth).to(at::kFloat).mean().item<float>(),
+                1e-5);
+    EXPECT_GT(coarse.accuracy(), 0.5f) << "no better than chance";
+  }
+
+  // A map that does not fit the dataset fails the job, naming the field.
+  TrainJobInput bad;
+  bad.spec = FineTuneSpec(FreezePolicy::FROZEN, 1, 16);
+  bad.spec.set_kind(tlserve::v1::MULTITASK);
+  tlserve::v1::TaskSpec short_map = CoarseTask();
+  short_map.mutable_label_map()->RemoveLast();
+  *bad.spec.mutable_multitask()->add_tasks() = short_map;
+  bad.work_dir = testing::MakeTempDir("multitask_bad");
+  bad.backbone_path = testing::SaveCompactBackbone(bad.work_dir, 1, 8, 3);
+  bad.backbone_input_spec = testing::SimpleSpec(1, 12);
+  absl::StatusOr<TrainJobOutput> refused =
+      RunTrainingJob(bad, data, Recorder().Callbacks());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("label_map has 3 entries"));
+}
+
 TEST(TrainerTest, LastBlockOfResnet18TrainsOnlyLayer4) {
   if (!testing::PythonTorchAvailable()) {
     GTEST_SKIP() << "/usr/bin/python3 with torch is not available";
