@@ -392,7 +392,8 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
     v1::MultitaskSpec* mt = spec->mutable_multitask();
     mt->clear_tasks();
     for (const std::string& text : args.GetAll("task")) {
-      ASSIGN_OR_RETURN(*mt->add_tasks(), ParseTaskFlag(text));
+      ASSIGN_OR_RETURN(v1::TaskSpec task, ParseTaskFlag(text));
+      *mt->add_tasks() = std::move(task);
     }
   }
   for (const std::string& text : args.GetAll("task-weight")) {
