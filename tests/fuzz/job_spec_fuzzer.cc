@@ -10,6 +10,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/util/field_comparator.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "common/recipe_validation.h"
 #include "server/job_spec_validator.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -90,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Require(differencer.Compare(twice, spec), "ApplyJobDefaults is idempotent");
 
   const tlserve::v1::Backbone* backbone =
-      spec.kind() == tlserve::v1::FINE_TUNE ? &world->backbone : nullptr;
+      tlserve::ReusesBackbone(spec.kind()) ? &world->backbone : nullptr;
   const absl::Status valid =
       tlserve::ValidateJobSpec(spec, world->dataset, backbone);
   if (!valid.ok()) {

@@ -200,6 +200,16 @@ def main():
         optimizer { kind: SGD momentum: nan weight_decay: inf }
         head { dropout: nan } data { validation_fraction: nan }
         """))
+    write("job_spec", "multitask", job_spec("""
+        kind: MULTITASK backbone_id: "bb" epochs: 2
+        data { dataset_id: "ds" class_subset: [0, 1, 2] }
+        freeze { mode: FULL backbone_lr_scale: 0.1 }
+        multitask { classes_loss_weight: 0.5
+          tasks { name: "coarse" class_names: ["a", "b"]
+                  label_map: [0, 1, 1, 0] loss_weight: 2 }
+          tasks { name: "odd" class_names: ["x", "y"]
+                  label_map: [0, 1, 0, 1] } }
+        """))
     write("job_spec", "bad_epochs", job_spec(
         "kind: FINE_TUNE epochs: -3 device: \"tpu\""))
     return 0
