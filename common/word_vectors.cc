@@ -187,21 +187,21 @@ absl::Status CheckOptions(const WordVectorsOptions& options) {
   return absl::OkStatus();
 }
 
-// Adds `word` as the next row unless it repeats one. `where` and
-// `first_where(row)` name the new row and an earlier one in messages.
-// Returns whether the row was added (false: a dropped duplicate).
+// Adds `word` as row `vectors->size()` unless it repeats one. `where(row)`
+// names a row in messages (only built for one). Returns whether the row
+// was added (false: a dropped duplicate).
 template <typename WhereFn>
-absl::StatusOr<bool> AddWord(absl::string_view word, absl::string_view where,
-                             const WordVectorsOptions& options,
-                             WhereFn first_where, WordVectors* vectors) {
+absl::StatusOr<bool> AddWord(absl::string_view word,
+                             const WordVectorsOptions& options, WhereFn where,
+                             WordVectors* vectors) {
+  const int32_t row = static_cast<int32_t>(vectors->words.size());
   if (static_cast<int64_t>(word.size()) > options.max_word_bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "word vectors: %s: the word %s is %d bytes, over the limit of %d; "
         "remove the row",
-        where, Quote(word), word.size(), options.max_word_bytes));
+        where(row), Quote(word), word.size(), options.max_word_bytes));
   }
-  auto [it, inserted] = vectors->index.try_emplace(
-      std::string(word), static_cast<int32_t>(vectors->words.size()));
+  auto [it, inserted] = vectors->index.try_emplace(std::string(word), row);
   if (!inserted) {
     if (options.keep_first_duplicate) {
       ++vectors->duplicates_dropped;
@@ -210,7 +210,7 @@ absl::StatusOr<bool> AddWord(absl::string_view word, absl::string_view where,
     return absl::InvalidArgumentError(absl::StrFormat(
         "word vectors: %s: the word %s repeats %s; every word must appear "
         "once: remove the later rows",
-        where, Quote(word), first_where(it->second)));
+        where(row), Quote(word), where(it->second)));
   }
   vectors->words.emplace_back(word);
   return true;
@@ -340,12 +340,13 @@ absl::StatusOr<WordVectors> ParseText(absl::string_view bytes,
       }
       vectors.values.push_back(value);
     }
-    const std::string where =
-        absl::StrFormat("line %d", line_number);
     absl::StatusOr<bool> added = AddWord(
-        word, where, options,
-        [&row_lines](int32_t row) {
-          return absl::StrFormat("line %d", row_lines[row]);
+        word, options,
+        [&row_lines, line_number](int32_t row) {
+          return absl::StrFormat(
+              "line %d", row < static_cast<int32_t>(row_lines.size())
+                             ? row_lines[row]
+                             : line_number);
         },
         &vectors);
     if (!added.ok()) return added.status();
@@ -462,13 +463,16 @@ absl::StatusOr<WordVectors> ParseBinary(absl::string_view bytes,
       vectors.values.push_back(value);
     }
     pos += vector_bytes;
-    const std::string where =
-        absl::StrFormat("word %d (byte %d)", i + 1, word_start);
     absl::StatusOr<bool> added = AddWord(
-        word, where, options,
-        [&row_offsets](int32_t row) {
-          return absl::StrFormat("word %d (byte %d)", row + 1,
-                                 row_offsets[row]);
+        word, options,
+        [&row_offsets, i, word_start](int32_t row) {
+          // Rows and words differ only once duplicates were dropped, and
+          // then no message is made.
+          return row < static_cast<int32_t>(row_offsets.size())
+                     ? absl::StrFormat("word %d (byte %d)", row + 1,
+                                       row_offsets[row])
+                     : absl::StrFormat("word %d (byte %d)", i + 1,
+                                       word_start);
         },
         &vectors);
     if (!added.ok()) return added.status();
