@@ -49,12 +49,73 @@ TEST(TextTokenizerTest, Utf8SequencesStayInsideWords) {
   EXPECT_THAT(Tokenize("Caf\xc3\xa9 na\xc3\xafve, \xe6\x9d\xb1\xe4\xba\xac!"),
               ElementsAre("caf\xc3\xa9", "na\xc3\xafve",
                           "\xe6\x9d\xb1\xe4\xba\xac"));
-  // U+2019 (’) and U+2014 (—) are not ASCII punctuation: no split there.
-  EXPECT_THAT(Tokenize("don\xe2\x80\x99t a\xe2\x80\x94" "b"),
-              ElementsAre("don\xe2\x80\x99t", "a\xe2\x80\x94" "b"));
-  // An emoji is a token of its own when spaced.
+  // An emoji is a token of its own when spaced; a ZWJ sequence stays one.
   EXPECT_THAT(Tokenize("ok \xf0\x9f\x98\x80 ok"),
               ElementsAre("ok", "\xf0\x9f\x98\x80", "ok"));
+  EXPECT_THAT(Tokenize("\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9"),
+              ElementsAre("\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9"));
+  // 人々 (U+3005 is a letter of the CJK punctuation block).
+  EXPECT_THAT(Tokenize("\xe4\xba\xba\xe3\x80\x85"),
+              ElementsAre("\xe4\xba\xba\xe3\x80\x85"));
+  // Soft hyphen U+00AD and the micro sign U+00B5 are word characters.
+  EXPECT_THAT(Tokenize("co\xc2\xad" "op 5\xc2\xb5m"),
+              ElementsAre("co\xc2\xad" "op", "5\xc2\xb5m"));
+}
+
+TEST(TextTokenizerTest, TypographicApostrophesAreAscii) {
+  // U+2019 and U+02BC, as the ASCII apostrophe.
+  EXPECT_EQ(Tokenize("don\xe2\x80\x99t"), Tokenize("don't"));
+  EXPECT_THAT(Tokenize("Don\xe2\x80\x99t"), ElementsAre("don't"));
+  EXPECT_THAT(Tokenize("don\xca\xbct"), ElementsAre("don't"));
+  // Outer ones are stripped like ASCII ones; U+2018 is a quote (separator).
+  EXPECT_THAT(Tokenize("\xe2\x80\x98quoted\xe2\x80\x99 dogs\xe2\x80\x99"),
+              ElementsAre("quoted", "dogs"));
+  // The fullwidth apostrophe U+FF07 is punctuation, not an apostrophe.
+  EXPECT_THAT(Tokenize("don\xef\xbc\x87t"), ElementsAre("don", "t"));
+}
+
+TEST(TextTokenizerTest, UnicodeSpacesAndPunctuationSplit) {
+  // Em dash, en dash, no-break space, narrow no-break space, ideographic
+  // space, zero-width space, ellipsis, curly double quotes, bullet.
+  EXPECT_THAT(Tokenize("a\xe2\x80\x94" "b"), ElementsAre("a", "b"));
+  EXPECT_THAT(Tokenize("1\xe2\x80\x93" "2"), ElementsAre("1", "2"));
+  EXPECT_THAT(Tokenize("no\xc2\xa0" "break"), ElementsAre("no", "break"));
+  EXPECT_THAT(Tokenize("x\xe2\x80\xaf" "y\xe3\x80\x80z\xe2\x80\x8bw"),
+              ElementsAre("x", "y", "z", "w"));
+  EXPECT_THAT(Tokenize("wait\xe2\x80\xa6\xe2\x80\x9cwhat\xe2\x80\x9d "
+                       "\xe2\x80\xa2 item"),
+              ElementsAre("wait", "what", "item"));
+  // Latin-1 punctuation: ¡hola! «oui» ¿qué? and C1 NEL.
+  EXPECT_THAT(Tokenize("\xc2\xa1hola! \xc2\xaboui\xc2\xbb \xc2\xbfqu\xc3\xa9?"
+                       "\xc2\x85next"),
+              ElementsAre("hola", "oui", "qu\xc3\xa9", "next"));
+  // CJK punctuation 、。「」 and fullwidth ！，
+  EXPECT_THAT(Tokenize("\xe6\x9d\xb1\xe3\x80\x81\xe4\xba\xac\xe3\x80\x82"
+                       "\xe3\x80\x8c\xe6\x97\xa5\xe3\x80\x8d\xef\xbc\x81"
+                       "\xe6\x9c\xac\xef\xbc\x8c"),
+              ElementsAre("\xe6\x9d\xb1", "\xe4\xba\xac", "\xe6\x97\xa5",
+                          "\xe6\x9c\xac"));
+  // Fullwidth letters and digits (ＡＢ１) stay one word; ＡＢ－１ splits.
+  EXPECT_THAT(Tokenize("\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\x91"),
+              ElementsAre("\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\x91"));
+  EXPECT_THAT(Tokenize("\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\x8d\xef\xbc\x91"),
+              ElementsAre("\xef\xbc\xa1\xef\xbc\xa2", "\xef\xbc\x91"));
+  // A byte order mark inside text.
+  EXPECT_THAT(Tokenize("\xef\xbb\xbfhello\xef\xbb\xbfworld"),
+              ElementsAre("hello", "world"));
+}
+
+TEST(TextTokenizerTest, InvalidUtf8BytesAreWordBytes) {
+  // A lone continuation byte, a truncated sequence, an overlong encoding
+  // of '/', an encoded surrogate: kept in the word, never separators.
+  EXPECT_THAT(Tokenize("a\x80" "b c\xe2\x80"), ElementsAre("a\x80" "b",
+                                                          "c\xe2\x80"));
+  EXPECT_THAT(Tokenize("x\xc0\xafy"), ElementsAre("x\xc0\xafy"));
+  EXPECT_THAT(Tokenize("s\xed\xa0\x80t"), ElementsAre("s\xed\xa0\x80t"));
+  // A truncated em dash (two of its three bytes) is not a dash.
+  EXPECT_THAT(Tokenize("a\xe2\x80" "b"), ElementsAre("a\xe2\x80" "b"));
+  // 0xFF and 0xF5 never start a sequence.
+  EXPECT_THAT(Tokenize("\xff\xf5 z"), ElementsAre("\xff\xf5", "z"));
 }
 
 TEST(TextTokenizerTest, MaxTokensKeepsTheFirst) {
@@ -107,6 +168,11 @@ TEST(TextTokenizerTest, EncodeTextCountsUnknownTokens) {
 
   encoded = EncodeText("The cat sat on the mat.", vocab, 2);
   EXPECT_THAT(encoded.ids, ElementsAre(2, 3));
+  EXPECT_EQ(encoded.unknown_tokens, 0);
+
+  // The typographic apostrophe finds the ASCII row.
+  encoded = EncodeText("Don\xe2\x80\x99t\xe2\x80\x94the cat", vocab);
+  EXPECT_THAT(encoded.ids, ElementsAre(4, 2, 3));
   EXPECT_EQ(encoded.unknown_tokens, 0);
 
   encoded = EncodeText("?!", vocab);
