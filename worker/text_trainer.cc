@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -276,6 +277,16 @@ class TextTrainer {
   // Splits the records, loads the vectors, encodes the texts and builds
   // the model.
   absl::Status Prepare();
+  // Trains on the rows some text uses rather than the whole file: a
+  // 400k-word embedding would otherwise get a dense gradient and an
+  // optimizer update of every row at every step (a 200k x 100 table ran at
+  // under 100 texts/s on 2 cores). Rows no text uses get no gradient, and
+  // the embedding has no weight decay, so they would not have moved: the
+  // result is the same. Remaps the splits' ids to the compact table.
+  absl::Status CompactVocabulary();
+  // Puts the whole file's vectors back into the model (the trained rows in
+  // their place), so the export covers every word.
+  absl::Status RestoreFullVocabulary();
   absl::Status BuildOptimizer();
   // Rows `rows` of `split` as model input: padded ids, or cached features.
   absl::StatusOr<at::Tensor> Inputs(const TextSplit& split,
@@ -300,6 +311,12 @@ class TextTrainer {
   bool test_is_val_ = false;
   int64_t tokens_ = 0;
   int64_t unknown_tokens_ = 0;
+  // The whole file, for the export; and the rows the texts use, which the
+  // model trains with (see CompactVocabulary).
+  WordVectors vectors_;
+  WordVectors used_vectors_;
+  // Full-vocabulary id of used_vectors_'s row r (its id there is r + 2).
+  std::vector<int64_t> used_ids_;
   torch::jit::Module model_;
   torch::jit::Module head_;
   int64_t feature_dim_ = 0;
@@ -372,7 +389,8 @@ absl::Status TextTrainer::Prepare() {
     return Annotate(vectors.status(),
                     absl::StrCat("word vectors ", input_.vectors_path));
   }
-  const TextVocabulary vocab(*vectors);
+  vectors_ = *std::move(vectors);
+  const TextVocabulary vocab(vectors_);
   auto encode = [&](const TextDataset& data,
                     const std::vector<size_t>& records, TextSplit* out) {
     for (size_t r : records) {
@@ -394,12 +412,14 @@ absl::Status TextTrainer::Prepare() {
       "vectors: %d words x %d dims; %d tokens, %d (%.1f%%) not in the "
       "vectors",
       train_.size(), val_.size(), test_is_val_ ? val_.size() : test_.size(),
-      class_names_.size(), vectors->size(), vectors->dim, tokens_,
+      class_names_.size(), vectors_.size(), vectors_.dim, tokens_,
       unknown_tokens_, 100 * rate));
   if (rate > 0.5) {
     Log("most tokens are not in the word vectors: check that the vectors "
         "are of the texts' language and lowercase (tokens are lowercased)");
   }
+
+  RETURN_IF_ERROR(CompactVocabulary());
 
   TextModelOptions options = input_.model;
   options.train_embedding = hyper_.train_embedding;
@@ -408,15 +428,79 @@ absl::Status TextTrainer::Prepare() {
   options.dropout = spec_.head().dropout();
   options.num_classes = static_cast<int64_t>(class_names_.size());
   options.seed = spec_.seed();
-  ASSIGN_OR_RETURN(model_, MakeTextClassifier(*vectors, options));
+  ASSIGN_OR_RETURN(model_, MakeTextClassifier(used_vectors_, options));
   head_ = model_.attr("head").toModule();
   feature_dim_ = options.pooling == TextPooling::kConv ? options.conv_channels
-                                                       : vectors->dim;
+                                                       : vectors_.dim;
   use_feature_cache_ = !options.train_embedding &&
                        options.pooling != TextPooling::kConv &&
                        spec_.feature_cache().mode() !=
                            tlserve::v1::FeatureCacheSpec::OFF;
   return absl::OkStatus();
+}
+
+absl::Status TextTrainer::CompactVocabulary() {
+  const int64_t full_size = vectors_.size() + kFirstWordTokenId;
+  std::vector<int32_t> compact(static_cast<size_t>(full_size), -1);
+  for (const TextSplit* split : {&train_, &val_, &test_}) {
+    for (const std::vector<int32_t>& ids : split->ids) {
+      for (int32_t id : ids) compact[id] = 0;
+    }
+  }
+  // Padding and unknown keep their ids; used words follow in file order.
+  compact[kPaddingTokenId] = kPaddingTokenId;
+  compact[kUnknownTokenId] = kUnknownTokenId;
+  used_vectors_ = WordVectors();
+  used_vectors_.dim = vectors_.dim;
+  used_ids_.clear();
+  int32_t next = kFirstWordTokenId;
+  for (int64_t id = kFirstWordTokenId; id < full_size; ++id) {
+    if (compact[id] < 0) continue;
+    compact[id] = next++;
+    used_ids_.push_back(id);
+    const int32_t row = static_cast<int32_t>(id - kFirstWordTokenId);
+    used_vectors_.words.push_back(vectors_.words[row]);
+    const absl::Span<const float> values = vectors_.Row(row);
+    used_vectors_.values.insert(used_vectors_.values.end(), values.begin(),
+                                values.end());
+  }
+  if (used_ids_.empty()) {
+    return absl::InvalidArgumentError(
+        "no token of the texts is in the word vectors: check that the "
+        "vectors are of the texts' language and lowercase (tokens are "
+        "lowercased)");
+  }
+  for (TextSplit* split : {&train_, &val_, &test_}) {
+    for (std::vector<int32_t>& ids : split->ids) {
+      for (int32_t& id : ids) id = compact[id];
+    }
+  }
+  Log(absl::StrFormat("embedding: the texts use %d of the %d words",
+                      used_ids_.size(), vectors_.size()));
+  return absl::OkStatus();
+}
+
+absl::Status TextTrainer::RestoreFullVocabulary() {
+  return TorchGuard("restoring the full vocabulary", [&] {
+    at::NoGradGuard no_grad;
+    const at::Tensor trained = model_.attr("embedding").toTensor();
+    const int64_t dim = vectors_.dim;
+    at::Tensor full =
+        torch::empty({vectors_.size() + kFirstWordTokenId, dim}, torch::kFloat);
+    std::memcpy(full[kFirstWordTokenId].data_ptr<float>(),
+                vectors_.values.data(), vectors_.values.size() * sizeof(float));
+    full.slice(0, 0, kFirstWordTokenId)
+        .copy_(trained.slice(0, 0, kFirstWordTokenId));
+    full.index_copy_(0, torch::tensor(used_ids_, torch::kLong),
+                     trained.slice(0, kFirstWordTokenId));
+    full.requires_grad_(trained.requires_grad());
+    model_.setattr("embedding", full);
+    c10::List<std::string> vocab;
+    vocab.reserve(vectors_.words.size());
+    for (const std::string& word : vectors_.words) vocab.push_back(word);
+    model_.setattr("vocab", vocab);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status TextTrainer::BuildOptimizer() {
@@ -705,6 +789,7 @@ absl::StatusOr<TextTrainOutput> TextTrainer::Run() {
     cache->set_build_seconds(feature_cache_seconds_);
   }
 
+  RETURN_IF_ERROR(RestoreFullVocabulary());
   output.artifact_path =
       (std::filesystem::path(input_.work_dir) / "model.pt").string();
   model_.save(output.artifact_path);

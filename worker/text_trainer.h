@@ -32,6 +32,11 @@
 // epoch's order is EpochOrder(n, seed, epoch); the same inputs, seed and
 // thread count give the same metrics and weights.
 //
+// Training uses only the embedding rows of words that occur in some text
+// of the job (any split): rows no text uses would get no gradient and no
+// weight decay, so they would not change, and a dense update of a
+// 400k-word table at every step is what made FULL slow. The export puts
+// every word of the file back (the trained rows in their place).
 // With a frozen embedding and mean or max pooling nothing before the head
 // trains, so every text's features are computed once (in eval mode) and
 // the epochs train the head on them: the same function, far cheaper.

@@ -845,6 +845,12 @@ TEST(TextTrainerTest, BadInputsNameTheField) {
   WriteFile(dir + "/huge.txt", huge);
   expect_invalid(Train(BaseSpec(), mean, dir + "/huge.txt"), "learning_rate");
 
+  // No word of the texts in the vectors: nothing to learn from.
+  TextDataset strangers = Data().train;
+  for (std::string& text : strangers.texts) text = "zorblax qwerty florp";
+  expect_invalid(Train(BaseSpec(), mean, "", &strangers, nullptr),
+                 "no token of the texts is in the word vectors");
+
   // A vectors file that does not parse keeps the parser's message.
   WriteFile(dir + "/bad.txt", "good 1 2 3\nbad 1 2\n");
   const JobRun bad = Train(BaseSpec(), mean, dir + "/bad.txt");
