@@ -33,7 +33,8 @@
 // features 0.
 //   mean: the average of the row's token vectors (unknown tokens count,
 //         with their zero vector);
-//   max:  the per-dimension maximum over the row's tokens;
+//   max:  the per-dimension maximum over the row's tokens (an unknown
+//         token's zero vector included);
 //   conv: conv1d(kernel 3, D -> C, zero padding 1) over the token vectors
 //         (padding positions read as zeros) -> relu -> maximum over the
 //         token positions.
