@@ -110,7 +110,11 @@ absl::Status ValidateMultitask(const tlserve::v1::JobSpec& spec,
       }
     }
     std::vector<bool> taught(k, false);
-    for (int l : trained) taught[task.label_map(l)] = true;
+    for (int l : trained) {
+      // A class_subset label outside the dataset is the data checks' to
+      // report; here it only must not index past the map.
+      if (l >= 0 && l < dataset_classes) taught[task.label_map(l)] = true;
+    }
     for (int c = 0; c < k; ++c) {
       if (!taught[c]) {
         return Invalid(absl::StrFormat(

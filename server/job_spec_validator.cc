@@ -223,7 +223,6 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
         "spec.kind must be FINE_TUNE, PRETRAIN, FEW_SHOT, DOMAIN_ADAPT or "
         "MULTITASK");
   }
-  RETURN_IF_ERROR(ValidateMultitask(spec, dataset.class_names_size()));
   if (spec.kind() == tlserve::v1::DOMAIN_ADAPT) {
     RETURN_IF_ERROR(ValidateDomainAdapt(spec));
   } else if (spec.has_domain_adapt()) {
@@ -339,6 +338,8 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
           "dataset '%s'", c, dataset.class_names(c), dataset.id()));
     }
   }
+  // After the labels are known good: the tasks map them.
+  RETURN_IF_ERROR(ValidateMultitask(spec, num_classes));
 
   if (ReusesBackbone(spec.kind())) {
     if (backbone == nullptr) {

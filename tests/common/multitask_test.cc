@@ -41,6 +41,11 @@ TEST(MultitaskTest, AcceptsAGroupingOfTheDatasetsLabels) {
   for (int l = 0; l < 10; ++l) parity->add_label_map(l % 2);
   parity->set_loss_weight(0.5f);
   EXPECT_TRUE(Check(two).ok()) << Check(two);
+  // A class_subset label outside the dataset is left to the data checks
+  // (a fuzzer found it read past the map).
+  tlserve::v1::JobSpec outside = CoarseSpec();
+  for (int c : {0, 1, 5, 8, 42, -3}) outside.mutable_data()->add_class_subset(c);
+  EXPECT_TRUE(Check(outside).ok()) << Check(outside);
   // Not MULTITASK and no multitask field: nothing to check.
   tlserve::v1::JobSpec plain;
   plain.set_kind(tlserve::v1::FINE_TUNE);
