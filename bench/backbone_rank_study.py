@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from study_server import start_server, stop_server, wait
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -60,33 +62,6 @@ def kendall_tau(xs, ys):
         discordant += s < 0
     pairs = len(xs) * (len(xs) - 1) / 2
     return (concordant - discordant) / pairs if pairs else 0.0
-
-
-def start_server(build_dir, data_dir):
-    port_file = os.path.join(data_dir, "port")
-    log = open(os.path.join(data_dir, "tlserve.log"), "w")
-    server = subprocess.Popen(
-        [os.path.join(build_dir, "server/tlserve"), "--listen=127.0.0.1:0",
-         f"--port_file={port_file}", f"--data_dir={data_dir}/var",
-         "--local_workers=1",
-         f"--worker_binary={os.path.join(build_dir, 'worker/tlworker')}"],
-        stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        if os.path.exists(port_file) and open(port_file).read().strip():
-            return server, f"127.0.0.1:{open(port_file).read().strip()}"
-        if server.poll() is not None:
-            raise RuntimeError("tlserve exited; see " + log.name)
-        time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("tlserve did not start within 30 s")
-
-
-def wait(client, job, timeout=1800):
-    done = client.watch(job.id, progress=False, timeout=timeout)
-    if done.state != 4:  # SUCCEEDED
-        raise RuntimeError(f"job {job.id} ({job.spec.display_name}) ended "
-                           f"{done.state}: {done.error}")
-    return done
 
 
 def fine_tune_spec(arm, dataset_id, backbone_id, shots, seed):
@@ -185,11 +160,7 @@ def main():
             print(f"seed {seed}: ranked {len(backbones)} backbones in "
                   f"{rank_seconds:.1f} s", file=sys.stderr)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         shutil.rmtree(data_dir, ignore_errors=True)
 
     # 3. Agreement, per seed, then over seeds.

@@ -22,10 +22,11 @@ import os
 import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
+
+from study_server import start_server, stop_server, wait
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -67,33 +68,6 @@ def write_domain(out_dir, split, per_class, skip, invert):
     n = len(out_labels)
     write_idx(f"{out_dir}/{split}-images-idx3-ubyte", (n, dims[1], dims[2]), out_images)
     write_idx(f"{out_dir}/{split}-labels-idx1-ubyte", (n,), out_labels)
-
-
-def start_server(build_dir, data_dir):
-    port_file = os.path.join(data_dir, "port")
-    log = open(os.path.join(data_dir, "tlserve.log"), "w")
-    server = subprocess.Popen(
-        [os.path.join(build_dir, "server/tlserve"), "--listen=127.0.0.1:0",
-         f"--port_file={port_file}", f"--data_dir={data_dir}/var",
-         "--local_workers=1",
-         f"--worker_binary={os.path.join(build_dir, 'worker/tlworker')}"],
-        stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        if os.path.exists(port_file) and open(port_file).read().strip():
-            return server, f"127.0.0.1:{open(port_file).read().strip()}"
-        if server.poll() is not None:
-            raise RuntimeError("tlserve exited; see " + log.name)
-        time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("tlserve did not start within 30 s")
-
-
-def wait(client, job):
-    done = client.watch(job.id, progress=False, timeout=3600)
-    if done.state != 4:  # SUCCEEDED
-        raise RuntimeError(f"job {job.id} ({job.spec.display_name}) ended "
-                           f"{done.state}: {done.error}")
-    return done
 
 
 def main():
@@ -164,11 +138,7 @@ def main():
                       f"source {job.result.source_test_accuracy:.4f}, "
                       f"{job.result.train_seconds:.0f} s", file=sys.stderr)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         shutil.rmtree(work, ignore_errors=True)
 
     def cell(values):

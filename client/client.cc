@@ -323,11 +323,28 @@ absl::Status Client::DeleteModel(const std::string& id) {
 absl::StatusOr<v1::Backbone> Client::UploadBackbone(
     const std::string& name, const std::string& path,
     const v1::InputSpec& input_spec, const std::string& request_id) {
+  v1::BackboneUploadHeader header;
+  header.set_kind(v1::IMAGE_TORCHSCRIPT);
+  *header.mutable_input_spec() = input_spec;
+  return UploadBackboneFile(name, path, std::move(header), request_id);
+}
+
+absl::StatusOr<v1::Backbone> Client::UploadWordVectors(
+    const std::string& name, const std::string& path,
+    const std::string& request_id) {
+  v1::BackboneUploadHeader header;
+  header.set_kind(v1::WORD_VECTORS);
+  return UploadBackboneFile(name, path, std::move(header), request_id);
+}
+
+absl::StatusOr<v1::Backbone> Client::UploadBackboneFile(
+    const std::string& name, const std::string& path,
+    v1::BackboneUploadHeader kind_and_spec, const std::string& request_id) {
   ASSIGN_OR_RETURN(FileDigest digest, DigestFile(path));
   v1::UploadBackboneRequest header_request;
   v1::BackboneUploadHeader* header = header_request.mutable_header();
+  *header = std::move(kind_and_spec);
   header->set_name(name);
-  *header->mutable_input_spec() = input_spec;
   header->set_size_bytes(digest.size);
   header->set_sha256(digest.sha256);
   header->set_request_id(request_id);
@@ -553,7 +570,12 @@ absl::StatusOr<v1::Job> Client::WatchJob(
       status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                             "watch stream ended before the job did");
     }
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) {
+    // This client cancels a watch only when on_event stops it (returned
+    // above), so CANCELLED here came from the other side: a server that
+    // was shutting down when the call reached it. Like UNAVAILABLE, the
+    // next server may answer.
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        status.error_code() != grpc::StatusCode::CANCELLED) {
       return FromGrpcStatus(status);
     }
     // Retries are bounded per outage, not per watch: a long job may see

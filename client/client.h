@@ -69,10 +69,15 @@ class Client {
   absl::Status DeleteDataset(const std::string& id);
 
   // --- Backbones and models ---
+  // An image backbone (TorchScript) with its input spec.
   absl::StatusOr<v1::Backbone> UploadBackbone(const std::string& name,
                                               const std::string& path,
                                               const v1::InputSpec& input_spec,
                                               const std::string& request_id);
+  // Word vectors (GloVe text or word2vec binary) for text jobs.
+  absl::StatusOr<v1::Backbone> UploadWordVectors(const std::string& name,
+                                                 const std::string& path,
+                                                 const std::string& request_id);
   absl::StatusOr<v1::Backbone> GetBackbone(const std::string& id);
   absl::StatusOr<std::vector<v1::Backbone>> ListBackbones();
   absl::StatusOr<v1::ListBackbonesResponse> ListBackbonesPage(
@@ -113,8 +118,9 @@ class Client {
 
   // Calls `on_event` for each event with sequence > after_sequence until the
   // job ends (or `on_event` returns false), then returns the job as GetJob
-  // sees it. A stream that breaks with UNAVAILABLE is re-opened from the
-  // last sequence seen, so no event is delivered twice or lost; see
+  // sees it. A stream that breaks with UNAVAILABLE (or CANCELLED, from a
+  // server shutting down) is re-opened from the last sequence seen, so no
+  // event is delivered twice or lost; see
   // Options::watch_max_retries. Past `deadline`: DEADLINE_EXCEEDED.
   absl::StatusOr<v1::Job> WatchJob(
       const std::string& id, int64_t after_sequence,
@@ -143,6 +149,11 @@ class Client {
 
  private:
   Client(Options options, std::shared_ptr<grpc::Channel> channel);
+  // `header` holds the kind and input spec; name, size, hash and request
+  // id are filled in here.
+  absl::StatusOr<v1::Backbone> UploadBackboneFile(
+      const std::string& name, const std::string& path,
+      v1::BackboneUploadHeader header, const std::string& request_id);
   // The deadline (unless infinite) and the token.
   void Prepare(grpc::ClientContext* ctx, absl::Time deadline) const;
 

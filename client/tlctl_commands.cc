@@ -291,6 +291,9 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"keep-checkpoints"},
                                                       {"hidden"},
                                                       {"dropout"},
+                                                      {"pooling"},
+                                                      {"max-tokens"},
+                                                      {"conv-channels"},
                                                       {"backbone-name"},
                                                       {"base-width"},
                                                       {"request-id"},
@@ -655,6 +658,26 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   RETURN_IF_ERROR(GetFloatInto(args, "dropout", 0, 1, true, &f));
   head->set_dropout(f);
 
+  // Text jobs: the server refuses these for image datasets.
+  if (args.Has("pooling")) {
+    const std::string pooling = absl::AsciiStrToLower(args.Get("pooling"));
+    if (pooling != "mean" && pooling != "max" && pooling != "conv") {
+      return FlagError("pooling", absl::StrCat("'", pooling,
+                                               "' is not one of mean, max, conv"));
+    }
+    spec->mutable_text()->set_pooling(pooling);
+  }
+  if (args.Has("max-tokens")) {
+    i32 = spec->text().max_tokens();
+    RETURN_IF_ERROR(GetInt32Into(args, "max-tokens", 1, &i32));
+    spec->mutable_text()->set_max_tokens(i32);
+  }
+  if (args.Has("conv-channels")) {
+    i32 = spec->text().conv_channels();
+    RETURN_IF_ERROR(GetInt32Into(args, "conv-channels", 1, &i32));
+    spec->mutable_text()->set_conv_channels(i32);
+  }
+
   if (args.Has("backbone-name")) {
     spec->mutable_pretrain()->set_backbone_name(args.Get("backbone-name"));
   }
@@ -876,12 +899,21 @@ absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
   bool idx = args.Has("idx-train-images") || args.Has("idx-train-labels") ||
              args.Has("idx-test-images") || args.Has("idx-test-labels");
   bool archive = args.Has("archive") || args.Has("test-archive");
-  if (idx == archive) {
+  bool text = args.Has("text-csv") || args.Has("test-text-csv");
+  if (idx + archive + text != 1) {
     return absl::InvalidArgumentError(
-        "give either --idx-train-images and --idx-train-labels (IDX) or "
-        "--archive (a tar of class_name/*.png|jpg), not both or neither");
+        "give one of: --idx-train-images and --idx-train-labels (IDX), "
+        "--archive (a tar of class_name/*.png|jpg), or --text-csv (a CSV "
+        "with text and label columns)");
   }
-  if (idx) {
+  if (text) {
+    format = v1::TEXT_CSV;
+    if (!args.Has("text-csv")) return FlagError("text-csv", "is required");
+    parts.emplace_back(v1::TRAIN_CSV, args.Get("text-csv"));
+    if (args.Has("test-text-csv")) {
+      parts.emplace_back(v1::TEST_CSV, args.Get("test-text-csv"));
+    }
+  } else if (idx) {
     format = v1::IDX;
     if (!args.Has("idx-train-images") || !args.Has("idx-train-labels")) {
       return absl::InvalidArgumentError(
@@ -919,7 +951,9 @@ absl::StatusOr<int> DatasetUpload(Context& ctx, const Args& args) {
   } else {
     *ctx.out << "uploaded dataset " << dataset.id() << " ('" << dataset.name()
              << "'): " << dataset.train_count() << " train, "
-             << dataset.test_count() << " test images, "
+             << dataset.test_count()
+             << (dataset.format() == v1::TEXT_CSV ? " test texts, "
+                                                   : " test images, ")
              << dataset.class_names_size() << " classes\n";
     PrintDatasetWarnings(*ctx.out, dataset);
   }
@@ -932,8 +966,8 @@ void PrintDatasetDetails(Context& ctx, const v1::Dataset& d) {
     << "tenant:   " << d.tenant() << "\n"
     << "name:     " << d.name() << "\n"
     << "format:   " << v1::DatasetFormat_Name(d.format()) << "\n"
-    << "images:   " << d.train_count() << " train, " << d.test_count()
-    << " test";
+    << (d.format() == v1::TEXT_CSV ? "texts:    " : "images:   ")
+    << d.train_count() << " train, " << d.test_count() << " test";
   if (d.height() > 0) {
     o << " (" << d.channels() << "x" << d.height() << "x" << d.width() << ")";
   }
@@ -1008,9 +1042,13 @@ void PrintBackboneDetails(Context& ctx, const v1::Backbone& b) {
   *ctx.out << "id:           " << b.id() << "\n"
            << "tenant:       "
            << (b.tenant().empty() ? "(shared)" : b.tenant()) << "\n"
-           << "name:         " << b.name() << "\n"
-           << "input:        " << InputSpecText(b.input_spec()) << "\n"
-           << "feature dim:  "
+           << "name:         " << b.name() << "\n";
+  if (b.kind() == v1::WORD_VECTORS) {
+    *ctx.out << "kind:         word vectors, " << b.vocab_size() << " words\n";
+  } else {
+    *ctx.out << "input:        " << InputSpecText(b.input_spec()) << "\n";
+  }
+  *ctx.out << "feature dim:  "
            << (b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "unknown")
            << "\n"
            << "blocks:       " << absl::StrJoin(b.blocks(), ", ") << "\n"
@@ -1025,11 +1063,23 @@ absl::StatusOr<int> BackboneUpload(Context& ctx, const Args& args) {
   std::string name = args.Get("name");
   if (name.empty()) return FlagError("name", "is required");
   if (!args.Has("file")) return FlagError("file", "is required");
-  ASSIGN_OR_RETURN(v1::InputSpec spec, InputSpecFromArgs(args));
-  ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
-  ASSIGN_OR_RETURN(v1::Backbone b,
-                   client->UploadBackbone(name, args.Get("file"), spec,
-                                          args.Get("request-id")));
+  v1::Backbone b;
+  if (args.Has("word-vectors")) {
+    for (const char* flag :
+         {"spec-json", "channels", "height", "width", "mean", "std"}) {
+      if (args.Has(flag)) {
+        return FlagError(flag, "is for image backbones, not --word-vectors");
+      }
+    }
+    ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+    ASSIGN_OR_RETURN(b, client->UploadWordVectors(name, args.Get("file"),
+                                                  args.Get("request-id")));
+  } else {
+    ASSIGN_OR_RETURN(v1::InputSpec spec, InputSpecFromArgs(args));
+    ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
+    ASSIGN_OR_RETURN(b, client->UploadBackbone(name, args.Get("file"), spec,
+                                               args.Get("request-id")));
+  }
   if (ctx.json) {
     RETURN_IF_ERROR(PrintJson(ctx, b));
   } else {
@@ -1108,7 +1158,9 @@ absl::StatusOr<int> BackboneList(Context& ctx, const Args& args) {
     const v1::InputSpec& s = b.input_spec();
     rows.push_back(
         {b.id(), b.name(),
-         absl::StrFormat("%dx%dx%d", s.channels(), s.height(), s.width()),
+         b.kind() == v1::WORD_VECTORS
+             ? absl::StrCat("text (", b.vocab_size(), " words)")
+             : absl::StrFormat("%dx%dx%d", s.channels(), s.height(), s.width()),
          b.feature_dim() > 0 ? absl::StrCat(b.feature_dim()) : "-",
          absl::StrCat(b.blocks_size()), Bytes(b.size_bytes()),
          b.source_job_id().empty() ? "-" : b.source_job_id(),
@@ -1202,9 +1254,16 @@ void PrintJobDetails(Context& ctx, const v1::Job& job) {
   }
   if (job.state() == v1::SUCCEEDED) {
     const v1::JobResult& r = job.result();
+    const bool text = job.spec().has_text() || r.unknown_token_rate() > 0;
     o << absl::StrFormat(
-        "result:     test accuracy %.4f, loss %.4f on %d images\n",
-        r.test_accuracy(), r.test_loss(), r.test_count());
+        "result:     test accuracy %.4f, loss %.4f on %d %s\n",
+        r.test_accuracy(), r.test_loss(), r.test_count(),
+        text ? "texts" : "images");
+    if (text) {
+      o << absl::StrFormat(
+          "            %.1f%% of the tokens had no word vector\n",
+          100.0 * r.unknown_token_rate());
+    }
     for (const v1::TaskMetrics& t : r.tasks()) {
       o << absl::StrFormat("            head '%s': test accuracy %.4f, loss %.4f\n",
                            t.name(), t.accuracy(), t.loss());
@@ -1552,7 +1611,12 @@ void PrintModelDetails(Context& ctx, const v1::Model& m) {
            << "job:       " << m.job_id() << "\n"
            << "backbone:  " << m.backbone_id() << "\n"
            << "classes:   " << absl::StrJoin(m.class_names(), ", ") << "\n"
-           << "input:     " << InputSpecText(m.input_spec()) << "\n"
+           << "input:     "
+           << (m.has_text()
+                   ? absl::StrFormat("texts: %s pooling, first %d tokens",
+                                     m.text().pooling(), m.text().max_tokens())
+                   : InputSpecText(m.input_spec()))
+           << "\n"
            << "size:      " << Bytes(m.size_bytes()) << "\n"
            << "sha256:    " << m.sha256() << "\n"
            << "created:   " << TimeText(m.create_time()) << "\n";
@@ -1652,8 +1716,9 @@ absl::StatusOr<int> ModelExport(Context& ctx, const Args& args) {
 
 // --- predict ---
 
-// The inputs of predict and embed: image files, or one random tensor at
-// the model's input size. `images` gets the file names.
+// The inputs of predict and embed: image files, texts (text models), or
+// one random tensor at the model's input size. `images` gets how each
+// input is named in the output (a file name, or the text quoted).
 absl::StatusOr<v1::PredictRequest> InferenceInputs(Context& ctx,
                                                    const Args& args,
                                                    std::vector<std::string>* images_out) {
@@ -1663,9 +1728,11 @@ absl::StatusOr<v1::PredictRequest> InferenceInputs(Context& ctx,
   std::vector<std::string> images = args.GetAll("image");
   // Several files may also follow --image as positional arguments.
   for (const std::string& p : args.positional()) images.push_back(p);
-  if (random == !images.empty()) {
+  const std::vector<std::string> texts = args.GetAll("text");
+  if (random + !images.empty() + !texts.empty() != 1) {
     return absl::InvalidArgumentError(
-        "give --image FILE (one or more) or --random-tensor");
+        "give --image FILE (one or more), --text TEXT (one or more, for text "
+        "models) or --random-tensor");
   }
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   v1::PredictRequest request;
@@ -1673,6 +1740,12 @@ absl::StatusOr<v1::PredictRequest> InferenceInputs(Context& ctx,
   for (const std::string& path : images) {
     ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
     request.add_images(std::move(bytes));
+  }
+  for (const std::string& text : texts) {
+    request.add_texts(text);
+    images.push_back(absl::StrCat(
+        "\"", text.size() > 60 ? absl::StrCat(text.substr(0, 57), "...") : text,
+        "\""));
   }
   if (random) {
     // A smoke test of the serving path that needs no image at hand.
@@ -1749,6 +1822,7 @@ absl::StatusOr<int> EmbedCommand(Context& ctx, const Args& args) {
   v1::EmbedRequest request;
   request.set_model_id(inputs.model_id());
   *request.mutable_images() = std::move(*inputs.mutable_images());
+  *request.mutable_texts() = std::move(*inputs.mutable_texts());
   if (inputs.has_tensor()) *request.mutable_tensor() = inputs.tensor();
   ASSIGN_OR_RETURN(Client * client, ctx.GetClient());
   ASSIGN_OR_RETURN(v1::EmbedResponse response,
@@ -1854,9 +1928,12 @@ const std::vector<Command>& Commands() {
        "upload",
        "dataset upload --name N (--idx-train-images F --idx-train-labels F "
        "[--idx-test-images F --idx-test-labels F] [--class-names a,b,...] | "
-       "--archive F [--test-archive F]) [--request-id K]",
+       "--archive F [--test-archive F] | --text-csv F [--test-text-csv F] "
+       "[--class-names a,b,...]) [--request-id K]",
        0,
        {{"name"},
+        {"text-csv"},
+        {"test-text-csv"},
         {"idx-train-images"},
         {"idx-train-labels"},
         {"idx-test-images"},
@@ -1877,10 +1954,13 @@ const std::vector<Command>& Commands() {
       {"backbone",
        "upload",
        "backbone upload --name N --file F (--spec-json F | --channels C "
-       "--height H --width W --mean a,b,c --std a,b,c) [--request-id K]",
+       "--height H --width W --mean a,b,c --std a,b,c | --word-vectors) "
+       "[--request-id K]   (--word-vectors: a GloVe text or word2vec binary "
+       "file, for text datasets)",
        0,
        {{"name"},
         {"file"},
+        {"word-vectors", false},
         {"spec-json"},
         {"channels"},
         {"height"},
@@ -1927,7 +2007,9 @@ const std::vector<Command>& Commands() {
        "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--keep-checkpoints N] "
-       "[--hidden 128,64] [--dropout F] [--backbone-name N] [--base-width N] "
+       "[--hidden 128,64] [--dropout F] [--pooling mean|max|conv] "
+       "[--max-tokens N] [--conv-channels N] [--backbone-name N] "
+       "[--base-width N] "
        "[--name N] [--request-id K] [--watch]",
        0, WithCreateFlags(), JobCreate},
       {"job", "get", "job get ID", 1, {}, JobGet},
@@ -1988,11 +2070,12 @@ const std::vector<Command>& Commands() {
        ModelExport},
       {"predict",
        "",
-       "predict --model ID (--image F [--image F ...] | --random-tensor "
-       "[--seed N]) [--top-k K] [--deadline-ms MS]",
+       "predict --model ID (--image F [--image F ...] | --text T [--text T "
+       "...] | --random-tensor [--seed N]) [--top-k K] [--deadline-ms MS]",
        0,
        {{"model"},
         {"image", true, true},
+        {"text", true, true},
         {"random-tensor", false},
         {"top-k"},
         {"seed"},
@@ -2000,12 +2083,13 @@ const std::vector<Command>& Commands() {
        PredictCommand},
       {"embed",
        "",
-       "embed --model ID (--image F [--image F ...] | --random-tensor "
-       "[--seed N]) [--deadline-ms MS]   (the backbone's features; --json "
-       "prints them all)",
+       "embed --model ID (--image F [--image F ...] | --text T [--text T "
+       "...] | --random-tensor [--seed N]) [--deadline-ms MS]   (the "
+       "backbone's features; --json prints them all)",
        0,
        {{"model"},
         {"image", true, true},
+        {"text", true, true},
         {"random-tensor", false},
         {"seed"},
         {"deadline-ms"}},

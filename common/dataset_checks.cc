@@ -55,6 +55,25 @@ std::vector<uint64_t> HashAll(const std::vector<Image>& images) {
   return hashes;
 }
 
+uint64_t TextContentHash(const std::string& text) {
+  Sha256 hasher;
+  hasher.Update("text:");
+  hasher.Update(text);
+  const std::string hex = hasher.FinalHex();
+  uint64_t value = 0;
+  if (!absl::SimpleHexAtoi(absl::string_view(hex.data(), 16), &value)) {
+    return 0;
+  }
+  return value;
+}
+
+std::vector<uint64_t> HashAllTexts(const std::vector<std::string>& texts) {
+  std::vector<uint64_t> hashes;
+  hashes.reserve(texts.size());
+  for (const std::string& text : texts) hashes.push_back(TextContentHash(text));
+  return hashes;
+}
+
 std::vector<size_t> AllRecords(size_t n) {
   std::vector<size_t> all(n);
   for (size_t i = 0; i < n; ++i) all[i] = i;
@@ -84,6 +103,18 @@ DatasetImageIndex IndexDatasetImages(const DecodedDataset& data) {
   index.train_hashes = HashAll(data.train.images);
   index.test_labels = data.test.labels;
   index.test_hashes = HashAll(data.test.images);
+  return index;
+}
+
+DatasetImageIndex IndexTextDataset(const std::vector<int32_t>& train_labels,
+                                   const std::vector<std::string>& train_texts,
+                                   const std::vector<int32_t>& test_labels,
+                                   const std::vector<std::string>& test_texts) {
+  DatasetImageIndex index;
+  index.train_labels = train_labels;
+  index.train_hashes = HashAllTexts(train_texts);
+  index.test_labels = test_labels;
+  index.test_hashes = HashAllTexts(test_texts);
   return index;
 }
 
@@ -144,7 +175,8 @@ std::string ClassLabel(const std::vector<std::string>& class_names,
 }
 
 DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
-                                   const DatasetImageIndex& index) {
+                                   const DatasetImageIndex& index,
+                                   absl::string_view noun) {
   DatasetFindings findings;
   const size_t n_train = index.train_hashes.size();
 
@@ -185,9 +217,9 @@ DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
           records.size() > 4 ? ", ..." : ""));
     }
     std::string warning = absl::StrFormat(
-        "duplicates: %d training images are exact copies of another training "
-        "image (%d distinct images repeated), e.g. %s are identical",
-        findings.duplicate_train_images, repeated,
+        "duplicates: %d training %ss are exact copies of another training "
+        "%s (%d distinct %ss repeated), e.g. %s are identical",
+        findings.duplicate_train_images, noun, noun, repeated, noun,
         absl::StrJoin(shown, "; "));
     if (conflicting > 0) {
       absl::StrAppendFormat(
@@ -214,9 +246,10 @@ DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
                                       leaked[i].second, leaked[i].first));
     }
     findings.warnings.push_back(absl::StrFormat(
-        "test-in-train leakage: %d of %d test images also occur in the "
+        "test-in-train leakage: %d of %d test %ss also occur in the "
         "training split (e.g. %s); test accuracy will be optimistic",
-        leaked.size(), index.test_hashes.size(), absl::StrJoin(shown, ", ")));
+        leaked.size(), index.test_hashes.size(), noun,
+        absl::StrJoin(shown, ", ")));
   }
 
   // Class balance of the training split.
@@ -230,9 +263,9 @@ DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
     const int label = static_cast<int>(c);
     if (counts[c] == 0) {
       findings.warnings.push_back(absl::StrFormat(
-          "class %s has no training images; leave it out of "
+          "class %s has no training %ss; leave it out of "
           "spec.data.class_subset",
-          ClassLabel(class_names, label)));
+          ClassLabel(class_names, label), noun));
       continue;
     }
     if (largest < 0 || counts[c] > counts[largest]) largest = label;
@@ -241,13 +274,13 @@ DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
   if (largest >= 0 &&
       counts[largest] > kImbalanceWarnRatio * counts[smallest]) {
     findings.warnings.push_back(absl::StrFormat(
-        "class imbalance: class %s has %d training images but class %s has "
+        "class imbalance: class %s has %d training %ss but class %s has "
         "only %d (%.1fx, above %.0fx); consider spec.data.samples_per_class "
-        "or more images of the small class",
-        ClassLabel(class_names, largest), counts[largest],
+        "or more %ss of the small class",
+        ClassLabel(class_names, largest), counts[largest], noun,
         ClassLabel(class_names, smallest), counts[smallest],
         static_cast<double>(counts[largest]) / counts[smallest],
-        kImbalanceWarnRatio));
+        kImbalanceWarnRatio, noun));
   }
   return findings;
 }

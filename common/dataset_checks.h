@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/dataset_loader.h"
 #include "common/image.h"
 
@@ -70,9 +71,19 @@ struct DatasetFindings {
 // Largest/smallest training class count above this ratio is worth a warning.
 inline constexpr double kImbalanceWarnRatio = 10.0;
 
-// Labels in the index must be valid indices of class_names.
+// Labels in the index must be valid indices of class_names. `noun` names a
+// record in the warnings ("image"; "text" for text datasets).
 DatasetFindings CheckDatasetImages(const std::vector<std::string>& class_names,
-                                   const DatasetImageIndex& index);
+                                   const DatasetImageIndex& index,
+                                   absl::string_view noun = "image");
+
+// The index of a text dataset: a text's hash is the first 8 bytes
+// (big-endian) of SHA-256 over "text:" and its bytes, so only byte-equal
+// texts share one. Stored with datasets: never change the definition.
+DatasetImageIndex IndexTextDataset(const std::vector<int32_t>& train_labels,
+                                   const std::vector<std::string>& train_texts,
+                                   const std::vector<int32_t>& test_labels,
+                                   const std::vector<std::string>& test_texts);
 
 // "3 ('cat')": how warnings name a class.
 std::string ClassLabel(const std::vector<std::string>& class_names,

@@ -345,4 +345,88 @@ absl::StatusOr<TextDataset> LoadTextCsv(const std::string& path,
   return dataset;
 }
 
+namespace {
+
+// Integer-labelled files get the names "0".."K-1" (ParseTextCsv); named ones
+// never do, since labels that all parse as integers are integer labels.
+bool HasIntegerLabels(const TextDataset& dataset) {
+  for (size_t c = 0; c < dataset.class_names.size(); ++c) {
+    if (dataset.class_names[c] != absl::StrCat(c)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<TextDatasetSplits> LoadTextDatasetFiles(
+    const std::string& train_path, const std::string& test_path,
+    const std::vector<std::string>& class_names,
+    const TextCsvLimits& limits) {
+  // Named by role, not path: on the server the paths are blob names.
+  auto load = [&](const std::string& path,
+                  const char* role) -> absl::StatusOr<TextDataset> {
+    ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+    absl::StatusOr<TextDataset> dataset = ParseTextCsv(bytes, limits);
+    if (!dataset.ok()) {
+      return absl::Status(dataset.status().code(),
+                          absl::StrCat(role, ": ", dataset.status().message()));
+    }
+    return dataset;
+  };
+  TextDatasetSplits splits;
+  ASSIGN_OR_RETURN(splits.train, load(train_path, "the training file"));
+  const bool has_test = !test_path.empty();
+  if (has_test) {
+    ASSIGN_OR_RETURN(splits.test, load(test_path, "the test file"));
+  }
+  const bool integer = HasIntegerLabels(splits.train);
+  if (has_test && HasIntegerLabels(splits.test) != integer) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "text CSV: the training file's labels are %s but the test file's "
+        "are %s; label both files the same way",
+        integer ? "class ids" : "class names",
+        integer ? "class names" : "class ids"));
+  }
+  if (integer) {
+    const size_t k = std::max(splits.train.class_names.size(),
+                              splits.test.class_names.size());
+    if (class_names.empty()) {
+      for (size_t c = 0; c < k; ++c) splits.class_names.push_back(absl::StrCat(c));
+    } else if (class_names.size() < k) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "text CSV: label %d is outside the %d class names given; give a "
+          "name for every class id from 0",
+          k - 1, class_names.size()));
+    } else {
+      splits.class_names = class_names;
+    }
+  } else {
+    // The worker passes the names stored at upload: those must match.
+    if (!class_names.empty() && class_names != splits.train.class_names) {
+      return absl::InvalidArgumentError(
+          "text CSV: class names were given, but the label column already "
+          "names the classes; leave the class names out (they are for "
+          "integer labels)");
+    }
+    splits.class_names = splits.train.class_names;
+    std::vector<int32_t> to_train(splits.test.class_names.size(), -1);
+    for (size_t c = 0; c < splits.test.class_names.size(); ++c) {
+      const auto& names = splits.train.class_names;
+      auto it = std::lower_bound(names.begin(), names.end(),
+                                 splits.test.class_names[c]);
+      if (it == names.end() || *it != splits.test.class_names[c]) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "text CSV: the test file's class %s has no training text; test "
+            "only classes the training file has",
+            Quote(splits.test.class_names[c])));
+      }
+      to_train[c] = static_cast<int32_t>(it - names.begin());
+    }
+    for (int32_t& label : splits.test.labels) label = to_train[label];
+  }
+  splits.train.class_names = splits.class_names;
+  if (has_test) splits.test.class_names = splits.class_names;
+  return splits;
+}
+
 }  // namespace tlserve

@@ -55,6 +55,29 @@ absl::StatusOr<TextDataset> ParseTextCsv(absl::string_view bytes,
 absl::StatusOr<TextDataset> LoadTextCsv(const std::string& path,
                                         const TextCsvLimits& limits = {});
 
+// A stored TEXT_CSV dataset: its training file and optional test file on
+// one class list.
+struct TextDatasetSplits {
+  std::vector<std::string> class_names;
+  TextDataset train;
+  TextDataset test;  // empty (no texts) without a test file
+};
+
+// Parses the training file and, when test_path is not empty, the test file,
+// and puts both on the training file's classes, as the server does at
+// upload and the worker before training, so both see the same ids:
+//  - integer labels: `class_names` (the upload header's), when given, name
+//    ids 0..K-1 and every label must be below K; else the names are "0"
+//    up to the largest label of either file;
+//  - named labels: `class_names` must be empty or the training file's own
+//    (sorted) names, as stored at upload; every test class must be a
+//    training class (test ids are mapped to the training ones).
+// Both files must label the same way. INVALID_ARGUMENT naming the file.
+absl::StatusOr<TextDatasetSplits> LoadTextDatasetFiles(
+    const std::string& train_path, const std::string& test_path,
+    const std::vector<std::string>& class_names,
+    const TextCsvLimits& limits = {});
+
 }  // namespace tlserve
 
 #endif  // TLSERVE_COMMON_TEXT_DATASET_H_

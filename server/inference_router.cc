@@ -26,27 +26,32 @@ constexpr absl::Duration kWorkerRefresh = absl::Milliseconds(100);
 // The deadline loop's tick when nothing is due sooner.
 constexpr absl::Duration kTick = absl::Milliseconds(10);
 
-// Rows the call sends: images, or the tensor's first dimension (a bad
-// shape counts as one; the worker rejects it).
+// Rows the call sends: images, texts, or the tensor's first dimension (a
+// bad shape counts as one; the worker rejects it).
 int64_t InputCount(const PredictRequest& request) {
   if (request.images_size() > 0) return request.images_size();
+  if (request.texts_size() > 0) return request.texts_size();
   if (request.tensor().shape_size() > 0 && request.tensor().shape(0) > 0) {
     return request.tensor().shape(0);
   }
   return 1;
 }
 
-absl::Status CheckInputs(const std::string& model_id, int images,
+// One kind of input per call; whether it fits the model (a text model
+// takes texts, an image model images or a tensor) is the worker's check.
+absl::Status CheckInputs(const std::string& model_id, int images, int texts,
                          const tlserve::v1::RawTensor& tensor) {
   if (model_id.empty()) return absl::InvalidArgumentError("model_id is required");
   const bool has_tensor = tensor.shape_size() > 0 || !tensor.contents().empty();
-  if (images == 0 && !has_tensor) {
+  const int kinds = (images > 0) + (texts > 0) + has_tensor;
+  if (kinds == 0) {
     return absl::InvalidArgumentError(
-        "give inputs as images (PNG/JPEG bytes) or as a tensor");
+        "give inputs as images (PNG/JPEG bytes), as a tensor, or as texts "
+        "(text models)");
   }
-  if (images > 0 && has_tensor) {
+  if (kinds > 1) {
     return absl::InvalidArgumentError(
-        "give inputs as images or as a tensor, not both");
+        "give inputs as images, as a tensor or as texts, only one of them");
   }
   return absl::OkStatus();
 }
@@ -89,8 +94,8 @@ void InferenceRouter::Start() { thread_ = std::thread([this] { Loop(); }); }
 
 void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline,
                               PredictDone done, absl::string_view tenant) {
-  absl::Status ok =
-      CheckInputs(request.model_id(), request.images_size(), request.tensor());
+  absl::Status ok = CheckInputs(request.model_id(), request.images_size(),
+                                request.texts_size(), request.tensor());
   if (ok.ok() && request.top_k() < 0) {
     ok = absl::InvalidArgumentError(
         absl::StrCat("top_k ", request.top_k(), " is negative"));
@@ -112,8 +117,8 @@ void InferenceRouter::Predict(const PredictRequest& request, absl::Time deadline
 
 void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
                             EmbedDone done, absl::string_view tenant) {
-  absl::Status ok =
-      CheckInputs(request.model_id(), request.images_size(), request.tensor());
+  absl::Status ok = CheckInputs(request.model_id(), request.images_size(),
+                                request.texts_size(), request.tensor());
   if (!ok.ok()) {
     done(ok);
     return;
@@ -121,6 +126,7 @@ void InferenceRouter::Embed(const EmbedRequest& request, absl::Time deadline,
   InferenceItem item;
   item.set_embed(true);
   *item.mutable_request()->mutable_images() = request.images();
+  *item.mutable_request()->mutable_texts() = request.texts();
   if (request.has_tensor()) {
     *item.mutable_request()->mutable_tensor() = request.tensor();
   }
@@ -334,6 +340,7 @@ tlserve::v1::InferenceModel InferenceRouter::ServedModel(
   *served.mutable_input_spec() = model.input_spec();
   *served.mutable_class_names() = model.class_names();
   *served.mutable_tasks() = model.tasks();
+  if (model.has_text()) *served.mutable_text() = model.text();
   if (options_.share_backbones && !model.backbone_digest().empty()) {
     served.set_shared_backbone(
         absl::StrCat(model.backbone_id(), "/", model.backbone_digest()));

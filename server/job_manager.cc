@@ -534,6 +534,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     *model.mutable_tasks() = job->spec().multitask().tasks();
     *model.mutable_input_spec() = finished.input_spec();
     model.set_backbone_digest(finished.result().frozen_backbone_digest());
+    if (finished.has_text()) *model.mutable_text() = finished.text();
     *model.mutable_create_time() = ToProtoTime(options_.now());
     RETURN_IF_ERROR(store_->PutModel(model));
     result->set_model_id(model.id());

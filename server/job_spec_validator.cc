@@ -128,6 +128,86 @@ absl::Status ValidateDomainAdapt(const JobSpec& spec) {
   return absl::OkStatus();
 }
 
+// A text job: FINE_TUNE of a word-vector backbone on a TEXT_CSV dataset.
+// Refuses here what the worker's text trainer would refuse, so the caller
+// hears it now, not when the job fails.
+absl::Status ValidateTextJob(const JobSpec& spec,
+                             const tlserve::v1::Dataset& dataset,
+                             const tlserve::v1::Backbone* backbone) {
+  if (spec.kind() != tlserve::v1::FINE_TUNE) {
+    return Invalid(absl::StrFormat(
+        "dataset '%s' is text (TEXT_CSV): text datasets train FINE_TUNE "
+        "jobs only, not %s",
+        dataset.id(), tlserve::v1::JobKind_Name(spec.kind())));
+  }
+  if (backbone == nullptr) {
+    return Invalid("spec.backbone_id is required: a text job needs word "
+                   "vectors (a WORD_VECTORS backbone)");
+  }
+  if (backbone->kind() != tlserve::v1::WORD_VECTORS) {
+    return Invalid(absl::StrFormat(
+        "dataset '%s' is text but backbone '%s' is an image network; use a "
+        "WORD_VECTORS backbone (tlctl backbone upload --word-vectors)",
+        dataset.id(), backbone->id()));
+  }
+  const FreezePolicy& freeze = spec.freeze();
+  if (freeze.mode() != FreezePolicy::FROZEN &&
+      freeze.mode() != FreezePolicy::FULL) {
+    return Invalid(absl::StrFormat(
+        "spec.freeze.mode %s does not apply to text jobs: the word vectors "
+        "are one block; use FROZEN (they stay as loaded) or FULL (they train "
+        "at learning_rate * backbone_lr_scale)",
+        FreezePolicy::Mode_Name(freeze.mode())));
+  }
+  if (freeze.gradual_unfreeze_size() > 0 ||
+      freeze.trainable_patterns_size() > 0 ||
+      freeze.frozen_patterns_size() > 0) {
+    return Invalid("spec.freeze.gradual_unfreeze and freeze patterns do not "
+                   "apply to text jobs; use freeze.mode FROZEN or FULL");
+  }
+  if (!(freeze.backbone_lr_scale() > 0) || freeze.backbone_lr_scale() > 100) {
+    return Invalid(absl::StrFormat(
+        "spec.freeze.backbone_lr_scale must be in (0, 100], got %g",
+        freeze.backbone_lr_scale()));
+  }
+  if (spec.backbone_init() == tlserve::v1::RANDOM) {
+    return Invalid("spec.backbone_init RANDOM does not apply to text jobs; to "
+                   "train without pretrained vectors, upload random ones");
+  }
+  if (spec.early_stopping().patience() > 0) {
+    return Invalid("spec.early_stopping does not apply to text jobs (they "
+                   "train every epoch); set its patience to 0");
+  }
+  if (spec.augment().random_resized_crop() || spec.augment().horizontal_flip()) {
+    return Invalid("spec.augment: crops and flips are image augmentations; "
+                   "clear them for a text job");
+  }
+  if (spec.has_input_fit()) {
+    return Invalid("spec.input_fit is for images; leave it out for a text job");
+  }
+  const tlserve::v1::TextSpec& text = spec.text();
+  if (!text.pooling().empty() && text.pooling() != "mean" &&
+      text.pooling() != "max" && text.pooling() != "conv") {
+    return Invalid(absl::StrFormat(
+        "spec.text.pooling must be \"mean\", \"max\" or \"conv\", got \"%s\"",
+        text.pooling()));
+  }
+  if (text.max_tokens() < 0 || text.max_tokens() > 65536) {
+    return Invalid(absl::StrFormat(
+        "spec.text.max_tokens must be in [0, 65536] (0: 256), got %d",
+        text.max_tokens()));
+  }
+  if (text.conv_channels() < 0 || text.conv_channels() > 65536) {
+    return Invalid(absl::StrFormat(
+        "spec.text.conv_channels must be in [0, 65536] (0: 256), got %d",
+        text.conv_channels()));
+  }
+  if (text.conv_channels() != 0 && text.pooling() != "conv") {
+    return Invalid("spec.text.conv_channels is for pooling \"conv\" only");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateDomainTarget(const tlserve::v1::Dataset& source,
@@ -222,6 +302,15 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
     return Invalid(
         "spec.kind must be FINE_TUNE, PRETRAIN, FEW_SHOT, DOMAIN_ADAPT or "
         "MULTITASK");
+  }
+  // Before the kind's own checks, which would ask for what a text job
+  // cannot use anyway.
+  if (dataset.format() == tlserve::v1::TEXT_CSV &&
+      spec.kind() != tlserve::v1::FINE_TUNE) {
+    return Invalid(absl::StrFormat(
+        "dataset '%s' is text (TEXT_CSV): text datasets train FINE_TUNE "
+        "jobs only, not %s",
+        dataset.id(), tlserve::v1::JobKind_Name(spec.kind())));
   }
   if (spec.kind() == tlserve::v1::DOMAIN_ADAPT) {
     RETURN_IF_ERROR(ValidateDomainAdapt(spec));
@@ -340,6 +429,21 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
   }
   // After the labels are known good: the tasks map them.
   RETURN_IF_ERROR(ValidateMultitask(spec, num_classes));
+
+  if (dataset.format() == tlserve::v1::TEXT_CSV) {
+    return ValidateTextJob(spec, dataset, backbone);
+  }
+  if (spec.has_text()) {
+    return Invalid(absl::StrFormat(
+        "spec.text is for text datasets; dataset '%s' holds images",
+        dataset.id()));
+  }
+  if (backbone != nullptr && backbone->kind() == tlserve::v1::WORD_VECTORS) {
+    return Invalid(absl::StrFormat(
+        "backbone '%s' is word vectors, for text datasets; dataset '%s' holds "
+        "images: use an image backbone",
+        backbone->id(), dataset.id()));
+  }
 
   if (ReusesBackbone(spec.kind())) {
     if (backbone == nullptr) {

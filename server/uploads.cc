@@ -4,8 +4,11 @@
 
 #include "absl/strings/str_format.h"
 #include "common/dataset_checks.h"
+#include "common/file_util.h"
 #include "common/input_fit.h"
 #include "common/proto_time.h"
+#include "common/text_dataset.h"
+#include "common/word_vectors.h"
 #include "common/status_macros.h"
 #include "common/torchscript_archive.h"
 #include "server/ids.h"
@@ -33,7 +36,29 @@ bool RoleFitsFormat(tlserve::v1::DatasetFormat format, DatasetPartRole role) {
     return role == tlserve::v1::TRAIN_IMAGES || role == tlserve::v1::TRAIN_LABELS ||
            role == tlserve::v1::TEST_IMAGES || role == tlserve::v1::TEST_LABELS;
   }
+  if (format == tlserve::v1::TEXT_CSV) {
+    return role == tlserve::v1::TRAIN_CSV || role == tlserve::v1::TEST_CSV;
+  }
   return role == tlserve::v1::TRAIN_ARCHIVE || role == tlserve::v1::TEST_ARCHIVE;
+}
+
+// Class names, per-class counts and sizes of both splits (labels are in
+// range: the loaders checked them).
+void SetClassesAndCounts(const std::vector<std::string>& class_names,
+                         const std::vector<int32_t>& train_labels,
+                         const std::vector<int32_t>& test_labels,
+                         tlserve::v1::Dataset* dataset) {
+  *dataset->mutable_class_names() = {class_names.begin(), class_names.end()};
+  std::vector<int64_t> train_counts(class_names.size(), 0);
+  std::vector<int64_t> test_counts(class_names.size(), 0);
+  for (int32_t label : train_labels) ++train_counts[label];
+  for (int32_t label : test_labels) ++test_counts[label];
+  *dataset->mutable_train_class_counts() = {train_counts.begin(),
+                                            train_counts.end()};
+  *dataset->mutable_test_class_counts() = {test_counts.begin(),
+                                           test_counts.end()};
+  dataset->set_train_count(static_cast<int64_t>(train_labels.size()));
+  dataset->set_test_count(static_cast<int64_t>(test_labels.size()));
 }
 
 }  // namespace
@@ -80,9 +105,10 @@ absl::Status DatasetUpload::CheckQuota(int64_t adding) const {
 absl::Status DatasetUpload::OnHeader(const tlserve::v1::DatasetUploadHeader& h) {
   RETURN_IF_ERROR(CheckName(h.name(), "header.name"));
   if (h.format() != tlserve::v1::IDX &&
-      h.format() != tlserve::v1::IMAGE_FOLDER_TAR) {
+      h.format() != tlserve::v1::IMAGE_FOLDER_TAR &&
+      h.format() != tlserve::v1::TEXT_CSV) {
     return absl::InvalidArgumentError(
-        "header.format must be IDX or IMAGE_FOLDER_TAR");
+        "header.format must be IDX, IMAGE_FOLDER_TAR or TEXT_CSV");
   }
   if (h.parts_size() == 0 || h.parts_size() > 4) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -213,22 +239,17 @@ absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
     ASSIGN_OR_RETURN(files.paths[declared.role()], blobs_->PathOf(*sha));
   }
 
-  ASSIGN_OR_RETURN(DecodedDataset decoded, LoadDataset(files, limits_.dataset));
-
   dataset.set_id(NewId("ds"));
   dataset.set_tenant(tenant_);
   dataset.set_name(header_.name());
   dataset.set_format(header_.format());
-  *dataset.mutable_class_names() = {decoded.class_names.begin(),
-                                    decoded.class_names.end()};
-  const size_t k = decoded.class_names.size();
-  std::vector<int64_t> train_counts(k, 0), test_counts(k, 0);
-  for (int32_t label : decoded.train.labels) ++train_counts[label];
-  for (int32_t label : decoded.test.labels) ++test_counts[label];
-  *dataset.mutable_train_class_counts() = {train_counts.begin(), train_counts.end()};
-  *dataset.mutable_test_class_counts() = {test_counts.begin(), test_counts.end()};
-  dataset.set_train_count(static_cast<int64_t>(decoded.train.labels.size()));
-  dataset.set_test_count(static_cast<int64_t>(decoded.test.labels.size()));
+  if (files.format == tlserve::v1::TEXT_CSV) {
+    return FinishText(std::move(dataset), files);
+  }
+  ASSIGN_OR_RETURN(DecodedDataset decoded, LoadDataset(files, limits_.dataset));
+
+  SetClassesAndCounts(decoded.class_names, decoded.train.labels,
+                      decoded.test.labels, &dataset);
   // Geometry is recorded when every image shares it.
   const Image& first = decoded.train.images.front();
   bool same = true;
@@ -243,19 +264,51 @@ absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::Finish() {
     dataset.set_height(first.height);
     dataset.set_width(first.width);
   }
-  // Duplicates, leakage and balance, while every image is in memory; the
-  // per-record index lets job validation check each job's split later.
-  const DatasetImageIndex index = IndexDatasetImages(decoded);
-  DatasetFindings findings = CheckDatasetImages(decoded.class_names, index);
+  // Duplicates, leakage and balance, while every image is in memory.
+  return StoreWithFindings(std::move(dataset), decoded.class_names,
+                           IndexDatasetImages(decoded), "image");
+}
+
+absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::StoreWithFindings(
+    tlserve::v1::Dataset dataset, const std::vector<std::string>& class_names,
+    const DatasetImageIndex& index, absl::string_view noun) {
+  DatasetFindings findings = CheckDatasetImages(class_names, index, noun);
   dataset.set_duplicate_train_images(findings.duplicate_train_images);
   dataset.set_test_images_in_train(findings.test_images_in_train);
   for (std::string& warning : findings.warnings) {
     dataset.add_warnings(std::move(warning));
   }
   *dataset.mutable_create_time() = ToProtoTime(absl::Now());
+  // The per-record index lets job validation check each job's split later.
   RETURN_IF_ERROR(store_->PutDatasetWithIndex(
       dataset, EncodeDatasetImageIndex(index), header_.request_id()));
   return dataset;
+}
+
+absl::StatusOr<tlserve::v1::Dataset> DatasetUpload::FinishText(
+    tlserve::v1::Dataset dataset, const DatasetFiles& files) {
+  auto path_of = [&](DatasetPartRole role) {
+    auto it = files.paths.find(role);
+    return it == files.paths.end() ? std::string() : it->second;
+  };
+  const std::string train_path = path_of(tlserve::v1::TRAIN_CSV);
+  if (train_path.empty()) {
+    return absl::InvalidArgumentError(
+        "a TEXT_CSV dataset needs a TRAIN_CSV part (TEST_CSV is optional)");
+  }
+  TextCsvLimits limits;
+  limits.max_records = limits_.dataset.max_images;
+  ASSIGN_OR_RETURN(TextDatasetSplits text,
+                   LoadTextDatasetFiles(train_path,
+                                        path_of(tlserve::v1::TEST_CSV),
+                                        files.class_names, limits));
+  SetClassesAndCounts(text.class_names, text.train.labels, text.test.labels,
+                      &dataset);
+  return StoreWithFindings(
+      std::move(dataset), text.class_names,
+      IndexTextDataset(text.train.labels, text.train.texts, text.test.labels,
+                       text.test.texts),
+      "text");
 }
 
 BackboneUpload::BackboneUpload(Store* store, BlobStore* blobs, UploadLimits limits)
@@ -267,7 +320,19 @@ absl::Status BackboneUpload::OnMessage(
     if (have_header_) return absl::InvalidArgumentError("the header was sent twice");
     const auto& h = request.header();
     RETURN_IF_ERROR(CheckName(h.name(), "header.name"));
-    RETURN_IF_ERROR(ValidateInputSpec(h.input_spec()));
+    if (h.kind() == tlserve::v1::WORD_VECTORS) {
+      if (h.has_input_spec()) {
+        return absl::InvalidArgumentError(
+            "header.input_spec is for image backbones; leave it out for "
+            "WORD_VECTORS");
+      }
+    } else if (h.kind() == tlserve::v1::BACKBONE_KIND_UNSPECIFIED ||
+               h.kind() == tlserve::v1::IMAGE_TORCHSCRIPT) {
+      RETURN_IF_ERROR(ValidateInputSpec(h.input_spec()));
+    } else {
+      return absl::InvalidArgumentError(
+          "header.kind must be IMAGE_TORCHSCRIPT (the default) or WORD_VECTORS");
+    }
     if (h.size_bytes() < 0 || h.size_bytes() > limits_.max_backbone_bytes) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "header.size_bytes must be in [0, %d]", limits_.max_backbone_bytes));
@@ -316,13 +381,25 @@ absl::StatusOr<tlserve::v1::Backbone> BackboneUpload::Finish() {
   const int64_t size = writer_->size();
   ASSIGN_OR_RETURN(std::string sha, writer_->Commit(header_.sha256()));
   ASSIGN_OR_RETURN(std::string path, blobs_->PathOf(sha));
-  RETURN_IF_ERROR(CheckTorchScriptArchive(path));
   tlserve::v1::Backbone backbone;
+  if (header_.kind() == tlserve::v1::WORD_VECTORS) {
+    ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+    absl::StatusOr<WordVectors> vectors = ParseWordVectors(bytes);
+    if (!vectors.ok()) {
+      return vectors.status();  // its messages start "word vectors: "
+    }
+    backbone.set_kind(tlserve::v1::WORD_VECTORS);
+    backbone.set_feature_dim(vectors->dim);
+    backbone.set_vocab_size(vectors->size());
+  } else {
+    RETURN_IF_ERROR(CheckTorchScriptArchive(path));
+    backbone.set_kind(tlserve::v1::IMAGE_TORCHSCRIPT);
+    *backbone.mutable_input_spec() = header_.input_spec();
+  }
   backbone.set_id(NewId("bb"));
   backbone.set_name(header_.name());
   backbone.set_sha256(sha);
   backbone.set_size_bytes(size);
-  *backbone.mutable_input_spec() = header_.input_spec();
   *backbone.mutable_create_time() = ToProtoTime(absl::Now());
   RETURN_IF_ERROR(store_->PutBackbone(backbone, header_.request_id()));
   return backbone;

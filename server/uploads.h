@@ -14,6 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/dataset_checks.h"
 #include "common/dataset_loader.h"
 #include "server/blob_store.h"
 #include "server/quotas.h"
@@ -44,6 +46,14 @@ class DatasetUpload {
  private:
   absl::Status OnHeader(const tlserve::v1::DatasetUploadHeader& header);
   absl::Status CheckQuota(int64_t adding) const;
+  // Finish for TEXT_CSV: parses the CSV files instead of decoding images.
+  absl::StatusOr<tlserve::v1::Dataset> FinishText(tlserve::v1::Dataset dataset,
+                                                  const DatasetFiles& files);
+  // Duplicates, leakage and balance (warnings naming records as `noun`s),
+  // then stores the dataset with its index.
+  absl::StatusOr<tlserve::v1::Dataset> StoreWithFindings(
+      tlserve::v1::Dataset dataset, const std::vector<std::string>& class_names,
+      const DatasetImageIndex& index, absl::string_view noun);
   Store* store_;
   BlobStore* blobs_;
   UploadLimits limits_;
@@ -56,7 +66,9 @@ class DatasetUpload {
 };
 
 // Backbones (admins only) are shared by every tenant: stored with no
-// tenant, their request ids in one scope.
+// tenant, their request ids in one scope. A TorchScript backbone is checked
+// as an archive (the worker learns its feature width); word vectors are
+// parsed whole, as the worker will, which gives their width and size.
 class BackboneUpload {
  public:
   BackboneUpload(Store* store, BlobStore* blobs, UploadLimits limits);

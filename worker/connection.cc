@@ -28,6 +28,8 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "tlserve/v1/dataset.pb.h"
 #include "tlserve/v1/job.pb.h"
+#include "common/text_dataset.h"
+#include "worker/text_trainer.h"
 #include "worker/trainer.h"
 #include "worker/worker_metrics.h"
 
@@ -156,6 +158,7 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
   InferenceRunner::Options runner_options;
   runner_options.max_loaded_models = opts.max_loaded_models;
   runner_options.num_threads = opts.num_threads;
+  runner_options.optimize = opts.optimize_models;
   agent->inference_runner_ = std::make_unique<InferenceRunner>(runner_options);
 
   try {
@@ -584,6 +587,7 @@ InferenceReply WorkerAgent::RunInference(const InferenceTask& task) {
       file.class_names.assign(m.class_names().begin(), m.class_names().end());
       file.shared_backbone = m.shared_backbone();
       file.tasks.assign(m.tasks().begin(), m.tasks().end());
+      file.text = m.has_text();
       models.push_back(std::move(file));
     }
     if (absl::Now() > task.deadline) return expired();
@@ -760,6 +764,22 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
                             " (sha256 ", from.sha256().substr(0, 12), ")"));
   }
   if (cancelled()) return absl::OkStatus();
+  const bool text = dataset.format() == tlserve::v1::TEXT_CSV;
+  absl::StatusOr<DecodedDataset> data;
+  absl::StatusOr<TextDatasetSplits> text_data;
+  if (text) {
+    auto path_of = [&](tlserve::v1::DatasetPartRole role) {
+      auto it = files.paths.find(role);
+      return it == files.paths.end() ? std::string() : it->second;
+    };
+    text_data = LoadTextDatasetFiles(path_of(tlserve::v1::TRAIN_CSV),
+                                     path_of(tlserve::v1::TEST_CSV),
+                                     files.class_names);
+    if (!text_data.ok()) {
+      return Annotate(text_data.status(),
+                      absl::StrCat("dataset ", dataset.id(), ": "));
+    }
+  }
   // Images are held at the model's input size when it is known already,
   // so large source images do not pile up in memory.
   DatasetLoadOptions load;
@@ -780,8 +800,8 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
       options_.num_threads > 0
           ? options_.num_threads
           : static_cast<int>(std::thread::hardware_concurrency());
-  absl::StatusOr<DecodedDataset> data = LoadDataset(files, {}, load);
-  if (!data.ok()) {
+  if (!text) data = LoadDataset(files, {}, load);
+  if (!text && !data.ok()) {
     return Annotate(data.status(), absl::StrCat("dataset ", dataset.id(), ": "));
   }
   if (cancelled()) return absl::OkStatus();
@@ -874,8 +894,10 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   callbacks.should_stop = [job] { return job->cancel.load(); };
   callbacks.should_hand_back = [job] { return job->hand_back.load(); };
 
+  tlserve::v1::TextSpec served_as;
   ASSIGN_OR_RETURN(TrainJobOutput output,
-                   RunTrainingJob(input, *data, callbacks));
+                   text ? RunTextJob(input, *text_data, callbacks, &served_as)
+                        : RunTrainingJob(input, *data, callbacks));
   if (output.cancelled) {
     finished->set_cancelled(true);
     finished->set_handed_back(output.handed_back);
@@ -911,6 +933,7 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   for (const std::string& name : output.class_names) {
     finished->add_class_names(name);
   }
+  if (text) *finished->mutable_text() = served_as;
   return absl::OkStatus();
 }
 

@@ -72,6 +72,8 @@ class WorkerAgent {
     int max_queued_inferences = 64;
     // Models the inference runner keeps loaded.
     size_t max_loaded_models = 8;
+    // InferenceRunner::Options::optimize.
+    bool optimize_models = true;
     // Largest message the server may push (inference calls carry images).
     int max_receive_message_bytes = 256 << 20;
     // Told about connects ("connected") and disconnects (with the reason),

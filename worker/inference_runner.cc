@@ -13,6 +13,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,7 +26,10 @@
 #include "common/image.h"
 #include "common/status_macros.h"
 #include "worker/data_tensors.h"
+#include "common/text_tokenizer.h"
+#include "common/word_vectors.h"
 #include "worker/model_builder.h"
+#include "worker/text_model.h"
 #include "worker/torch_status.h"
 
 namespace tlserve::worker {
@@ -46,6 +50,14 @@ struct SharedBackbone {
   int64_t bytes = 0;
 };
 
+// What turns a text model's inputs into ids: the words of its vocab
+// attribute (no vectors) and its max_tokens.
+struct TextInput {
+  WordVectors words;
+  TextVocabulary vocab{words};
+  int max_tokens = kDefaultMaxTokens;
+};
+
 struct LoadedModel {
   std::string path;
   // ModelFile.shared_backbone it was loaded with; asked with another key,
@@ -61,6 +73,10 @@ struct LoadedModel {
   bool has_features = false;
   // Null when standalone.
   std::shared_ptr<const SharedBackbone> backbone;
+  // Text models only.
+  std::unique_ptr<const TextInput> text;
+  // Options.optimize: forward() of this copy answers Predict-only batches.
+  std::optional<torch::jit::Module> optimized;
 };
 
 bool IsLittleEndian() {
@@ -147,9 +163,50 @@ absl::StatusOr<at::Tensor> ImageInputs(
 }
 
 
+// A text model's item: texts -> int64 ids [n, T] (T >= 1).
+absl::StatusOr<at::Tensor> TextItemInputs(
+    const tlserve::v1::PredictRequest& request, const std::string& model_id,
+    const TextInput& text) {
+  if (request.texts().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", model_id, " is a text model: send texts, not images or a "
+        "tensor"));
+  }
+  if (request.top_k() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k ", request.top_k(), " is negative"));
+  }
+  const std::vector<std::string> texts(request.texts().begin(),
+                                       request.texts().end());
+  ASSIGN_OR_RETURN(EncodedTexts encoded,
+                   EncodeTexts(texts, text.vocab, text.max_tokens));
+  return encoded.ids;
+}
+
+// Rows of token ids of different widths as one [N, T] batch: padding at
+// the end of a row leaves its features unchanged (worker/text_model.h).
+at::Tensor CatPadded(const std::vector<at::Tensor>& rows) {
+  if (rows.size() == 1) return rows[0];
+  int64_t width = 0;
+  for (const at::Tensor& r : rows) width = std::max(width, r.size(1));
+  std::vector<at::Tensor> padded;
+  padded.reserve(rows.size());
+  for (const at::Tensor& r : rows) {
+    padded.push_back(r.size(1) == width
+                         ? r
+                         : at::constant_pad_nd(r, {0, width - r.size(1)},
+                                               kPaddingTokenId));
+  }
+  return at::cat(padded);
+}
+
 // One item's inputs -> float [n, C, H, W].
 absl::StatusOr<at::Tensor> ItemInputs(const tlserve::v1::PredictRequest& request,
                                       const tlserve::v1::InputSpec& spec) {
+  if (!request.texts().empty()) {
+    return absl::InvalidArgumentError(
+        "texts are for text models; this model takes images or a tensor");
+  }
   const bool has_images = !request.images().empty();
   const bool has_tensor =
       request.has_tensor() && (request.tensor().shape_size() > 0 ||
@@ -409,12 +466,40 @@ struct InferenceRunner::Impl {
                                  module.hasattr("head");
           return absl::OkStatus();
         }));
+    if (file.text) {
+      // Its vocabulary and token cut come with the file, so inference
+      // tokenises exactly as its training did.
+      auto text = std::make_unique<TextInput>();
+      ASSIGN_OR_RETURN(text->words, VocabIndexOf(module));
+      RETURN_IF_ERROR(TorchGuard(
+          absl::StrCat("reading max_tokens of text model ", file.model_id),
+          [&] {
+            if (module.hasattr("max_tokens")) {
+              text->max_tokens =
+                  static_cast<int>(module.attr("max_tokens").toInt());
+            }
+            return absl::OkStatus();
+          }));
+      loaded->text = std::move(text);
+      loaded->module = module;
+      loaded->bytes = bytes;
+      if (options.warm_up) {
+        RETURN_IF_ERROR(TorchGuard(
+            absl::StrCat("warming up text model ", file.model_id), [&] {
+              c10::InferenceMode inference_mode;
+              module.forward({at::zeros({1, 1}, at::kLong)});
+              return absl::OkStatus();
+            }));
+      }
+      return loaded;
+    }
     if (!file.shared_backbone.empty() && loaded->has_features) {
       ASSIGN_OR_RETURN(const bool shared, Share(file, module, loaded.get()));
       if (shared) return loaded;
     }
     loaded->module = module;
     loaded->bytes = bytes;
+    if (options.optimize) Optimize(file, loaded.get());
     if (options.warm_up) {
       RETURN_IF_ERROR(TorchGuard(
           absl::StrCat("warming up model ", file.model_id), [&] {
@@ -426,6 +511,33 @@ struct InferenceRunner::Impl {
           }));
     }
     return loaded;
+  }
+
+  // Sets loaded->optimized when optimize_for_inference makes a copy whose
+  // forward() equals the model's on a probe input (to float rounding);
+  // otherwise, or on any error, the model runs as exported.
+  static void Optimize(const ModelFile& file, LoadedModel* loaded) {
+    if (!ValidateInputSpec(file.input_spec).ok()) return;
+    absl::StatusOr<bool> made = TorchGuardOr<bool>(
+        absl::StrCat("optimizing model ", file.model_id),
+        [&]() -> absl::StatusOr<bool> {
+          // Freezing clones the module first: the exported one is intact.
+          torch::jit::Module exported = loaded->module;
+          torch::jit::Module optimized =
+              torch::jit::optimize_for_inference(exported);
+          c10::InferenceMode inference_mode;
+          const at::Tensor probe = ProbeInput(file.input_spec);
+          if (!Close(optimized.forward({probe}),
+                     loaded->module.forward({probe}))) {
+            return false;
+          }
+          // Frozen weights are constants, not parameters: count the copy
+          // as the size of the model it was made from.
+          loaded->bytes += ModuleBytes(loaded->module);
+          loaded->optimized = std::move(optimized);
+          return true;
+        });
+    (void)made;  // not optimized: served as exported
   }
 
   // Puts `loaded` on the shared backbone of file.shared_backbone: the one
@@ -542,7 +654,10 @@ struct InferenceRunner::Impl {
       ModelRun* run, std::vector<tlserve::v1::InferenceResult>* results) {
     for (int i : run->indices) {
       absl::StatusOr<at::Tensor> t =
-          ItemInputs(items[i].request(), run->file->input_spec);
+          run->model->text != nullptr
+              ? TextItemInputs(items[i].request(), run->file->model_id,
+                               *run->model->text)
+              : ItemInputs(items[i].request(), run->file->input_spec);
       if (!t.ok()) {
         SetError(t.status(), &(*results)[i]);
         continue;
@@ -579,7 +694,9 @@ struct InferenceRunner::Impl {
     absl::Status ran =
         TorchGuard(absl::StrCat("running model ", id), [&]() -> absl::Status {
           at::Tensor batch =
-              run->inputs.size() == 1 ? run->inputs[0] : at::cat(run->inputs);
+              run->model->text != nullptr ? CatPadded(run->inputs)
+              : run->inputs.size() == 1   ? run->inputs[0]
+                                          : at::cat(run->inputs);
           // forward() is not const, but running a TorchScript module in eval
           // mode from several threads at once is safe.
           torch::jit::Module module = run->model->module;
@@ -600,10 +717,13 @@ struct InferenceRunner::Impl {
                       [&](const at::Tensor& x) { return head.forward({x}); }));
             }
           } else {
+            torch::jit::Module runs =
+                run->model->optimized.has_value() ? *run->model->optimized
+                                                  : module;
             ASSIGN_OR_RETURN(logits,
                              RunChunked(batch, absl::StrCat("model ", id),
                                         [&](const at::Tensor& x) {
-                                          return module.forward({x});
+                                          return runs.forward({x});
                                         }));
           }
           if (run->any_predict) {
@@ -772,8 +892,9 @@ struct InferenceRunner::Impl {
         for (int i : run.indices) SetError(status, &results[i]);
       };
       absl::Status spec_ok =
-          Annotate(ValidateInputSpec(files[m].input_spec),
-                   absl::StrCat("model ", files[m].model_id));
+          files[m].text ? absl::OkStatus()
+                        : Annotate(ValidateInputSpec(files[m].input_spec),
+                                   absl::StrCat("model ", files[m].model_id));
       if (!spec_ok.ok()) {
         fail_all(spec_ok);
         continue;
@@ -911,6 +1032,7 @@ absl::StatusOr<tlserve::v1::EmbedResponse> InferenceRunner::Embed(
   tlserve::v1::InferenceItem* item = items.Add();
   item->set_embed(true);
   *item->mutable_request()->mutable_images() = request.images();
+  *item->mutable_request()->mutable_texts() = request.texts();
   if (request.has_tensor()) {
     *item->mutable_request()->mutable_tensor() = request.tensor();
   }

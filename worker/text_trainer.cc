@@ -826,4 +826,65 @@ absl::StatusOr<TextTrainOutput> RunTextTrainingJob(
       [&]() -> absl::StatusOr<TextTrainOutput> { return trainer.Run(); });
 }
 
+absl::StatusOr<TextModelOptions> TextModelOptionsOf(
+    const tlserve::v1::TextSpec& text) {
+  TextModelOptions options;
+  if (!text.pooling().empty()) {
+    absl::StatusOr<TextPooling> pooling = ParseTextPooling(text.pooling());
+    if (!pooling.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("text.pooling: ", pooling.status().message()));
+    }
+    options.pooling = *pooling;
+  }
+  if (text.max_tokens() < 0 || text.max_tokens() > kMaxTextTokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "text.max_tokens ", text.max_tokens(), " is outside [0, ",
+        kMaxTextTokens, "]"));
+  }
+  if (text.max_tokens() > 0) options.max_tokens = text.max_tokens();
+  if (text.conv_channels() < 0 || text.conv_channels() > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "text.conv_channels ", text.conv_channels(),
+        " is outside [0, 65536]"));
+  }
+  if (text.conv_channels() > 0) options.conv_channels = text.conv_channels();
+  return options;
+}
+
+tlserve::v1::TextSpec TextSpecOf(const TextModelOptions& options) {
+  tlserve::v1::TextSpec text;
+  text.set_pooling(std::string(TextPoolingName(options.pooling)));
+  text.set_max_tokens(options.max_tokens);
+  if (options.pooling == TextPooling::kConv) {
+    text.set_conv_channels(static_cast<int32_t>(options.conv_channels));
+  }
+  return text;
+}
+
+absl::StatusOr<TrainJobOutput> RunTextJob(const TrainJobInput& input,
+                                          const TextDatasetSplits& data,
+                                          const TrainerCallbacks& callbacks,
+                                          tlserve::v1::TextSpec* served_as) {
+  TextTrainInput text_input;
+  text_input.spec = input.spec;
+  ASSIGN_OR_RETURN(text_input.model, TextModelOptionsOf(input.spec.text()));
+  text_input.vectors_path = input.backbone_path;
+  text_input.work_dir = input.work_dir;
+  text_input.num_threads = input.num_threads;
+  const TextDataset* test = data.test.texts.empty() ? nullptr : &data.test;
+  ASSIGN_OR_RETURN(TextTrainOutput text,
+                   RunTextTrainingJob(text_input, data.train, test, callbacks));
+  TrainJobOutput output;
+  output.cancelled = text.cancelled;
+  if (text.cancelled) return output;
+  output.result = std::move(text.result);
+  output.result.set_unknown_token_rate(
+      static_cast<float>(text.unknown_token_rate));
+  output.artifact_path = std::move(text.artifact_path);
+  output.class_names = std::move(text.class_names);
+  if (served_as != nullptr) *served_as = TextSpecOf(text_input.model);
+  return output;
+}
+
 }  // namespace tlserve::worker

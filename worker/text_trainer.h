@@ -96,6 +96,28 @@ absl::StatusOr<TextTrainOutput> RunTextTrainingJob(
     const TextTrainInput& input, const TextDataset& train,
     const TextDataset* test, const TrainerCallbacks& callbacks);
 
+// The model options of a JobSpec's `text` block with the defaults filled in
+// (pooling "mean", max_tokens kDefaultMaxTokens, conv_channels 256).
+// INVALID_ARGUMENT naming the field for an unknown pooling or a value out
+// of range.
+absl::StatusOr<TextModelOptions> TextModelOptionsOf(
+    const tlserve::v1::TextSpec& text);
+
+// What a model is served with (Model.text): pooling and max_tokens, and
+// conv_channels for conv pooling.
+tlserve::v1::TextSpec TextSpecOf(const TextModelOptions& options);
+
+// A text job as the worker runs one: input.spec (its `text` block through
+// TextModelOptionsOf), input.backbone_path (the word vectors),
+// input.work_dir and num_threads; the stored dataset's splits (an empty
+// test split: evaluate on validation). The output is an image job's:
+// result (unknown_token_rate set), artifact_path, class_names, no
+// input_spec. `served_as` receives TextSpecOf the options used.
+absl::StatusOr<TrainJobOutput> RunTextJob(const TrainJobInput& input,
+                                          const TextDatasetSplits& data,
+                                          const TrainerCallbacks& callbacks,
+                                          tlserve::v1::TextSpec* served_as);
+
 }  // namespace tlserve::worker
 
 #endif  // TLSERVE_WORKER_TEXT_TRAINER_H_

@@ -79,8 +79,9 @@ class FakeModels : public v1::ModelService::Service {
   std::atomic<bool> corrupt_{false};
 };
 
-// The first watch breaks with UNAVAILABLE after two events; the second
-// must resume after sequence 2 and sees the job finish.
+// The first watch breaks with break_code_ (UNAVAILABLE unless a test sets
+// it) after two events; the second must resume after sequence 2 and sees
+// the job finish.
 class FakeJobs : public v1::JobService::Service {
  public:
   grpc::Status WatchJob(grpc::ServerContext*,
@@ -94,7 +95,7 @@ class FakeJobs : public v1::JobService::Service {
     }
     for (int64_t seq = request->after_sequence() + 1; seq <= 3; ++seq) {
       if (call == 1 && seq == 3) {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server restarting");
+        return grpc::Status(break_code_.load(), "server restarting");
       }
       v1::JobEvent event;
       event.set_sequence(seq);
@@ -115,6 +116,7 @@ class FakeJobs : public v1::JobService::Service {
     absl::MutexLock lock(&mu_);
     return after_;
   }
+  std::atomic<grpc::StatusCode> break_code_{grpc::StatusCode::UNAVAILABLE};
 
  private:
   absl::Mutex mu_;
@@ -222,6 +224,28 @@ TEST_F(ClientFakeServerTest, WatchResumesAfterUnavailableWithoutLosingEvents) {
   EXPECT_EQ(job->state(), v1::SUCCEEDED);
   EXPECT_THAT(seen, ElementsAre(1, 2, 3));
   EXPECT_THAT(jobs_.after(), ElementsAre(0, 2));
+}
+
+// A call that reaches a server as it shuts down is cancelled there: the
+// client did not cancel it, so it resumes as after UNAVAILABLE. Any other
+// code ends the watch.
+TEST_F(ClientFakeServerTest, WatchResumesAfterAServerSideCancel) {
+  jobs_.break_code_ = grpc::StatusCode::CANCELLED;
+  std::vector<int64_t> seen;
+  auto job = client_->WatchJob("job-1", 0, [&](const v1::JobEvent& e) {
+    seen.push_back(e.sequence());
+    return true;
+  });
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_THAT(seen, ElementsAre(1, 2, 3));
+  EXPECT_THAT(jobs_.after(), ElementsAre(0, 2));
+}
+
+TEST_F(ClientFakeServerTest, WatchEndsOnOtherErrors) {
+  jobs_.break_code_ = grpc::StatusCode::PERMISSION_DENIED;
+  auto job = client_->WatchJob("job-1", 0, [](const v1::JobEvent&) { return true; });
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(jobs_.after(), ElementsAre(0));
 }
 
 TEST_F(ClientFakeServerTest, WatchStopsWhenCallbackSaysSo) {

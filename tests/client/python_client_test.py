@@ -38,7 +38,7 @@ EXAMPLE = os.path.join(ARGS.source_dir, "client/python/examples/fine_tune.py")
 sys.path.insert(0, PYTHON_DIR)
 
 import grpc  # noqa: E402
-from tlserve.v1 import common_pb2, job_pb2  # noqa: E402
+from tlserve.v1 import common_pb2, dataset_pb2, job_pb2, model_pb2  # noqa: E402
 from tlserve_client import Client, ProgressPrinter, TlserveError  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("fine_tune_example", EXAMPLE)
@@ -245,6 +245,42 @@ class PythonClientTest(unittest.TestCase):
         stretched = self.client.upload_backbone(path, "stretched", spec_path, fit="stretch",
                                                 shorter_side=0)
         self.assertEqual(stretched.input_spec.fit.mode, common_pb2.InputFit.STRETCH)
+
+    def test_word_vectors_text_dataset_and_predict_with_texts(self):
+        folder = os.path.join(self.root, "text")
+        os.makedirs(folder, exist_ok=True)
+        vectors = os.path.join(folder, "vectors.txt")
+        with open(vectors, "w") as f:
+            for i, word in enumerate(["cat", "dog", "owl", "car", "bus", "van", "the"]):
+                axis = 0 if i < 3 else (1 if i < 6 else 2)
+                f.write(word + "".join(f" {1.0 if d == axis else 0.0}" for d in range(3)) + "\n")
+        train = os.path.join(folder, "train.csv")
+        with open(train, "w") as f:
+            f.write("text,label\n")
+            for i in range(24):
+                word = ["cat", "dog", "owl", "car", "bus", "van"][i % 6]
+                f.write(f"the {word},{'animal' if i % 6 < 3 else 'vehicle'}\n")
+        dataset = self.client.upload_dataset(train, "words")  # .csv: text_csv
+        self.assertEqual(dataset.format, dataset_pb2.TEXT_CSV)
+        self.assertEqual(list(dataset.class_names), ["animal", "vehicle"])
+        backbone = self.client.upload_backbone(vectors, "toy-vectors", kind="word_vectors")
+        self.assertEqual(backbone.kind, model_pb2.WORD_VECTORS)
+        self.assertEqual((backbone.feature_dim, backbone.vocab_size), (3, 7))
+        job = self.client.create_job(
+            dataset_id=dataset.id, backbone_id=backbone.id, text={"pooling": "max"},
+            optimizer={"learning_rate": 0.1}, epochs=10, batch_size=8, seed=1)
+        done = self.client.wait(job.id, timeout=120)
+        self.assertEqual(done.state, job_pb2.SUCCEEDED, done.error)
+        model = self.client.get_model(done.result.model_id)
+        self.assertEqual(model.text.pooling, "max")
+        answers = self.client.predict(model.id, texts=["the OWL", "a van"])
+        self.assertEqual([p.top[0].label for p in answers], ["animal", "vehicle"])
+        features = self.client.embed(model.id, texts=["dog"])
+        self.assertEqual([round(v, 4) for v in features[0]], [1.0, 0.0, 0.0])
+        with self.assertRaises(TlserveError) as refused:
+            self.client.predict(model.id, [self.pngs[0][0]])
+        self.assertEqual(refused.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("text model", str(refused.exception))
 
     def test_undeployed_model_is_refused_until_deployed_again(self):
         image = [self.pngs[0][0]]

@@ -196,5 +196,69 @@ TEST(TextDatasetTest, LoadFromFile) {
             absl::StatusCode::kNotFound);
 }
 
+std::string WriteCsv(const std::string& name, const std::string& bytes) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+  return path;
+}
+
+TEST(TextDatasetFilesTest, NamedTestLabelsMapToTheTrainingIds) {
+  // The test file lacks "b", so on its own its "c" would be id 1.
+  const std::string train = WriteCsv("named_train.csv", "text,label\nx,c\ny,a\nz,b\n");
+  const std::string test = WriteCsv("named_test.csv", "text,label\nu,c\nv,a\n");
+  absl::StatusOr<TextDatasetSplits> splits = LoadTextDatasetFiles(train, test, {});
+  ASSERT_TRUE(splits.ok()) << splits.status();
+  EXPECT_THAT(splits->class_names, ElementsAre("a", "b", "c"));
+  EXPECT_THAT(splits->train.labels, ElementsAre(2, 0, 1));
+  EXPECT_THAT(splits->test.labels, ElementsAre(2, 0));
+  EXPECT_EQ(splits->test.class_names, splits->class_names);
+
+  // The names stored at upload, as the worker passes them.
+  EXPECT_TRUE(LoadTextDatasetFiles(train, test, {"a", "b", "c"}).ok());
+
+  absl::StatusOr<TextDatasetSplits> no_test = LoadTextDatasetFiles(train, "", {});
+  ASSERT_TRUE(no_test.ok()) << no_test.status();
+  EXPECT_TRUE(no_test->test.texts.empty());
+}
+
+TEST(TextDatasetFilesTest, IntegerLabelsTakeTheGivenNamesAndTheLargestLabel) {
+  const std::string train = WriteCsv("int_train.csv", "text,label\nx,0\ny,1\n");
+  const std::string test = WriteCsv("int_test.csv", "text,label\nu,2\n");
+  absl::StatusOr<TextDatasetSplits> splits = LoadTextDatasetFiles(train, test, {});
+  ASSERT_TRUE(splits.ok()) << splits.status();
+  EXPECT_THAT(splits->class_names, ElementsAre("0", "1", "2"));
+  EXPECT_THAT(splits->test.labels, ElementsAre(2));
+
+  splits = LoadTextDatasetFiles(train, test, {"neg", "pos", "mixed", "unused"});
+  ASSERT_TRUE(splits.ok()) << splits.status();
+  EXPECT_THAT(splits->class_names, ElementsAre("neg", "pos", "mixed", "unused"));
+  EXPECT_EQ(splits->train.class_names, splits->class_names);
+
+  splits = LoadTextDatasetFiles(train, test, {"neg", "pos"});
+  ASSERT_FALSE(splits.ok());
+  EXPECT_THAT(std::string(splits.status().message()),
+              HasSubstr("label 2 is outside the 2 class names"));
+}
+
+TEST(TextDatasetFilesTest, RefusesMismatchesNamingTheFile) {
+  const std::string named = WriteCsv("m_named.csv", "text,label\nx,cat\ny,dog\n");
+  const std::string ids = WriteCsv("m_ids.csv", "text,label\nx,0\n");
+  const std::string other = WriteCsv("m_other.csv", "text,label\nx,bird\n");
+  const std::string broken = WriteCsv("m_broken.csv", "text,label\nx\n");
+  auto message = [](const absl::StatusOr<TextDatasetSplits>& s) {
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(s.status().message());
+  };
+  EXPECT_THAT(message(LoadTextDatasetFiles(named, ids, {})),
+              HasSubstr("label both files the same way"));
+  EXPECT_THAT(message(LoadTextDatasetFiles(named, other, {})),
+              HasSubstr("the test file's class 'bird' has no training text"));
+  EXPECT_THAT(message(LoadTextDatasetFiles(named, "", {"a", "b"})),
+              HasSubstr("leave the class names out"));
+  EXPECT_THAT(message(LoadTextDatasetFiles(named, broken, {})),
+              HasSubstr("the test file: text CSV: record 1"));
+}
+
 }  // namespace
 }  // namespace tlserve

@@ -1,7 +1,8 @@
 // A JobSpec as a client could send it (binary protobuf; inputs that do not
 // parse are skipped) through what CreateJob does with it: ApplyJobDefaults,
 // ValidateJobSpec against a small dataset and backbone, then CheckJobSplit
-// on that dataset's image index.
+// on that dataset's image index. Each spec meets every pairing of an image
+// or text dataset with an image or word-vector backbone.
 
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +26,9 @@ struct World {
   tlserve::v1::Dataset dataset;
   tlserve::v1::Backbone backbone;
   tlserve::DatasetImageIndex index;
+  // The same records as TEXT_CSV, and word vectors.
+  tlserve::v1::Dataset text_dataset;
+  tlserve::v1::Backbone vectors;
 
   World() {
     dataset.set_id("ds-fuzz");
@@ -61,6 +65,18 @@ struct World {
     for (const char* block : {"layer1", "layer2", "layer3", "fc"}) {
       backbone.add_blocks(block);
     }
+    backbone.set_kind(tlserve::v1::IMAGE_TORCHSCRIPT);
+
+    text_dataset = dataset;
+    text_dataset.set_id("ds-fuzz-text");
+    text_dataset.set_format(tlserve::v1::TEXT_CSV);
+    text_dataset.clear_channels();
+    text_dataset.clear_height();
+    text_dataset.clear_width();
+    vectors.set_id("bb-fuzz-vectors");
+    vectors.set_kind(tlserve::v1::WORD_VECTORS);
+    vectors.set_feature_dim(50);
+    vectors.set_vocab_size(1000);
   }
 };
 
@@ -90,26 +106,37 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   differencer.set_field_comparator(&comparator);
   Require(differencer.Compare(twice, spec), "ApplyJobDefaults is idempotent");
 
-  const tlserve::v1::Backbone* backbone =
-      tlserve::ReusesBackbone(spec.kind()) ? &world->backbone : nullptr;
-  const absl::Status valid =
-      tlserve::ValidateJobSpec(spec, world->dataset, backbone);
-  if (!valid.ok()) {
-    Require(valid.code() == absl::StatusCode::kInvalidArgument,
-            "ValidateJobSpec fails with INVALID_ARGUMENT");
-    return 0;
+  for (const tlserve::v1::Dataset* dataset :
+       {&world->dataset, &world->text_dataset}) {
+    for (const tlserve::v1::Backbone* candidate :
+         {&world->backbone, &world->vectors}) {
+      const tlserve::v1::Backbone* backbone =
+          tlserve::ReusesBackbone(spec.kind()) ? candidate : nullptr;
+      const absl::Status valid =
+          tlserve::ValidateJobSpec(spec, *dataset, backbone);
+      if (!valid.ok()) {
+        Require(valid.code() == absl::StatusCode::kInvalidArgument,
+                "ValidateJobSpec fails with INVALID_ARGUMENT");
+        continue;
+      }
+      // A text dataset takes word vectors and an image dataset does not.
+      Require(backbone == nullptr ||
+                  (dataset->format() == tlserve::v1::TEXT_CSV) ==
+                      (backbone->kind() == tlserve::v1::WORD_VECTORS),
+              "datasets and backbones pair by kind");
+      absl::StatusOr<std::vector<std::string>> warnings =
+          tlserve::CheckJobSplit(spec, *dataset, world->index);
+      Require(warnings.ok() || warnings.status().code() ==
+                                   absl::StatusCode::kInvalidArgument,
+              "CheckJobSplit fails with INVALID_ARGUMENT");
+      // The stored-bytes overload must agree with the in-memory index.
+      const std::string stored = tlserve::EncodeDatasetImageIndex(world->index);
+      absl::StatusOr<std::vector<std::string>> from_bytes =
+          tlserve::CheckJobSplit(spec, *dataset, stored);
+      Require(from_bytes.status() == warnings.status() &&
+                  (!warnings.ok() || *from_bytes == *warnings),
+              "CheckJobSplit from stored bytes agrees");
+    }
   }
-  absl::StatusOr<std::vector<std::string>> warnings =
-      tlserve::CheckJobSplit(spec, world->dataset, world->index);
-  Require(warnings.ok() ||
-              warnings.status().code() == absl::StatusCode::kInvalidArgument,
-          "CheckJobSplit fails with INVALID_ARGUMENT");
-  // The stored-bytes overload must agree with the in-memory index.
-  const std::string stored = tlserve::EncodeDatasetImageIndex(world->index);
-  absl::StatusOr<std::vector<std::string>> from_bytes =
-      tlserve::CheckJobSplit(spec, world->dataset, stored);
-  Require(from_bytes.status() == warnings.status() &&
-              (!warnings.ok() || *from_bytes == *warnings),
-          "CheckJobSplit from stored bytes agrees");
   return 0;
 }

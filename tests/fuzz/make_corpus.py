@@ -210,6 +210,12 @@ def main():
           tasks { name: "odd" class_names: ["x", "y"]
                   label_map: [0, 1, 0, 1] } }
         """))
+    write("job_spec", "text", job_spec("""
+        kind: FINE_TUNE backbone_id: "bb" epochs: 3 batch_size: 4
+        data { dataset_id: "ds" class_subset: [0, 1] }
+        freeze { mode: FULL backbone_lr_scale: 0.1 }
+        text { pooling: "conv" max_tokens: 64 conv_channels: 8 }
+        """))
     write("job_spec", "bad_epochs", job_spec(
         "kind: FINE_TUNE epochs: -3 device: \"tpu\""))
     return 0

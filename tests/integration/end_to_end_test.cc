@@ -12,6 +12,7 @@
 #include <fstream>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -120,6 +121,20 @@ class EndToEndTest : public ::testing::Test {
     return seen;
   }
 
+  // Runs tlctl against the cluster: its exit code and what it printed
+  // (stdout and stderr).
+  std::pair<int, std::string> Tlctl(const std::string& args) {
+    const std::string command =
+        absl::StrCat(TLSERVE_BINARY_DIR, "/client/tlctl --server=",
+                     cluster_.address(), " ", args, " 2>&1");
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string output;
+    if (pipe == nullptr) return std::make_pair(-1, output);
+    char buffer[4096];
+    while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+    return std::make_pair(WEXITSTATUS(pclose(pipe)), output);
+  }
+
   Cluster cluster_;
   int uploads_ = 0;
 };
@@ -180,17 +195,7 @@ TEST_F(EndToEndTest, MultitaskJobTrainsTwoHeadsAndPredictAnswersWithBoth) {
   ASSERT_OK(cluster_.StartWorker("w1", 2));
   v1::Dataset dataset = Upload({0, 1, 5, 7}, 40, 20);
   v1::Backbone backbone = UploadResNet18(32);
-  auto run = [&](const std::string& args) {
-    const std::string command =
-        absl::StrCat(TLSERVE_BINARY_DIR, "/client/tlctl --server=",
-                     cluster_.address(), " ", args, " 2>&1");
-    FILE* pipe = popen(command.c_str(), "r");
-    std::string output;
-    if (pipe == nullptr) return std::make_pair(-1, output);
-    char buffer[4096];
-    while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-    return std::make_pair(WEXITSTATUS(pclose(pipe)), output);
-  };
+  auto run = [&](const std::string& args) { return Tlctl(args); };
 
   // A grouping that leaves a label out is refused by the server, naming
   // the field; nothing is queued.
@@ -271,22 +276,180 @@ TEST_F(EndToEndTest, MultitaskJobTrainsTwoHeadsAndPredictAnswersWithBoth) {
 
 // `tlctl model create --few-shot`: a FEW_SHOT job that trains nothing,
 // then a model served like a fine-tuned one.
+// Text transfer through the real processes: word vectors the test writes
+// (animal words near one axis, vehicle words near another, filler words
+// near zero), a CSV of short texts, a FINE_TUNE job on frozen vectors,
+// then Predict and Embed on new texts, and tlctl all the way.
+TEST_F(EndToEndTest, TextJobOnWordVectorsTrainsAndPredictsTexts) {
+  ASSERT_OK(cluster_.StartWorker("w1", 2));
+  const std::string dir = cluster_.dir() + "/text";
+  ASSERT_OK(MakeDirs(dir));
+  const std::vector<std::string> animals = {"cat", "dog", "horse", "cow",
+                                            "sheep", "goat", "mouse", "owl"};
+  const std::vector<std::string> vehicles = {"car", "bus", "truck", "train",
+                                             "tram", "bike", "van", "ship"};
+  const std::vector<std::string> filler = {"the", "a", "saw", "near", "big",
+                                           "small", "my", "old"};
+  {
+    std::ofstream out(dir + "/vectors.txt");
+    auto row = [&](const std::string& word, int axis, int i) {
+      out << word;
+      for (int d = 0; d < 8; ++d) {
+        const double v = (d == axis ? 1.0 : 0.0) + 0.05 * ((i * 7 + d * 3) % 5 - 2);
+        out << " " << v;
+      }
+      out << "\n";
+    };
+    for (size_t i = 0; i < animals.size(); ++i) row(animals[i], 0, static_cast<int>(i));
+    for (size_t i = 0; i < vehicles.size(); ++i) row(vehicles[i], 1, static_cast<int>(i));
+    for (size_t i = 0; i < filler.size(); ++i) row(filler[i], 7, static_cast<int>(i));
+  }
+  // A text: a filler word, a class word (the last two of each class only
+  // in the test file), and sometimes a word no vector has.
+  auto write_csv = [&](const std::string& path, int n, bool test) {
+    std::ofstream out(path);
+    out << "text,label\n";
+    for (int i = 0; i < n; ++i) {
+      const bool animal = i % 2 == 0;
+      const auto& words = animal ? animals : vehicles;
+      const std::string word = test ? words[6 + i % 2] : words[i % 6];
+      out << "\"" << filler[i % filler.size()] << " " << word
+          << (i % 3 == 0 ? ", zyxxyq" : "") << "\"," << (animal ? "animal" : "vehicle")
+          << "\n";
+    }
+  };
+  write_csv(dir + "/train.csv", 60, false);
+  write_csv(dir + "/test.csv", 20, true);
+
+  auto [up_code, up] = Tlctl(absl::StrCat(
+      "dataset upload --name words --text-csv ", dir, "/train.csv --test-text-csv ",
+      dir, "/test.csv"));
+  ASSERT_EQ(up_code, 0) << up;
+  EXPECT_TRUE(absl::StrContains(up, "60 train, 20 test texts, 2 classes")) << up;
+  auto datasets = cluster_.client().ListDatasets();
+  ASSERT_OK(datasets.status());
+  ASSERT_EQ(datasets->size(), 1u);
+  const v1::Dataset dataset = (*datasets)[0];
+  EXPECT_EQ(dataset.format(), v1::TEXT_CSV);
+  ASSERT_EQ(dataset.class_names_size(), 2);
+  EXPECT_EQ(dataset.class_names(0), "animal");
+  EXPECT_EQ(dataset.train_class_counts(0), 30);
+  // The same short texts recur: the upload says so.
+  EXPECT_GT(dataset.duplicate_train_images(), 0);
+
+  // A vectors file with a short row is refused at upload, naming the line.
+  {
+    std::ofstream out(dir + "/bad.txt");
+    out << "cat 1 0 0\ndog 0 1\n";
+  }
+  auto [bad_code, bad] = Tlctl(absl::StrCat("backbone upload --name bad --file ", dir,
+                                            "/bad.txt --word-vectors"));
+  EXPECT_EQ(bad_code, 1) << bad;
+  EXPECT_TRUE(absl::StrContains(bad, "line 2")) << bad;
+  auto [bb_code, bb] = Tlctl(absl::StrCat("backbone upload --name toy --file ", dir,
+                                          "/vectors.txt --word-vectors"));
+  ASSERT_EQ(bb_code, 0) << bb;
+  EXPECT_TRUE(absl::StrContains(bb, "word vectors, 24 words")) << bb;
+  auto backbones = cluster_.client().ListBackbones();
+  ASSERT_OK(backbones.status());
+  ASSERT_EQ(backbones->size(), 1u);
+  const v1::Backbone backbone = (*backbones)[0];
+  EXPECT_EQ(backbone.kind(), v1::WORD_VECTORS);
+  EXPECT_EQ(backbone.feature_dim(), 8);
+  EXPECT_EQ(backbone.vocab_size(), 24);
+
+  // What a text job cannot do is refused before it is queued.
+  const std::string job_base = absl::StrCat("job create --dataset ", dataset.id(),
+                                            " --backbone ", backbone.id());
+  auto [blocks_code, blocks] =
+      Tlctl(absl::StrCat(job_base, " --freeze last_n_blocks --blocks 1"));
+  EXPECT_EQ(blocks_code, 1) << blocks;
+  EXPECT_TRUE(absl::StrContains(blocks, "does not apply to text jobs")) << blocks;
+  auto [kind_code, kind] = Tlctl(absl::StrCat(job_base, " --kind pretrain --backbone-name x"));
+  EXPECT_EQ(kind_code, 1) << kind;
+  EXPECT_TRUE(absl::StrContains(kind, "FINE_TUNE jobs only")) << kind;
+
+  auto [code, output] = Tlctl(absl::StrCat(
+      job_base, " --pooling mean --max-tokens 16 --epochs 8 --batch-size 8 "
+                "--lr 0.05 --seed 3 --watch"));
+  ASSERT_EQ(code, 0) << output;
+  auto jobs = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_OK(jobs.status());
+  ASSERT_EQ(jobs->size(), 1u);
+  const Job& job = (*jobs)[0];
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.metrics_size(), 8);
+  EXPECT_EQ(job.result().test_count(), 20);
+  // The test texts use class words training never showed: only the
+  // pretrained vectors can tell them apart.
+  EXPECT_GE(job.result().test_accuracy(), 0.9f);
+  // "zyxxyq" in every third text: 1 of 3 tokens there.
+  EXPECT_GT(job.result().unknown_token_rate(), 0.05f);
+  EXPECT_LT(job.result().unknown_token_rate(), 0.3f);
+
+  auto model = cluster_.client().GetModel(job.result().model_id());
+  ASSERT_OK(model.status());
+  ASSERT_TRUE(model->has_text());
+  EXPECT_EQ(model->text().pooling(), "mean");
+  EXPECT_EQ(model->text().max_tokens(), 16);
+  v1::PredictRequest request;
+  request.set_model_id(model->id());
+  request.add_texts("My old OWL!");
+  request.add_texts("a ship, near the tram");
+  auto predicted = cluster_.client().Predict(request, absl::Seconds(30));
+  ASSERT_OK(predicted.status());
+  ASSERT_EQ(predicted->predictions_size(), 2);
+  EXPECT_EQ(predicted->predictions(0).top(0).label(), "animal");
+  EXPECT_EQ(predicted->predictions(1).top(0).label(), "vehicle");
+  EXPECT_NEAR(predicted->predictions(0).probabilities(0) +
+                  predicted->predictions(0).probabilities(1),
+              1.0f, 1e-4f);
+
+  // Embed: the mean of the token vectors, 8 wide.
+  v1::EmbedRequest embed;
+  embed.set_model_id(model->id());
+  embed.add_texts("cat");
+  auto embedded = cluster_.client().Embed(embed, absl::Seconds(30));
+  ASSERT_OK(embedded.status());
+  ASSERT_EQ(embedded->embeddings_size(), 1);
+  ASSERT_EQ(embedded->embeddings(0).values_size(), 8);
+  EXPECT_GT(embedded->embeddings(0).values(0), 0.8f);
+
+  // An image sent to a text model is a clear error, and the model still
+  // answers afterwards.
+  v1::PredictRequest image_request;
+  image_request.set_model_id(model->id());
+  image_request.add_images(TinyPng(1));
+  auto refused = cluster_.client().Predict(image_request, absl::Seconds(30));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "text model"))
+      << refused.status();
+
+  auto [predict_code, answer] =
+      Tlctl(absl::StrCat("predict --model ", model->id(), " --text 'the big dog'"));
+  ASSERT_EQ(predict_code, 0) << answer;
+  EXPECT_TRUE(absl::StrContains(answer, "\"the big dog\":")) << answer;
+  bool ranked_first = false;
+  for (absl::string_view line : absl::StrSplit(answer, '\n')) {
+    if (absl::StartsWith(line, "1 ")) ranked_first = absl::StrContains(line, "animal");
+  }
+  EXPECT_TRUE(ranked_first) << answer;
+  auto [get_code, shown] = Tlctl(absl::StrCat("job get ", job.id()));
+  ASSERT_EQ(get_code, 0) << shown;
+  EXPECT_TRUE(absl::StrContains(shown, "on 20 texts")) << shown;
+  EXPECT_TRUE(absl::StrContains(shown, "of the tokens had no word vector")) << shown;
+}
+
 TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {
   ASSERT_OK(cluster_.StartWorker("w1", 2));
   v1::Dataset dataset = Upload({0, 1, 7}, 40, 20);
   v1::Backbone backbone = UploadResNet18(32);
 
-  const std::string command = absl::StrCat(
-      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
-      " model create --few-shot --dataset ", dataset.id(), " --backbone ",
-      backbone.id(), " --shots 10 --classes 0,1,7 --seed 3 2>&1");
-  FILE* pipe = popen(command.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string output;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  const int status = pclose(pipe);
-  ASSERT_EQ(WEXITSTATUS(status), 0) << output;
+  auto [code, output] = Tlctl(absl::StrCat(
+      "model create --few-shot --dataset ", dataset.id(), " --backbone ",
+      backbone.id(), " --shots 10 --classes 0,1,7 --seed 3"));
+  ASSERT_EQ(code, 0) << output;
   EXPECT_TRUE(absl::StrContains(output, "without training")) << output;
 
   auto jobs = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
@@ -325,15 +488,10 @@ TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {
 
   // `tlctl backbone rank` scores the backbone by the same rule: with the
   // same images (seed) it finds the very accuracy of the model above.
-  const std::string rank = absl::StrCat(
-      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
-      " --json backbone rank --dataset ", dataset.id(),
-      " --shots 10 --classes 0,1,7 --seed 3 2>&1");
-  pipe = popen(rank.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  output.clear();
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  ASSERT_EQ(WEXITSTATUS(pclose(pipe)), 0) << output;
+  std::tie(code, output) = Tlctl(absl::StrCat(
+      "--json backbone rank --dataset ", dataset.id(),
+      " --shots 10 --classes 0,1,7 --seed 3"));
+  ASSERT_EQ(code, 0) << output;
   EXPECT_TRUE(absl::StrContains(output, absl::StrCat("\"backbone_id\": \"",
                                                      backbone.id(), "\"")))
       << output;
@@ -347,14 +505,9 @@ TEST_F(EndToEndTest, FewShotModelIsMadeWithoutTrainingAndServed) {
   auto all = cluster_.client().ListAllJobs(v1::JOB_STATE_UNSPECIFIED);
   ASSERT_OK(all.status());
   ASSERT_EQ(all->size(), 2u);
-  const std::string compare = absl::StrCat(
-      TLSERVE_BINARY_DIR, "/client/tlctl --server=", cluster_.address(),
-      " job compare ", (*all)[0].id(), " ", (*all)[1].id(), " 2>&1");
-  pipe = popen(compare.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  output.clear();
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  ASSERT_EQ(WEXITSTATUS(pclose(pipe)), 0) << output;
+  std::tie(code, output) =
+      Tlctl(absl::StrCat("job compare ", (*all)[0].id(), " ", (*all)[1].id()));
+  ASSERT_EQ(code, 0) << output;
   EXPECT_TRUE(absl::StrContains(output, "few_shot")) << output;
   EXPECT_TRUE(absl::StrContains(output, "best by test accuracy")) << output;
   EXPECT_TRUE(absl::StrContains(output, "+0.00 pp")) << output;

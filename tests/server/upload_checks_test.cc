@@ -181,6 +181,24 @@ class UploadChecksTest : public testing::Test {
     return out;
   }
 
+  absl::StatusOr<tlserve::v1::Backbone> UploadVectors(const std::string& bytes,
+                                                      bool with_input_spec = false) {
+    BackboneUpload upload(store_.get(), blobs_.get(), UploadLimits{});
+    tlserve::v1::UploadBackboneRequest request;
+    auto* header = request.mutable_header();
+    header->set_name("vectors");
+    header->set_kind(tlserve::v1::WORD_VECTORS);
+    header->set_size_bytes(bytes.size());
+    if (with_input_spec) header->mutable_input_spec()->set_channels(3);
+    absl::Status status = upload.OnMessage(request);
+    if (!status.ok()) return status;
+    tlserve::v1::UploadBackboneRequest chunk;
+    chunk.set_chunk(bytes);
+    status = upload.OnMessage(chunk);
+    if (!status.ok()) return status;
+    return upload.Finish();
+  }
+
   std::string dir_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<BlobStore> blobs_;
@@ -386,6 +404,119 @@ TEST_F(UploadChecksTest, SplitCheckRefusesAClassWithoutTrainingSamples) {
   ASSERT_TRUE(skipped.ok());
   ASSERT_EQ(skipped->size(), 1u);
   EXPECT_THAT((*skipped)[0], HasSubstr("split checks skipped"));
+}
+
+TEST_F(UploadChecksTest, TextCsvUploadCountsClassesAndFindsRepeatedTexts) {
+  auto dataset = Upload(
+      tlserve::v1::TEXT_CSV,
+      {{tlserve::v1::TRAIN_CSV,
+        "text,label\ngood film,pos\nbad film,neg\ngood film,pos\nfine,pos\n"},
+       {tlserve::v1::TEST_CSV, "text,label\nbad film,neg\nnew one,pos\n"}});
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ(dataset->format(), tlserve::v1::TEXT_CSV);
+  EXPECT_THAT(dataset->class_names(), ElementsAre("neg", "pos"));
+  EXPECT_THAT(dataset->train_class_counts(), ElementsAre(1, 3));
+  EXPECT_THAT(dataset->test_class_counts(), ElementsAre(1, 1));
+  EXPECT_EQ(dataset->train_count(), 4);
+  EXPECT_EQ(dataset->test_count(), 2);
+  EXPECT_EQ(dataset->height(), 0);
+  EXPECT_EQ(dataset->duplicate_train_images(), 2);
+  EXPECT_EQ(dataset->test_images_in_train(), 1);
+  std::string warnings;
+  for (const std::string& w : dataset->warnings()) warnings += w + "\n";
+  EXPECT_THAT(warnings, HasSubstr("2 training texts are exact copies"));
+  EXPECT_THAT(warnings, HasSubstr("1 of 2 test texts also occur"));
+  // The index makes the job-time split checks work for text too.
+  auto index = store_->GetDatasetImageIndex(dataset->id());
+  ASSERT_TRUE(index.ok() && index->has_value());
+}
+
+TEST_F(UploadChecksTest, TextCsvUploadErrorsNameThePartAndTheRecord) {
+  auto no_train = Upload(tlserve::v1::TEXT_CSV,
+                         {{tlserve::v1::TEST_CSV, "text,label\nx,a\n"}});
+  EXPECT_THAT(no_train.status().message(), HasSubstr("needs a TRAIN_CSV part"));
+  auto wrong_role = Upload(tlserve::v1::TEXT_CSV,
+                           {{tlserve::v1::TRAIN_IMAGES, "text,label\nx,a\n"}});
+  EXPECT_THAT(wrong_role.status().message(),
+              HasSubstr("role TRAIN_IMAGES does not belong to format TEXT_CSV"));
+  auto broken = Upload(tlserve::v1::TEXT_CSV,
+                       {{tlserve::v1::TRAIN_CSV, "text,label\nx,a\n\"y,b\n"}});
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(broken.status().message(), HasSubstr("the training file: text CSV"));
+  auto listed = store_->ListDatasets(10, "");
+  ASSERT_TRUE(listed.ok());
+  EXPECT_THAT(listed->items, IsEmpty());
+}
+
+TEST_F(UploadChecksTest, WordVectorsBackboneKnowsItsWidthAndWords) {
+  auto backbone = UploadVectors("cat 1 0 0\ndog 0 1 0\ncar 0 0 1\n");
+  ASSERT_TRUE(backbone.ok()) << backbone.status();
+  EXPECT_EQ(backbone->kind(), tlserve::v1::WORD_VECTORS);
+  EXPECT_EQ(backbone->feature_dim(), 3);
+  EXPECT_EQ(backbone->vocab_size(), 3);
+  EXPECT_FALSE(backbone->has_input_spec());
+
+  auto short_row = UploadVectors("cat 1 0 0\ndog 0 1\n");
+  EXPECT_EQ(short_row.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(short_row.status().message(), HasSubstr("word vectors: "));
+  EXPECT_THAT(short_row.status().message(), HasSubstr("line 2"));
+  auto with_spec = UploadVectors("cat 1\n", /*with_input_spec=*/true);
+  EXPECT_THAT(with_spec.status().message(),
+              HasSubstr("leave it out for WORD_VECTORS"));
+}
+
+TEST_F(UploadChecksTest, TextJobsAreCheckedBeforeTheyQueue) {
+  auto text = Upload(tlserve::v1::TEXT_CSV,
+                     {{tlserve::v1::TRAIN_CSV,
+                       "text,label\na cat,animal\na dog,animal\nmy car,vehicle\n"
+                       "a bus,vehicle\nthe cow,animal\nthe van,vehicle\n"}});
+  ASSERT_TRUE(text.ok()) << text.status();
+  auto images = UploadIdx({1, 2, 3, 4, 5, 6}, {0, 0, 0, 1, 1, 1});
+  ASSERT_TRUE(images.ok()) << images.status();
+  auto vectors = UploadVectors("cat 1 0\ndog 1 0\ncar 0 1\nbus 0 1\n");
+  ASSERT_TRUE(vectors.ok()) << vectors.status();
+
+  auto spec = [&](const std::string& dataset_id) {
+    tlserve::v1::JobSpec s;
+    s.set_kind(tlserve::v1::FINE_TUNE);
+    s.mutable_data()->set_dataset_id(dataset_id);
+    s.set_backbone_id(vectors->id());
+    s.mutable_text()->set_pooling("max");
+    return s;
+  };
+  auto refused = [&](tlserve::v1::JobSpec s) {
+    auto job = Manager().CreateJob(s, "");
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(job.status().message());
+  };
+  auto job = Manager().CreateJob(spec(text->id()), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec().freeze().mode(), tlserve::v1::FreezePolicy::FROZEN);
+
+  tlserve::v1::JobSpec s = spec(text->id());
+  s.mutable_freeze()->set_mode(tlserve::v1::FreezePolicy::LAST_N_BLOCKS);
+  s.mutable_freeze()->set_n_blocks(1);
+  EXPECT_THAT(refused(s), HasSubstr("does not apply to text jobs"));
+  s = spec(text->id());
+  s.set_kind(tlserve::v1::MULTITASK);
+  EXPECT_THAT(refused(s), HasSubstr("text datasets train FINE_TUNE jobs only"));
+  s = spec(text->id());
+  s.mutable_text()->set_pooling("avg");
+  EXPECT_THAT(refused(s), HasSubstr("spec.text.pooling must be"));
+  s = spec(text->id());
+  s.mutable_text()->set_max_tokens(100000);
+  EXPECT_THAT(refused(s), HasSubstr("spec.text.max_tokens must be in [0, 65536]"));
+  s = spec(text->id());
+  s.mutable_text()->set_conv_channels(64);
+  EXPECT_THAT(refused(s), HasSubstr("conv_channels is for pooling \"conv\" only"));
+  s = spec(text->id());
+  s.mutable_augment()->set_horizontal_flip(true);
+  EXPECT_THAT(refused(s), HasSubstr("image augmentations"));
+  // Word vectors do not fit images, and text settings do not fit them.
+  s = spec(images->id());
+  s.clear_text();
+  EXPECT_THAT(refused(s), HasSubstr("is word vectors, for text datasets"));
+  EXPECT_THAT(refused(spec(images->id())), HasSubstr("spec.text is for text datasets"));
 }
 
 }  // namespace

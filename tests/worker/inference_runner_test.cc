@@ -545,11 +545,36 @@ TEST_F(SharedBackboneTest, SharedBatchMatchesEachModelRunAlone) {
   EXPECT_GT(MaxDifference(got[5], got[0]), 1e-4);
 }
 
+// Predict-only batches of a standalone model run an optimised copy
+// (Options::optimize); its answers are the exported model's, and its
+// bytes count as a second copy.
+TEST_F(SharedBackboneTest, OptimizedCopyAnswersLikeTheExportedModel) {
+  const at::Tensor x = torch::rand({3, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  AddItem(&items, 0, x.slice(0, 0, 2), false, false);
+  AddItem(&items, 0, x.slice(0, 2, 3), false, false);
+  InferenceRunner optimized(InferenceRunner::Options{});
+  InferenceRunner::Options plain_options;
+  plain_options.optimize = false;
+  InferenceRunner exported(plain_options);
+  const std::vector<InferenceRunner::ModelFile> files = Files({kA}, "");
+  ExpectSameResults(optimized.RunBatch(files, items),
+                    exported.RunBatch(files, items));
+  EXPECT_EQ(optimized.LoadedBytes(), 2 * exported.LoadedBytes());
+  // A batch with an Embed item runs the exported module: the same too.
+  AddItem(&items, 0, x.slice(0, 0, 1), true, true);
+  ExpectSameResults(optimized.RunBatch(files, items),
+                    exported.RunBatch(files, items));
+}
+
 TEST_F(SharedBackboneTest, LoadedBytesCountTheBackboneOnce) {
   const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
-  InferenceRunner shared(InferenceRunner::Options{});
+  // The exported modules' bytes: no optimised copies.
+  InferenceRunner::Options options;
+  options.optimize = false;
+  InferenceRunner shared(options);
   shared.RunBatch(Files({kA, kB, kC}, "backbone-1"), none);
-  InferenceRunner alone(InferenceRunner::Options{});
+  InferenceRunner alone(options);
   alone.RunBatch(Files({kA, kB, kC}, ""), none);
   ASSERT_EQ(shared.LoadedModels().size(), 3u);
   ASSERT_EQ(alone.LoadedModels().size(), 3u);

@@ -27,6 +27,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
+#include "worker/inference_runner.h"
 #include "worker/text_model.h"
 
 namespace tlserve::worker {
@@ -856,6 +857,135 @@ TEST(TextTrainerTest, BadInputsNameTheField) {
   const JobRun bad = Train(BaseSpec(), mean, dir + "/bad.txt");
   ASSERT_FALSE(bad.output.ok());
   EXPECT_THAT(bad.output.status().message(), HasSubstr("word vectors"));
+}
+
+// ---------------------------------------------------------------------------
+// The text job as the worker's connection runs it, and its model served by
+// the inference runner.
+
+struct ServedTextModel {
+  absl::StatusOr<TrainJobOutput> output = absl::UnknownError("not run");
+  tlserve::v1::TextSpec served_as;
+};
+
+const ServedTextModel& TrainedForServing() {
+  static const ServedTextModel* served = [] {
+    auto* s = new ServedTextModel;
+    const std::string dir = testing::MakeTempDir("text_job");
+    WriteFile(dir + "/train.csv", Data().train_csv);
+    WriteFile(dir + "/test.csv", Data().test_csv);
+    absl::StatusOr<TextDatasetSplits> data =
+        LoadTextDatasetFiles(dir + "/train.csv", dir + "/test.csv", {});
+    EXPECT_TRUE(data.ok()) << data.status();
+    if (!data.ok()) return s;
+    TrainJobInput input;
+    input.spec = BaseSpec();
+    input.spec.mutable_text()->set_pooling("max");
+    input.spec.mutable_text()->set_max_tokens(12);
+    input.backbone_path = Data().glove_path;
+    input.work_dir = dir;
+    input.num_threads = 2;
+    s->output = RunTextJob(input, *data, TrainerCallbacks{}, &s->served_as);
+    return s;
+  }();
+  return *served;
+}
+
+TEST(TextJobTest, RunTextJobReportsLikeAnImageJobAndHowToServe) {
+  const ServedTextModel& served = TrainedForServing();
+  ASSERT_TRUE(served.output.ok()) << served.output.status();
+  const TrainJobOutput& out = *served.output;
+  EXPECT_FALSE(out.cancelled);
+  EXPECT_THAT(out.class_names, ElementsAre("negative", "positive"));
+  EXPECT_EQ(out.result.test_count(), 200);
+  EXPECT_GT(out.result.test_accuracy(), 0.8);
+  EXPECT_GT(out.result.unknown_token_rate(), 0);
+  EXPECT_FALSE(out.input_spec.has_fit());
+  EXPECT_EQ(served.served_as.pooling(), "max");
+  EXPECT_EQ(served.served_as.max_tokens(), 12);
+  EXPECT_EQ(served.served_as.conv_channels(), 0);
+  EXPECT_EQ(Load(out.artifact_path).attr("max_tokens").toInt(), 12);
+
+  // The job's text block is checked like the server checks it.
+  tlserve::v1::TextSpec bad;
+  bad.set_pooling("avg");
+  EXPECT_THAT(std::string(TextModelOptionsOf(bad).status().message()),
+              HasSubstr("text.pooling"));
+  bad.set_pooling("conv");
+  bad.set_max_tokens(-1);
+  EXPECT_THAT(std::string(TextModelOptionsOf(bad).status().message()),
+              HasSubstr("text.max_tokens -1 is outside"));
+  tlserve::v1::TextSpec conv;
+  conv.set_pooling("conv");
+  absl::StatusOr<TextModelOptions> options = TextModelOptionsOf(conv);
+  ASSERT_TRUE(options.ok());
+  EXPECT_EQ(options->conv_channels, 256);
+  EXPECT_EQ(options->max_tokens, kDefaultMaxTokens);
+  EXPECT_EQ(TextSpecOf(*options).conv_channels(), 256);
+}
+
+TEST(TextInferenceTest, TextsOfOneBatchAnswerAsTheyWouldAlone) {
+  const ServedTextModel& served = TrainedForServing();
+  ASSERT_TRUE(served.output.ok()) << served.output.status();
+  InferenceRunner runner(InferenceRunner::Options{});
+  InferenceRunner::ModelFile file;
+  file.model_id = "m-text";
+  file.path = served.output->artifact_path;
+  file.class_names = served.output->class_names;
+  file.text = true;
+
+  const std::vector<std::string> texts = {
+      "Great, wonderful film!", "awful", "The plot was dull and boring, I hate it",
+      "zorblax qwerty"};
+  // One item per text, then all four in two items of one batch: padding
+  // the shorter rows must not change any answer.
+  std::vector<std::vector<float>> alone;
+  for (const std::string& text : texts) {
+    tlserve::v1::PredictRequest request;
+    request.add_texts(text);
+    absl::StatusOr<tlserve::v1::PredictResponse> r = runner.Predict(file, request);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->predictions_size(), 1);
+    alone.emplace_back(r->predictions(0).probabilities().begin(),
+                       r->predictions(0).probabilities().end());
+  }
+  EXPECT_GT(alone[0][1], 0.5f);  // positive
+  EXPECT_GT(alone[2][0], 0.5f);  // negative
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  tlserve::v1::InferenceItem* first = items.Add();
+  first->mutable_request()->add_texts(texts[0]);
+  first->mutable_request()->add_texts(texts[1]);
+  tlserve::v1::InferenceItem* second = items.Add();
+  second->mutable_request()->add_texts(texts[2]);
+  second->mutable_request()->add_texts(texts[3]);
+  tlserve::v1::InferenceItem* embed = items.Add();
+  embed->set_embed(true);
+  embed->mutable_request()->add_texts("good");
+  tlserve::v1::InferenceItem* image = items.Add();
+  image->mutable_request()->add_images("not text");
+  std::vector<tlserve::v1::InferenceResult> results = runner.RunBatch({file}, items);
+  ASSERT_EQ(results.size(), 4u);
+  for (int item = 0; item < 2; ++item) {
+    ASSERT_EQ(results[item].code(), 0) << results[item].message();
+    const auto& predictions = results[item].prediction().predictions();
+    ASSERT_EQ(predictions.size(), 2);
+    for (int k = 0; k < 2; ++k) {
+      for (int c = 0; c < 2; ++c) {
+        EXPECT_NEAR(predictions[k].probabilities(c), alone[item * 2 + k][c], 1e-5);
+      }
+    }
+  }
+  ASSERT_EQ(results[2].code(), 0) << results[2].message();
+  ASSERT_EQ(results[2].embedding().embeddings_size(), 1);
+  EXPECT_EQ(results[2].embedding().embeddings(0).values_size(), 3);
+  // Max pooling over one word: its vector.
+  const WordVectors vectors = LoadedVectors();
+  const int32_t row = vectors.Find("good");
+  ASSERT_GE(row, 0);
+  EXPECT_NEAR(results[2].embedding().embeddings(0).values(0), vectors.Row(row)[0],
+              1e-6);
+  EXPECT_EQ(results[3].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(results[3].message(), HasSubstr("is a text model: send texts"));
 }
 
 }  // namespace

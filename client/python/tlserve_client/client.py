@@ -51,6 +51,14 @@ IDX_FILE_NAMES = {
     dataset_pb2.TEST_LABELS: "t10k-labels-idx1-ubyte",
 }
 
+# The format a dataset's first part implies when none is given.
+FORMAT_OF_ROLE = {
+    dataset_pb2.TRAIN_ARCHIVE: dataset_pb2.IMAGE_FOLDER_TAR,
+    dataset_pb2.TEST_ARCHIVE: dataset_pb2.IMAGE_FOLDER_TAR,
+    dataset_pb2.TRAIN_CSV: dataset_pb2.TEXT_CSV,
+    dataset_pb2.TEST_CSV: dataset_pb2.TEXT_CSV,
+}
+
 
 class TlserveError(Exception):
     """A call the server (or gRPC on the way) failed.
@@ -285,18 +293,24 @@ class Client:
             t10k-labels-idx1-ubyte; each may end in .gz): format "idx";
           - a tar archive (path or bytes) of class_name/*.png|jpg: format
             "image_folder_tar", with `test` the optional test archive;
+          - a CSV file (path or bytes) with a `text` and a `label` column:
+            format "text_csv" (the default for a path ending in .csv), with
+            `test` the optional test CSV; labels are integers 0..K-1 or
+            class names (common/text_dataset.h);
           - a dict of role -> path or bytes, roles as in DatasetPartRole
             ("train_images", "train_labels", "test_images", "test_labels",
-            "train_archive", "test_archive").
-        `class_names`: IDX only, names of labels 0..K-1. `request_id`: a
-        retry with the same id returns the first upload's dataset."""
-        parts = self._dataset_parts(source, format, test)
-        if format is None:
-            archive_roles = (dataset_pb2.TRAIN_ARCHIVE, dataset_pb2.TEST_ARCHIVE)
-            format = "image_folder_tar" if parts[0][0] in archive_roles else "idx"
+            "train_archive", "test_archive", "train_csv", "test_csv").
+        `class_names`: IDX, and text CSV with integer labels: names of
+        labels 0..K-1. `request_id`: a retry with the same id returns the
+        first upload's dataset."""
+        format_value = (None if format is None else
+                        _enum_value(dataset_pb2.DatasetFormat, format, "dataset format"))
+        parts = self._dataset_parts(source, format_value, test)
+        if format_value is None:
+            format_value = FORMAT_OF_ROLE.get(parts[0][0], dataset_pb2.IDX)
         header = dataset_pb2.DatasetUploadHeader(
-            name=name, format=_enum_value(dataset_pb2.DatasetFormat, format, "dataset format"),
-            class_names=list(class_names), request_id=request_id)
+            name=name, format=format_value, class_names=list(class_names),
+            request_id=request_id)
         for role, blob in parts:
             size, sha256 = blob.digest()
             header.parts.add(role=role, size_bytes=size, sha256=sha256)
@@ -311,11 +325,20 @@ class Client:
         return self._call(self._datasets.UploadDataset, requests(), self.stream_timeout)
 
     @staticmethod
-    def _dataset_parts(source, format, test) -> list:
+    def _dataset_parts(source, format: Optional[int], test) -> list:
+        in_memory = isinstance(source, (bytes, bytearray, memoryview))
+        if format is None and not in_memory and not isinstance(source, Mapping):
+            if os.fspath(source).lower().endswith(".csv"):
+                format = dataset_pb2.TEXT_CSV
         if isinstance(source, Mapping):
             parts = [(_enum_value(dataset_pb2.DatasetPartRole, role, "part role"), _Blob(s))
                      for role, s in source.items()]
-        elif not isinstance(source, (bytes, bytearray, memoryview)) and os.path.isdir(source):
+        elif format == dataset_pb2.TEXT_CSV:
+            parts = [(dataset_pb2.TRAIN_CSV, _Blob(source))]
+            if test is not None:
+                parts.append((dataset_pb2.TEST_CSV, _Blob(test)))
+            return parts
+        elif not in_memory and os.path.isdir(source):
             parts = []
             for role, base in IDX_FILE_NAMES.items():
                 for candidate in (base, base + ".gz"):
@@ -333,7 +356,7 @@ class Client:
                 parts.append((dataset_pb2.TEST_ARCHIVE, _Blob(test)))
             return parts
         if test is not None:
-            raise ValueError("`test` is for a tar archive source only")
+            raise ValueError("`test` is for a tar archive or CSV source only")
         return parts
 
     def get_dataset(self, dataset_id: str) -> dataset_pb2.Dataset:
@@ -355,17 +378,32 @@ class Client:
                         channels: Optional[int] = None, height: Optional[int] = None,
                         width: Optional[int] = None, mean: Optional[Sequence[float]] = None,
                         std: Optional[Sequence[float]] = None, fit: Optional[str] = None,
-                        shorter_side: Optional[int] = None,
+                        shorter_side: Optional[int] = None, kind: Optional[str] = None,
                         request_id: str = "") -> model_pb2.Backbone:
         """Uploads a TorchScript feature extractor ([N,C,H,W] floats in
-        [0,1] -> [N,D]) from a path or bytes.
+        [0,1] -> [N,D]), or word vectors, from a path or bytes.
 
-        Its input: `input_spec` as an InputSpec, a dict in InputSpec's JSON
-        form, or the path of such a JSON file (tools/export_backbone.py
-        writes one beside the model); keywords override its fields. `mean`
-        and `std` have one value per channel, applied inside the model;
-        `fit` is "stretch" (default) or "resize_center_crop" (torchvision's
-        Resize(shorter_side) + CenterCrop)."""
+        `kind`: "image_torchscript" (the default) or "word_vectors": a
+        GloVe text or word2vec binary file (common/word_vectors.h), the
+        embedding of text jobs, which takes no input spec.
+
+        An image backbone's input: `input_spec` as an InputSpec, a dict in
+        InputSpec's JSON form, or the path of such a JSON file
+        (tools/export_backbone.py writes one beside the model); keywords
+        override its fields. `mean` and `std` have one value per channel,
+        applied inside the model; `fit` is "stretch" (default) or
+        "resize_center_crop" (torchvision's Resize(shorter_side) +
+        CenterCrop)."""
+        kind_value = (model_pb2.BACKBONE_KIND_UNSPECIFIED if kind is None else
+                      _enum_value(model_pb2.BackboneKind, kind, "backbone kind"))
+        if kind_value == model_pb2.WORD_VECTORS:
+            given = [name for name, value in (
+                ("input_spec", input_spec), ("channels", channels), ("height", height),
+                ("width", width), ("mean", mean), ("std", std), ("fit", fit),
+                ("shorter_side", shorter_side)) if value is not None]
+            if given:
+                raise ValueError(f"word vectors take no input spec; drop "
+                                 f"{', '.join(given)}")
         blob = _Blob(source)
         spec = common_pb2.InputSpec()
         try:
@@ -390,8 +428,10 @@ class Client:
         if shorter_side is not None:
             spec.fit.shorter_side = shorter_side
         size, sha256 = blob.digest()
-        header = model_pb2.BackboneUploadHeader(name=name, input_spec=spec, size_bytes=size,
-                                                sha256=sha256, request_id=request_id)
+        with_spec = {} if kind_value == model_pb2.WORD_VECTORS else {"input_spec": spec}
+        header = model_pb2.BackboneUploadHeader(name=name, size_bytes=size, sha256=sha256,
+                                                request_id=request_id, kind=kind_value,
+                                                **with_spec)
 
         def requests() -> Iterator[model_pb2.UploadBackboneRequest]:
             yield model_pb2.UploadBackboneRequest(header=header)
@@ -533,8 +573,8 @@ class Client:
         change on `out` (default stderr). `on_event`: called with each
         JobEvent; returning False stops watching early (the job goes on).
         `timeout`: seconds in all, then TlserveError(DEADLINE_EXCEEDED).
-        A stream that breaks with UNAVAILABLE (e.g. the server restarting)
-        is re-opened after the last event seen, up to `max_reconnects`
+        A stream that breaks with UNAVAILABLE or CANCELLED (e.g. the server
+        restarting) is re-opened after the last event seen, up to `max_reconnects`
         times in a row."""
         printer = ProgressPrinter(out or sys.stderr) if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -558,7 +598,10 @@ class Client:
                             stream.cancel()
                             return self.get_job(job_id)
                 except grpc.RpcError as e:
-                    if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    # CANCELLED without our cancel: a server shutting down
+                    # when the call reached it; the next one may answer.
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.CANCELLED):
                         raise TlserveError.from_rpc_error(e) from e
                     reason = e.details()
                 else:
@@ -583,32 +626,53 @@ class Client:
 
     # --- Inference ---
 
-    def predict(self, model_id: str, images: Iterable[Source], *, top_k: int = 5,
+    def predict(self, model_id: str, images: Optional[Iterable[Source]] = None, *,
+                texts: Optional[Iterable[str]] = None, top_k: int = 5,
                 timeout: Optional[float] = None) -> list:
-        """Classifies encoded images (PNG or JPEG bytes, or their paths);
-        returns one Prediction per image, in order. The server fits each
-        image to the model's input as training did.
+        """Classifies encoded images (PNG or JPEG bytes, or their paths), or
+        for a text model (Model.text set) `texts`; returns one Prediction
+        per input, in order. The server fits each image to the model's
+        input, and tokenises each text, as training did.
 
         Errors: NOT_FOUND (unknown model), INVALID_ARGUMENT (an image that
-        does not decode), FAILED_PRECONDITION (undeployed),
-        RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (no worker)."""
-        request = inference_pb2.PredictRequest(
-            model_id=model_id, images=self._images(images), top_k=top_k)
+        does not decode, texts for an image model or images for a text
+        one), FAILED_PRECONDITION (undeployed), RESOURCE_EXHAUSTED (queue
+        full), UNAVAILABLE (no worker)."""
+        request = inference_pb2.PredictRequest(model_id=model_id, top_k=top_k)
+        self._set_inputs(request, images, texts)
         response = self._call(self._inference.Predict, request, timeout)
         return [Prediction(top=[ClassScore(c.index, c.label, c.probability) for c in p.top],
                            probabilities=list(p.probabilities))
                 for p in response.predictions]
 
-    def embed(self, model_id: str, images: Iterable[Source], *,
+    def embed(self, model_id: str, images: Optional[Iterable[Source]] = None, *,
+              texts: Optional[Iterable[str]] = None,
               timeout: Optional[float] = None) -> list:
-        """The backbone's features (before the head), one list per image."""
-        request = inference_pb2.EmbedRequest(model_id=model_id, images=self._images(images))
+        """The backbone's features (before the head), one list per image,
+        or per text of `texts` for a text model (its pooled word
+        vectors)."""
+        request = inference_pb2.EmbedRequest(model_id=model_id)
+        self._set_inputs(request, images, texts)
         response = self._call(self._inference.Embed, request, timeout)
         return [list(e.values) for e in response.embeddings]
 
     @staticmethod
-    def _images(images) -> list:
+    def _set_inputs(request, images, texts) -> None:
+        """Fills a Predict or Embed request with exactly one kind of
+        input."""
+        if (images is None) == (texts is None):
+            raise ValueError("pass images or texts (one of them)")
+        if texts is not None:
+            # One text passed bare would otherwise be iterated letter by letter.
+            if isinstance(texts, str):
+                texts = [texts]
+            texts = list(texts)
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise ValueError(f"texts[{i}] is a {type(text).__name__}, not a str")
+            request.texts.extend(texts)
+            return
         # One image passed bare would otherwise be iterated byte by byte.
         if isinstance(images, (bytes, bytearray, memoryview, str, os.PathLike)):
             images = [images]
-        return [_read_image(i) for i in images]
+        request.images.extend(_read_image(i) for i in images)
