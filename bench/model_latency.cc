@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(double, warmup_seconds, 2, "forwards run before timing");
 ABSL_FLAG(double, seconds, 10, "timed forwards run this long");
 ABSL_FLAG(int, min_iters, 20, "and at least this many timed forwards");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the input");
+ABSL_FLAG(double, gap_ms, 0,
+          "sleep this long before each timed forward (untimed), as a server "
+          "at concurrency 1 idles between calls; 0: back to back");
 ABSL_FLAG(bool, channels_last, false, "module and input in channels_last layout");
 ABSL_FLAG(bool, optimize, false,
           "freeze the module and run torch::jit::optimize_for_inference first "
@@ -93,7 +97,12 @@ absl::Status Run(const std::string& path, const std::vector<int64_t>& shape,
         const Clock::time_point end =
             Clock::now() + seconds(absl::GetFlag(FLAGS_seconds));
         const size_t min_iters = std::max(1, absl::GetFlag(FLAGS_min_iters));
+        const double gap_ms = absl::GetFlag(FLAGS_gap_ms);
         while (Clock::now() < end || timings->ms.size() < min_iters) {
+          if (gap_ms > 0) {
+            std::this_thread::sleep_for(
+                std::chrono::duration<double, std::milli>(gap_ms));
+          }
           const Clock::time_point start = Clock::now();
           forward();
           timings->ms.push_back(

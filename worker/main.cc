@@ -66,6 +66,11 @@ ABSL_FLAG(bool, keep_freed_memory, true,
           "fix glibc's malloc thresholds so freed tensor buffers are reused "
           "instead of returned to the OS (worker/allocator.h); false: "
           "glibc's defaults");
+ABSL_FLAG(bool, optimize_models, true,
+          "answer Predict with a copy of each image model frozen and "
+          "optimised for inference (torch::jit::optimize_for_inference), "
+          "when it gives the model's answers; false: the exported model as "
+          "it is");
 ABSL_FLAG(double, drain_seconds, 60,
           "on SIGTERM/SIGINT: seconds to checkpoint and hand back the "
           "running job and finish held inference calls before stopping; a "
@@ -117,6 +122,7 @@ int main(int argc, char** argv) {
   }
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.device = absl::GetFlag(FLAGS_device);
+  options.optimize_models = absl::GetFlag(FLAGS_optimize_models);
   const std::string worker_id = options.worker_id;
   options.on_connection_change = [worker_id](bool connected,
                                              const std::string& detail) {
