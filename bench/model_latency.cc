@@ -9,6 +9,12 @@
 //
 // Prints p50/p90/p99/max in ms and one `RESULT {json}` line shaped like
 // load_gen's (throughput_rps is forwards per second on this one thread).
+//
+// With --image and --model_json (`tlctl --json model get ID`), each timed
+// call is instead the worker's whole compute for one Predict request:
+// InferenceRunner decodes the image, fits it to the model's input spec,
+// runs the model (its optimised copy with --optimize) and picks the top
+// classes. Served latency minus this is what gRPC and the batcher cost.
 
 #include <ATen/Parallel.h>
 #include <torch/script.h>
@@ -17,6 +23,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,7 +34,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
+#include "tlserve/v1/model.pb.h"
 #include "worker/allocator.h"
+#include "worker/inference_runner.h"
 #include "worker/torch_status.h"
 
 ABSL_FLAG(bool, keep_freed_memory, true,
@@ -50,6 +62,13 @@ ABSL_FLAG(bool, optimize, false,
           "freeze the module and run torch::jit::optimize_for_inference first "
           "(as tlserve's worker does)");
 
+ABSL_FLAG(std::string, image, "",
+          "time the worker's whole Predict compute on this encoded image "
+          "(needs --model_json) instead of forward on a random tensor");
+ABSL_FLAG(std::string, model_json, "",
+          "the model's record, `tlctl --json model get ID`: its input spec "
+          "and class names, for --image");
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -58,6 +77,90 @@ struct Timings {
   std::vector<double> ms;
   int64_t classes = 0;
 };
+
+Clock::duration Seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(s));
+}
+
+// Calls `call` for the warm-up, then times it like Run does.
+void TimeCalls(const std::function<void()>& call, Timings* timings) {
+  const Clock::time_point warm_end =
+      Clock::now() + Seconds(absl::GetFlag(FLAGS_warmup_seconds));
+  do {
+    call();
+  } while (Clock::now() < warm_end);
+  const Clock::time_point end =
+      Clock::now() + Seconds(absl::GetFlag(FLAGS_seconds));
+  const size_t min_iters = std::max(1, absl::GetFlag(FLAGS_min_iters));
+  const double gap_ms = absl::GetFlag(FLAGS_gap_ms);
+  while (Clock::now() < end || timings->ms.size() < min_iters) {
+    if (gap_ms > 0) {
+      std::this_thread::sleep_for(
+          std::chrono::duration<double, std::milli>(gap_ms));
+    }
+    const Clock::time_point start = Clock::now();
+    call();
+    timings->ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - start)
+            .count());
+  }
+}
+
+// The worker's compute for one Predict request of one image, through
+// InferenceRunner as the worker runs it (its thread count, its optimised
+// copy when --optimize).
+absl::Status RunThroughRunner(const std::string& path, int threads,
+                              Timings* timings) {
+  ASSIGN_OR_RETURN(std::string json,
+                   tlserve::ReadFile(absl::GetFlag(FLAGS_model_json)));
+  tlserve::v1::Model record;
+  google::protobuf::util::JsonParseOptions parse;
+  parse.ignore_unknown_fields = true;
+  if (auto st =
+          google::protobuf::util::JsonStringToMessage(json, &record, parse);
+      !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model_json: ", std::string(st.message())));
+  }
+  ASSIGN_OR_RETURN(std::string image,
+                   tlserve::ReadFile(absl::GetFlag(FLAGS_image)));
+  tlserve::worker::InferenceRunner::Options options;
+  options.num_threads = threads;
+  options.optimize = absl::GetFlag(FLAGS_optimize);
+  tlserve::worker::InferenceRunner runner(options);
+  tlserve::worker::InferenceRunner::ModelFile file;
+  file.model_id = record.id().empty() ? "model" : record.id();
+  file.path = path;
+  file.input_spec = record.input_spec();
+  file.class_names.assign(record.class_names().begin(),
+                          record.class_names().end());
+  file.tasks.assign(record.tasks().begin(), record.tasks().end());
+  // As the server serves it (with its default --share_backbones): a model
+  // with a frozen backbone runs on a shared one.
+  if (!record.backbone_digest().empty()) {
+    file.shared_backbone =
+        absl::StrCat(record.backbone_id(), "/", record.backbone_digest());
+  }
+  tlserve::v1::PredictRequest request;
+  request.add_images(image);
+  request.set_top_k(3);
+  // A bad image or model fails here, before any timing.
+  RETURN_IF_ERROR(runner.Predict(file, request).status());
+  absl::Status failed;
+  TimeCalls(
+      [&] {
+        absl::StatusOr<tlserve::v1::PredictResponse> response =
+            runner.Predict(file, request);
+        if (!response.ok()) {
+          failed = response.status();
+        } else {
+          timings->classes = static_cast<int64_t>(file.class_names.size());
+        }
+      },
+      timings);
+  return failed;
+}
 
 absl::Status Run(const std::string& path, const std::vector<int64_t>& shape,
                  Timings* timings) {
@@ -81,34 +184,12 @@ absl::Status Run(const std::string& path, const std::vector<int64_t>& shape,
             absl::GetFlag(FLAGS_channels_last)
                 ? at::rand(shape).contiguous(at::MemoryFormat::ChannelsLast)
                 : at::rand(shape);
-        auto forward = [&] {
-          at::Tensor out = module.forward({input}).toTensor();
-          timings->classes = out.dim() == 2 ? out.size(1) : 0;
-        };
-        const auto seconds = [](double s) {
-          return std::chrono::duration_cast<Clock::duration>(
-              std::chrono::duration<double>(s));
-        };
-        const Clock::time_point warm_end =
-            Clock::now() + seconds(absl::GetFlag(FLAGS_warmup_seconds));
-        do {
-          forward();
-        } while (Clock::now() < warm_end);
-        const Clock::time_point end =
-            Clock::now() + seconds(absl::GetFlag(FLAGS_seconds));
-        const size_t min_iters = std::max(1, absl::GetFlag(FLAGS_min_iters));
-        const double gap_ms = absl::GetFlag(FLAGS_gap_ms);
-        while (Clock::now() < end || timings->ms.size() < min_iters) {
-          if (gap_ms > 0) {
-            std::this_thread::sleep_for(
-                std::chrono::duration<double, std::milli>(gap_ms));
-          }
-          const Clock::time_point start = Clock::now();
-          forward();
-          timings->ms.push_back(
-              std::chrono::duration<double, std::milli>(Clock::now() - start)
-                  .count());
-        }
+        TimeCalls(
+            [&] {
+              at::Tensor out = module.forward({input}).toTensor();
+              timings->classes = out.dim() == 2 ? out.size(1) : 0;
+            },
+            timings);
         if (timings->classes == 0) {
           return absl::FailedPreconditionError(
               "the model does not return [N, classes] logits");
@@ -152,8 +233,16 @@ int main(int argc, char** argv) {
   }
   at::set_num_threads(threads);
 
+  const bool through_runner = !absl::GetFlag(FLAGS_image).empty();
+  if (through_runner && absl::GetFlag(FLAGS_model_json).empty()) {
+    std::fprintf(stderr, "model_latency: --image needs --model_json\n");
+    return 2;
+  }
   Timings timings;
-  if (absl::Status status = Run(path, shape, &timings); !status.ok()) {
+  absl::Status status = through_runner
+                            ? RunThroughRunner(path, threads, &timings)
+                            : Run(path, shape, &timings);
+  if (!status.ok()) {
     std::fprintf(stderr, "model_latency: %s\n", status.ToString().c_str());
     return 1;
   }
@@ -167,12 +256,24 @@ int main(int argc, char** argv) {
   for (double v : sorted) total += v;
   const double mean = total / sorted.size();
   const double rps = 1000.0 / mean;
-  std::printf("model_latency: %s, input [%lld,%lld,%lld,%lld], %d threads, "
-              "%zu forwards, %lld classes\n",
-              path.c_str(), static_cast<long long>(shape[0]),
-              static_cast<long long>(shape[1]), static_cast<long long>(shape[2]),
-              static_cast<long long>(shape[3]), threads, sorted.size(),
-              static_cast<long long>(timings.classes));
+  if (through_runner) {
+    std::printf("model_latency: %s, Predict on %s through InferenceRunner "
+                "(%s), %d threads, %zu calls, %lld classes\n",
+                path.c_str(), absl::GetFlag(FLAGS_image).c_str(),
+                absl::GetFlag(FLAGS_optimize) ? "optimised copies"
+                                              : "as exported",
+                threads, sorted.size(),
+                static_cast<long long>(timings.classes));
+    shape[0] = 1;
+  } else {
+    std::printf("model_latency: %s, input [%lld,%lld,%lld,%lld], %d threads, "
+                "%zu forwards, %lld classes\n",
+                path.c_str(), static_cast<long long>(shape[0]),
+                static_cast<long long>(shape[1]),
+                static_cast<long long>(shape[2]),
+                static_cast<long long>(shape[3]), threads, sorted.size(),
+                static_cast<long long>(timings.classes));
+  }
   std::printf("  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\n",
               percentile(0.5), percentile(0.9), percentile(0.99), sorted.back(),
               mean);

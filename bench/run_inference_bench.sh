@@ -35,6 +35,8 @@
 #                        compact; 8 for resnet18)
 #   BENCH_SERVER_FLAGS   extra tlserve flags, e.g. the batcher's
 #                        "--max_batch_size=16 --batches_per_worker=1" ("")
+#   BENCH_RUNNER_OPTIMIZE  the worker-compute timing uses the optimised
+#                        copy, as tlworker's --optimize_models (true)
 #   BENCH_OUT            folder for logs, models, results (a new temp dir)
 #   BENCH_DATA_DIR       Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist)
 set -euo pipefail
@@ -81,11 +83,13 @@ LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
 log "output in $OUT; windows: warmup ${WARMUP}s + ${SECONDS_W}s, in-process ${LAT_SECONDS}s; threads $THREADS; input $INPUT"
 "$BUILD/server/tlserve" --listen=127.0.0.1:0 --port_file="$DATA_DIR/tlserve.port" \
   --data_dir="$DATA_DIR" --local_workers=1 --worker_binary="$BUILD/worker/tlworker" \
-  --worker_threads="$THREADS" ${BENCH_SERVER_FLAGS:-} 2> "$OUT/tlserve.log" &
+  --worker_threads="$THREADS" --metrics_listen=127.0.0.1:0 \
+  --metrics_port_file="$DATA_DIR/metrics.port" ${BENCH_SERVER_FLAGS:-} 2> "$OUT/tlserve.log" &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
 PORT="$(wait_port_file "$DATA_DIR/tlserve.port" "$SERVER_PID" "$OUT/tlserve.log")"
 SERVER="127.0.0.1:$PORT"
+METRICS_PORT="$(wait_port_file "$DATA_DIR/metrics.port" "$SERVER_PID" "$OUT/tlserve.log")"
 tlctl health --wait 60 > /dev/null
 log "tlserve on $SERVER (log: $OUT/tlserve.log)"
 
@@ -153,14 +157,24 @@ img.resize((224, 224), Image.BILINEAR).convert("RGB").save(sys.argv[3] + "/input
 EOF
 
 # --- 4. per model: in process, tlserve, peer --------------------------------
+scrape() {  # scrape FILE: tlserve's /metrics now
+  "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:$METRICS_PORT/metrics" > "$1" || log "cannot scrape tlserve's /metrics"
+}
+
 load() {  # load KIND TARGET MODEL_ID CONCURRENCY
   local logf="$OUT/$model.$1.c$4.log"
+  # tlserve at c=1: its histograms over the window (warm-up included) say
+  # where a call's time goes: queue, worker compute, the rest.
+  [ "$1" = tlserve ] && [ "$4" = 1 ] && scrape "$OUT/$model.metrics.before"
   timeout $((WARMUP + SECONDS_W + TIMEOUT_MS / 1000 + 60)) "$BUILD/bench/load_gen" \
     --target="$2" --model="$3" "${input[@]}" --concurrency="$4" \
     --warmup_seconds="$WARMUP" --seconds="$SECONDS_W" --timeout_ms="$TIMEOUT_MS" \
     --top_k=3 --allow_errors > "$logf" 2>&1 || log "load_gen $1 c=$4 exited $?"
   grep -E '^  (throughput|latency|error)' "$logf" | sed "s/^/  [$model $1 c=$4]/" >&2 || true
   record "$logf" model="$model" server="$1" concurrency="$4"
+  [ "$1" = tlserve ] && [ "$4" = 1 ] && scrape "$OUT/$model.metrics.after"
+  return 0
 }
 
 for model in $MODELS; do
@@ -181,6 +195,16 @@ for model in $MODELS; do
     --shape="1,$c,$h,$w" --threads="$THREADS" --warmup_seconds=1 \
     --seconds="$LAT_SECONDS" > "$OUT/$model.inproc.log" 2>&1 || true
   record "$OUT/$model.inproc.log" model="$model" server=inproc concurrency=1
+  if [ "$INPUT" = image ]; then
+    # The worker's whole compute for one request, in process: what tlserve
+    # adds beyond it at c=1 is gRPC, the batcher and the worker stream.
+    log "$model: in-process worker compute (decode, fit, forward, top-k)"
+    timeout $((LAT_SECONDS + 120)) "$BUILD/bench/model_latency" --model="$OUT/$model.pt" \
+      --image="${input[0]#--image=}" --model_json="$OUT/$model.model.json" \
+      --optimize="${BENCH_RUNNER_OPTIMIZE:-true}" --threads="$THREADS" \
+      --warmup_seconds=1 --seconds="$LAT_SECONDS" > "$OUT/$model.runner.log" 2>&1 || true
+    record "$OUT/$model.runner.log" model="$model" server=runner concurrency=1
+  fi
 
   for conc in $CONCURRENCY; do load tlserve "$SERVER" "$id" "$conc"; done
 
@@ -213,12 +237,36 @@ done
 
 # --- 5. the table -------------------------------------------------------------
 LOAD_END="$(cut -d' ' -f1 /proc/loadavg)"
-"$PY" - "$RESULTS" "$THREADS" "$INPUT" "$WARMUP" "$SECONDS_W" "$LOAD_START" "$LOAD_END" <<'EOF' | tee "$OUT/table.md"
-import json, sys
+ids=(); for model in $MODELS; do ids+=("$model=${MODEL_ID[$model]}"); done
+"$PY" - "$RESULTS" "$THREADS" "$INPUT" "$WARMUP" "$SECONDS_W" "$LOAD_START" "$LOAD_END" "$OUT" "${ids[@]}" <<'EOF' | tee "$OUT/table.md"
+import json, os, re, sys
+ids = dict(a.split("=", 1) for a in sys.argv[9:])
+
+def means(model):
+    """Mean ms per call (per batch for compute) over tlserve's c=1 window."""
+    files = [os.path.join(sys.argv[8], f"{model}.metrics.{w}") for w in ("before", "after")]
+    if not all(os.path.exists(f) for f in files):
+        return None
+    def read(f):
+        d = {}
+        for line in open(f):
+            m = re.match(r'(tlserve_inference_\w+_duration_seconds)_(sum|count)\{(.*)\} (\S+)$', line)
+            if m and f'model="{ids.get(model)}"' in m.group(3):
+                d[(m.group(1), m.group(2))] = float(m.group(4))
+        return d
+    a, b = (read(f) for f in files)
+    out = {}
+    for name in ("request", "queue", "compute"):
+        key = f"tlserve_inference_{name}_duration_seconds"
+        n = b.get((key, "count"), 0) - a.get((key, "count"), 0)
+        if n > 0:
+            out[name] = 1000 * (b[(key, "sum")] - a.get((key, "sum"), 0)) / n
+    return out
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r["bench_model"], r["bench_server"], r["bench_concurrency"]): r for r in rows}
 models = list(dict.fromkeys(r["bench_model"] for r in rows))
-concs = sorted({r["bench_concurrency"] for r in rows if r["bench_server"] != "inproc"})
+concs = sorted({r["bench_concurrency"] for r in rows
+                if r["bench_server"] not in ("inproc", "runner")})
 print(f"\nInference, {sys.argv[2]} LibTorch threads each, input {sys.argv[3]}, "
       f"closed loop, {sys.argv[4]} s warmup + {sys.argv[5]} s per point; "
       f"1-min load average {sys.argv[6]} at start, {sys.argv[7]} at end\n")
@@ -244,5 +292,15 @@ for m in models:
     i = by.get((m, "inproc", 1), {})
     print(f"\n{m}: in-process forward p50 {fmt(i.get('p50_ms'), '%.2f')} ms, "
           f"p99 {fmt(i.get('p99_ms'), '%.2f')} ms ({fmt(i.get('throughput_rps'))} forwards/s)", end="")
+    w = by.get((m, "runner", 1))
+    if w:
+        print(f"; the worker's compute for one request in process (decode, fit, "
+              f"forward, top-k) p50 {fmt(w.get('p50_ms'), '%.2f')} ms", end="")
+    s = means(m)
+    if s:
+        print(f"; tlserve at c=1, mean per call in the server "
+              f"{fmt(s.get('request'), '%.2f')} ms, of which queued "
+              f"{fmt(s.get('queue'), '%.2f')} ms and the worker's compute "
+              f"{fmt(s.get('compute'), '%.2f')} ms", end="")
 print()
 EOF

@@ -46,8 +46,19 @@ constexpr int kDefaultTopK = 5;
 struct SharedBackbone {
   std::string key;
   torch::jit::Module module;
-  // The `backbone` submodule's parameters and buffers plus mean and std.
+  // Options.optimize: a frozen, optimised copy whose features() answers
+  // for `module`'s (checked equal on a probe input at load). Most models
+  // on a shared backbone are alone on it, and its features() is nearly all
+  // of their compute.
+  std::optional<torch::jit::Module> optimized;
+  // The `backbone` submodule's parameters and buffers plus mean and std
+  // (twice with the optimised copy).
   int64_t bytes = 0;
+
+  // The module whose features() a batch runs.
+  torch::jit::Module Features() const {
+    return optimized.has_value() ? *optimized : module;
+  }
 };
 
 // What turns a text model's inputs into ids: the words of its vocab
@@ -540,6 +551,34 @@ struct InferenceRunner::Impl {
     (void)made;  // not optimized: served as exported
   }
 
+  // A frozen copy of `module` made by optimize_for_inference, keeping
+  // features(), if on a probe input its features() equal `module`'s (to
+  // float rounding); nullopt otherwise or on any error: the backbone then
+  // runs as exported.
+  static std::optional<torch::jit::Module> OptimizedFeatures(
+      torch::jit::Module module, const ModelFile& file) {
+    absl::StatusOr<std::optional<torch::jit::Module>> made =
+        TorchGuardOr<std::optional<torch::jit::Module>>(
+            absl::StrCat("optimizing the backbone of model ", file.model_id),
+            [&]() -> absl::StatusOr<std::optional<torch::jit::Module>> {
+              // Freezing clones the module first: the exported one is
+              // intact. Frozen here, not by optimize_for_inference, whose
+              // C++ freeze keeps forward() alone.
+              torch::jit::Module optimized = torch::jit::freeze(
+                  module, std::vector<std::string>{"features"});
+              optimized =
+                  torch::jit::optimize_for_inference(optimized, {"features"});
+              c10::InferenceMode inference_mode;
+              const at::Tensor probe = ProbeInput(file.input_spec);
+              if (!Close(optimized.run_method("features", probe),
+                         module.run_method("features", probe))) {
+                return std::nullopt;
+              }
+              return optimized;
+            });
+    return made.ok() ? *std::move(made) : std::nullopt;
+  }
+
   // Puts `loaded` on the shared backbone of file.shared_backbone: the one
   // loaded for that key if `module` matches it (same backbone weights and
   // buffers, mean and std; and on a probe input, its features() equal the
@@ -591,6 +630,10 @@ struct InferenceRunner::Impl {
             created->bytes = ModuleBytes(module.attr("backbone").toModule()) +
                              module.attr("mean").toTensor().nbytes() +
                              module.attr("std").toTensor().nbytes();
+            if (options.optimize) {
+              created->optimized = OptimizedFeatures(module, file);
+              if (created->optimized.has_value()) created->bytes *= 2;
+            }
             backbone = std::move(created);
           }
           loaded->module = head;
@@ -753,7 +796,7 @@ struct InferenceRunner::Impl {
     absl::Status ran =
         TorchGuard(absl::StrCat("running the ", what), [&]() -> absl::Status {
           at::Tensor batch = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
-          torch::jit::Module module = backbone.module;
+          torch::jit::Module module = backbone.Features();
           ASSIGN_OR_RETURN(features,
                            RunChunked(batch, absl::StrCat(what, " features()"),
                                       [&](const at::Tensor& x) {

@@ -49,9 +49,11 @@ class InferenceRunner {
     // made by torch::jit::optimize_for_inference (BatchNorm folded into the
     // convolutions, fused ops): resnet18 at 224 px ran 15.4 ms a forward
     // against 22.4 in bench/model_latency. The copy is used only when its
-    // outputs equal the model's on a probe input; Embed, shared backbones
-    // and text models keep the module as exported. Its bytes count
-    // against max_loaded_bytes too.
+    // outputs equal the model's on a probe input; Embed batches and text
+    // models keep the module as exported. A shared backbone likewise gets
+    // an optimised copy of its features(), which then runs every batch on
+    // it (Predict and Embed). The copies' bytes count against
+    // max_loaded_bytes too.
     bool optimize = true;
   };
 

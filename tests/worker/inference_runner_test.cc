@@ -567,6 +567,37 @@ TEST_F(SharedBackboneTest, OptimizedCopyAnswersLikeTheExportedModel) {
                     exported.RunBatch(files, items));
 }
 
+// A shared backbone runs an optimised copy of its features() too, for
+// Predict and Embed alike, with its answers and one more backbone's bytes.
+TEST_F(SharedBackboneTest, OptimizedBackboneAnswersLikeTheExportedOne) {
+  const at::Tensor x = torch::rand({4, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> items;
+  AddItem(&items, 0, x.slice(0, 0, 2), false, false);
+  AddItem(&items, 1, x.slice(0, 1, 4), true, true);
+  AddItem(&items, 0, x.slice(0, 3, 4), true, false);
+  const std::vector<InferenceRunner::ModelFile> files =
+      Files({kA, kB}, "backbone-1");
+  InferenceRunner optimized(InferenceRunner::Options{});
+  InferenceRunner::Options plain_options;
+  plain_options.optimize = false;
+  InferenceRunner exported(plain_options);
+  ExpectSameResults(optimized.RunBatch(files, items),
+                    exported.RunBatch(files, items));
+  EXPECT_EQ(optimized.BackboneRuns(), 1);
+  for (const auto& info : optimized.LoadedModels()) {
+    EXPECT_EQ(info.shared_backbone, "backbone-1") << info.model_id;
+  }
+  int64_t heads = 0;
+  for (const auto& info : exported.LoadedModels()) heads += info.bytes;
+  EXPECT_EQ(optimized.LoadedBytes() - heads,
+            2 * (exported.LoadedBytes() - heads));
+  // One model alone on the backbone: the same answers as the whole file.
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> one;
+  AddItem(&one, 0, x, false, false);
+  ExpectSameResults(optimized.RunBatch(Files({kA}, "backbone-1"), one),
+                    exported.RunBatch(Files({kA}, ""), one));
+}
+
 TEST_F(SharedBackboneTest, LoadedBytesCountTheBackboneOnce) {
   const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
   // The exported modules' bytes: no optimised copies.
