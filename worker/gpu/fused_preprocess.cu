@@ -1,0 +1,48 @@
+#include "worker/gpu/fused_preprocess_cuda.h"
+
+namespace tlserve::worker::gpu {
+namespace {
+
+constexpr int kBlockX = 32;
+constexpr int kBlockY = 8;
+
+// One thread per output pixel of one image (blockIdx.z), all channels:
+// neighbouring threads read neighbouring source pixels and write
+// neighbouring outputs.
+__global__ void FusedPreprocessKernel(const uint8_t* const* srcs,
+                                      const FusedPreprocessParams* params,
+                                      long long image_floats, float* out) {
+  const int image = blockIdx.z;
+  const FusedPreprocessParams& p = params[image];
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y * blockDim.y + threadIdx.y;
+  if (x >= p.out_width || y >= p.out_height) return;
+  float* dst = out + image * image_floats;
+  for (int c = 0; c < p.channels; ++c) {
+    dst[internal::FusedOffset(p, c, y, x)] =
+        internal::FusedValue(srcs[image], p, c, y, x);
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchFusedPreprocess(const uint8_t* const* device_srcs,
+                                  const FusedPreprocessParams* device_params,
+                                  int images, int channels, int out_height,
+                                  int out_width, float* device_out,
+                                  cudaStream_t stream) {
+  if (images < 1 || channels < 1 || out_height < 1 || out_width < 1) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 block(kBlockX, kBlockY, 1);
+  const dim3 grid((out_width + kBlockX - 1) / kBlockX,
+                  (out_height + kBlockY - 1) / kBlockY,
+                  static_cast<unsigned>(images));
+  const long long image_floats =
+      static_cast<long long>(channels) * out_height * out_width;
+  FusedPreprocessKernel<<<grid, block, 0, stream>>>(device_srcs, device_params,
+                                                    image_floats, device_out);
+  return cudaGetLastError();
+}
+
+}  // namespace tlserve::worker::gpu
