@@ -13,6 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/image_transforms.h"
 #include "gtest/gtest.h"
+#ifdef TLSERVE_HAVE_CUDA_KERNELS
+#include "worker/gpu/fused_preprocess_cuda.h"
+#endif
 
 namespace tlserve::worker::gpu {
 namespace {
@@ -58,10 +61,12 @@ std::vector<float> CpuPath(const std::vector<uint8_t>& src, const Case& c,
   return last;
 }
 
-TEST(FusedPreprocessTest, HostReferenceEqualsTheCpuPathBitForBit) {
-  std::mt19937_64 rng(7);
-  const float mean[kMaxChannels] = {0.485f, 0.456f, 0.406f, 0.5f};
-  const float std[kMaxChannels] = {0.229f, 0.224f, 0.225f, 0.25f};
+constexpr float kMean[kMaxChannels] = {0.485f, 0.456f, 0.406f, 0.5f};
+constexpr float kStd[kMaxChannels] = {0.229f, 0.224f, 0.225f, 0.25f};
+
+// Random sources, boxes (random-resized and centre), output sizes below
+// and above the box's, flips, normalisation and both layouts.
+std::vector<Case> Cases(std::mt19937_64& rng) {
   std::vector<Case> cases;
   for (int i = 0; i < 64; ++i) {
     Case c;
@@ -72,7 +77,6 @@ TEST(FusedPreprocessTest, HostReferenceEqualsTheCpuPathBitForBit) {
     c.box = (i % 4 < 2) ? RandomResizedCropBox(c.src_height, c.src_width, 0.08, rng)
                         : CenterCropBox(c.src_height, c.src_width,
                                         c.src_height * 7 / 8, c.src_width * 7 / 8);
-    // Smaller and larger than the box: downscaling and upscaling.
     c.out_height = (i % 5 == 0) ? 224 : 8 + static_cast<int>(rng() % 120);
     c.out_width = (i % 5 == 0) ? 224 : 8 + static_cast<int>(rng() % 120);
     c.flip = (i / 2) % 2 == 1;
@@ -82,40 +86,79 @@ TEST(FusedPreprocessTest, HostReferenceEqualsTheCpuPathBitForBit) {
   }
   // The whole image at its own size: a copy scaled to [0, 1].
   cases.push_back({3, 28, 28, false, {0, 0, 28, 28}, 28, 28, false, false, false});
+  return cases;
+}
 
-  for (const Case& c : cases) {
+FusedPreprocessParams ParamsOf(const Case& c) {
+  FusedPreprocessParams p;
+  p.channels = c.channels;
+  p.src_height = c.src_height;
+  p.src_width = c.src_width;
+  p.src_planar = c.src_planar;
+  p.box_top = c.box.top;
+  p.box_left = c.box.left;
+  p.box_height = c.box.height;
+  p.box_width = c.box.width;
+  p.out_height = c.out_height;
+  p.out_width = c.out_width;
+  p.flip = c.flip;
+  p.normalise = c.normalise;
+  std::memcpy(p.mean, kMean, sizeof(kMean));
+  std::memcpy(p.std, kStd, sizeof(kStd));
+  p.channels_last = c.channels_last;
+  return p;
+}
+
+std::vector<uint8_t> RandomSource(const Case& c, std::mt19937_64& rng) {
+  std::vector<uint8_t> src(static_cast<size_t>(c.channels) * c.src_height *
+                           c.src_width);
+  for (uint8_t& v : src) v = static_cast<uint8_t>(rng());
+  return src;
+}
+
+size_t DifferingBits(const std::vector<float>& a, const std::vector<float>& b) {
+  size_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++differ;
+  }
+  return differ;
+}
+
+TEST(FusedPreprocessTest, HostReferenceEqualsTheCpuPathBitForBit) {
+  std::mt19937_64 rng(7);
+  for (const Case& c : Cases(rng)) {
     SCOPED_TRACE(Describe(c));
-    std::vector<uint8_t> src(static_cast<size_t>(c.channels) * c.src_height *
-                             c.src_width);
-    for (uint8_t& v : src) v = static_cast<uint8_t>(rng());
-    FusedPreprocessParams p;
-    p.channels = c.channels;
-    p.src_height = c.src_height;
-    p.src_width = c.src_width;
-    p.src_planar = c.src_planar;
-    p.box_top = c.box.top;
-    p.box_left = c.box.left;
-    p.box_height = c.box.height;
-    p.box_width = c.box.width;
-    p.out_height = c.out_height;
-    p.out_width = c.out_width;
-    p.flip = c.flip;
-    p.normalise = c.normalise;
-    std::memcpy(p.mean, mean, sizeof(mean));
-    std::memcpy(p.std, std, sizeof(std));
-    p.channels_last = c.channels_last;
-
+    const std::vector<uint8_t> src = RandomSource(c, rng);
     std::vector<float> got(static_cast<size_t>(c.channels) * c.out_height *
                            c.out_width);
-    ASSERT_TRUE(FusedPreprocessOnHost(src.data(), p, got.data()));
-    const std::vector<float> want = CpuPath(src, c, mean, std);
+    ASSERT_TRUE(FusedPreprocessOnHost(src.data(), ParamsOf(c), got.data()));
+    const std::vector<float> want = CpuPath(src, c, kMean, kStd);
     ASSERT_EQ(got.size(), want.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) ++differ;
-    }
-    EXPECT_EQ(differ, 0u) << "of " << got.size() << " values";
+    EXPECT_EQ(DifferingBits(got, want), 0u) << "of " << got.size() << " values";
   }
+}
+
+// The kernel itself, where it was built and a GPU is present.
+TEST(FusedPreprocessTest, KernelEqualsTheHostReferenceBitForBit) {
+#ifdef TLSERVE_HAVE_CUDA_KERNELS
+  if (const char* why = CudaDeviceUnavailable()) {
+    GTEST_SKIP() << "no CUDA device to run the kernel on: " << why;
+  }
+  std::mt19937_64 rng(11);
+  for (const Case& c : Cases(rng)) {
+    SCOPED_TRACE(Describe(c));
+    const std::vector<uint8_t> src = RandomSource(c, rng);
+    const size_t n = static_cast<size_t>(c.channels) * c.out_height * c.out_width;
+    std::vector<float> host(n), device(n);
+    ASSERT_TRUE(FusedPreprocessOnHost(src.data(), ParamsOf(c), host.data()));
+    const char* failed =
+        FusedPreprocessOnDevice(src.data(), ParamsOf(c), device.data());
+    ASSERT_EQ(failed, nullptr) << failed;
+    EXPECT_EQ(DifferingBits(device, host), 0u) << "of " << n << " values";
+  }
+#else
+  GTEST_SKIP() << "built without nvcc: the CUDA kernel was not compiled";
+#endif
 }
 
 TEST(FusedPreprocessTest, RefusesWhatCannotRun) {

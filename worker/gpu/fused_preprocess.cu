@@ -45,4 +45,51 @@ cudaError_t LaunchFusedPreprocess(const uint8_t* const* device_srcs,
   return cudaGetLastError();
 }
 
+const char* CudaDeviceUnavailable() {
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return devices > 0 ? nullptr : "no CUDA device";
+}
+
+const char* FusedPreprocessOnDevice(const uint8_t* src,
+                                    const FusedPreprocessParams& p,
+                                    float* out) {
+  if (const char* problem = FusedPreprocessProblem(p)) return problem;
+  const size_t src_bytes =
+      static_cast<size_t>(p.channels) * p.src_height * p.src_width;
+  const size_t out_bytes = sizeof(float) * p.channels * p.out_height *
+                           static_cast<size_t>(p.out_width);
+  uint8_t* d_src = nullptr;
+  const uint8_t** d_srcs = nullptr;
+  FusedPreprocessParams* d_params = nullptr;
+  float* d_out = nullptr;
+  cudaError_t e = cudaMalloc(&d_src, src_bytes);
+  if (e == cudaSuccess) e = cudaMalloc(&d_srcs, sizeof(uint8_t*));
+  if (e == cudaSuccess) e = cudaMalloc(&d_params, sizeof(p));
+  if (e == cudaSuccess) e = cudaMalloc(&d_out, out_bytes);
+  if (e == cudaSuccess) {
+    e = cudaMemcpy(d_src, src, src_bytes, cudaMemcpyHostToDevice);
+  }
+  const uint8_t* srcs[1] = {d_src};
+  if (e == cudaSuccess) {
+    e = cudaMemcpy(d_srcs, srcs, sizeof(srcs), cudaMemcpyHostToDevice);
+  }
+  if (e == cudaSuccess) {
+    e = cudaMemcpy(d_params, &p, sizeof(p), cudaMemcpyHostToDevice);
+  }
+  if (e == cudaSuccess) {
+    e = LaunchFusedPreprocess(d_srcs, d_params, 1, p.channels, p.out_height,
+                              p.out_width, d_out, nullptr);
+  }
+  if (e == cudaSuccess) {
+    e = cudaMemcpy(out, d_out, out_bytes, cudaMemcpyDeviceToHost);
+  }
+  cudaFree(d_out);
+  cudaFree(d_params);
+  cudaFree(d_srcs);
+  cudaFree(d_src);
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
 }  // namespace tlserve::worker::gpu

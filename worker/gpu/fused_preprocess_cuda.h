@@ -26,6 +26,18 @@ cudaError_t LaunchFusedPreprocess(const uint8_t* const* device_srcs,
                                   int out_width, float* device_out,
                                   cudaStream_t stream);
 
+// Why no CUDA device can run the kernel here (no driver, no device), or
+// nullptr when one can.
+const char* CudaDeviceUnavailable();
+
+// For tests and tools: preprocesses one image held in host memory on the
+// current CUDA device and copies the floats back to `out` (host memory,
+// channels * out_height * out_width). Synchronous. nullptr on success,
+// else what failed (FusedPreprocessProblem's refusal or a CUDA error).
+const char* FusedPreprocessOnDevice(const uint8_t* src,
+                                    const FusedPreprocessParams& p,
+                                    float* out);
+
 }  // namespace tlserve::worker::gpu
 
 #endif  // TLSERVE_WORKER_GPU_FUSED_PREPROCESS_CUDA_H_
