@@ -6,6 +6,7 @@
 #include <new>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace tlserve::worker {
@@ -39,8 +40,17 @@ absl::Status TorchGuard(absl::string_view what,
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": out of memory: ", Trim(e.what_without_backtrace())));
   } catch (const c10::Error& e) {
-    return absl::Status(
-        code, absl::StrCat(what, ": ", Trim(e.what_without_backtrace())));
+    const std::string text = Trim(e.what_without_backtrace());
+    // LibTorch's CPU allocator reports a failed allocation as a plain
+    // c10::Error ("DefaultCPUAllocator: can't allocate memory: ..." in
+    // 1.13, "...: not enough memory: ..." in 2.x): the host ran out; not
+    // a bug.
+    if (absl::StrContains(text, "DefaultCPUAllocator: can't allocate memory") ||
+        absl::StrContains(text, "DefaultCPUAllocator: not enough memory")) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(what, ": out of memory: ", text));
+    }
+    return absl::Status(code, absl::StrCat(what, ": ", text));
   } catch (const std::bad_alloc& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat(what, ": out of memory (", e.what(), ")"));

@@ -18,7 +18,8 @@
 namespace tlserve::worker {
 
 // Runs fn and returns its status. An exception thrown by fn becomes
-//   c10::OutOfMemoryError, std::bad_alloc  -> RESOURCE_EXHAUSTED
+//   c10::OutOfMemoryError, std::bad_alloc,
+//   the CPU allocator's failed allocation   -> RESOURCE_EXHAUSTED
 //   c10::Error and other std::exception    -> `code` (INTERNAL by default)
 // with the message "<what>: <exception text without backtrace>".
 absl::Status TorchGuard(absl::string_view what,
