@@ -284,6 +284,9 @@ const std::vector<FlagDef>& JobCreateFlags() {
                                                       {"warmup-epochs"},
                                                       {"epochs"},
                                                       {"batch-size"},
+                                                      {"micro-batch-size"},
+                                                      {"shrink-on-oom", false},
+                                                      {"precision"},
                                                       {"seed"},
                                                       {"priority"},
                                                       {"device"},
@@ -618,6 +621,18 @@ absl::Status ApplyJobSpecFlags(const Args& args, v1::JobSpec* spec) {
   i32 = spec->batch_size();
   RETURN_IF_ERROR(GetInt32Into(args, "batch-size", 1, &i32));
   spec->set_batch_size(i32);
+  i32 = spec->micro_batch_size();
+  RETURN_IF_ERROR(GetInt32Into(args, "micro-batch-size", 0, &i32));
+  spec->set_micro_batch_size(i32);
+  if (args.Has("shrink-on-oom")) spec->set_shrink_micro_batch_on_oom(true);
+  if (args.Has("precision")) {
+    ASSIGN_OR_RETURN(v1::Precision precision,
+                     ParseChoice<v1::Precision>(
+                         "precision", args.Get("precision"),
+                         {{"fp32", v1::PRECISION_FP32},
+                          {"bf16", v1::PRECISION_BF16}}));
+    spec->set_precision(precision);
+  }
   if (args.Has("seed")) {
     ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
     if (seed < 0) return FlagError("seed", "must not be negative");
@@ -2004,7 +2019,7 @@ const std::vector<Command>& Commands() {
        "[--feature-cache auto|off] [--augment crop,flip] "
        "[--crop-scale-min F] [--input-fit stretch|center-crop] "
        "[--resize-shorter-side N] [--loader-threads N] [--checkpoint-every SECONDS] [--checkpoint-every-epoch] "
-       "[--warmup-epochs N] [--epochs N] [--batch-size N] [--seed N] "
+       "[--warmup-epochs N] [--epochs N] [--batch-size N] [--micro-batch-size N] [--shrink-on-oom] [--precision fp32|bf16] [--seed N] "
        "[--priority N] [--device cpu|cuda] [--max-attempts N] "
        "[--keep-checkpoints N] "
        "[--hidden 128,64] [--dropout F] [--pooling mean|max|conv] "

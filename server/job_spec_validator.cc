@@ -338,6 +338,17 @@ absl::Status ValidateJobSpec(const JobSpec& spec,
         "default), got %d",
         spec.keep_checkpoints()));
   }
+  if (spec.micro_batch_size() < 0 || spec.micro_batch_size() > spec.batch_size()) {
+    return Invalid(absl::StrFormat(
+        "spec.micro_batch_size must be in [0, batch_size = %d] (0: the whole "
+        "batch in one pass), got %d",
+        spec.batch_size(), spec.micro_batch_size()));
+  }
+  if (!tlserve::v1::Precision_IsValid(spec.precision())) {
+    return Invalid(absl::StrFormat(
+        "spec.precision must be PRECISION_FP32 or PRECISION_BF16, got %d",
+        static_cast<int>(spec.precision())));
+  }
   if (spec.device() != "cpu" && spec.device() != "cuda") {
     return Invalid(absl::StrCat("spec.device must be \"cpu\" or \"cuda\", got \"",
                                 spec.device(), "\""));

@@ -201,6 +201,29 @@ TEST(JobSpecFromArgsTest, BuildsAFullFineTuneSpec) {
   EXPECT_EQ(spec->device(), "cuda");
 }
 
+TEST(JobSpecFromArgsTest, GpuFlagsSetPrecisionAndPasses) {
+  auto spec = SpecFrom({"--batch-size=256", "--micro-batch-size=64",
+                        "--shrink-on-oom", "--precision=bf16"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->micro_batch_size(), 64);
+  EXPECT_TRUE(spec->shrink_micro_batch_on_oom());
+  EXPECT_EQ(spec->precision(), v1::PRECISION_BF16);
+
+  auto plain = SpecFrom({"--batch-size=16"});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->micro_batch_size(), 0);
+  EXPECT_FALSE(plain->shrink_micro_batch_on_oom());
+  EXPECT_EQ(plain->precision(), v1::PRECISION_UNSPECIFIED);
+
+  auto fp16 = SpecFrom({"--precision=fp16"});
+  ASSERT_FALSE(fp16.ok());
+  EXPECT_THAT(std::string(fp16.status().message()), HasSubstr("--precision"));
+  auto negative = SpecFrom({"--micro-batch-size=-1"});
+  ASSERT_FALSE(negative.ok());
+  EXPECT_THAT(std::string(negative.status().message()),
+              HasSubstr("--micro-batch-size"));
+}
+
 TEST(JobSpecFromArgsTest, RecipeFlagsFillTheRecipe) {
   auto spec = SpecFrom({"--freeze=full", "--unfreeze=1:0,3:1,5:2",
                         "--train-params=layer4.*,*.bias",

@@ -321,6 +321,13 @@ def main() -> int:
             ("job with batch size -5",
              lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(batch_size=-5))),
              INVALID, "batch_size"),
+            ("job with passes larger than its batch",
+             lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(
+                 spec=spec(batch_size=16, micro_batch_size=64))),
+             INVALID, "micro_batch_size"),
+            ("job with an unknown precision",
+             lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(precision=7))),
+             INVALID, "spec.precision"),
             ("job keeping -1 checkpoints",
              lambda: server.jobs.CreateJob(job_pb2.CreateJobRequest(spec=spec(keep_checkpoints=-1))),
              INVALID, "keep_checkpoints"),
