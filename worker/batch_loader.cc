@@ -122,9 +122,11 @@ absl::StatusOr<LoadedBatch> BatchLoader::Make(int64_t batch) const {
                        at::kLong);
         LoadedBatch out;
         out.labels = options_.labels.index_select(0, index);
+        if (options_.pin_memory) out.labels = out.labels.pin_memory();
         const at::Tensor& inputs = options_.inputs;
         if (inputs.scalar_type() != at::kByte) {
           out.inputs = inputs.index_select(0, index);
+          if (options_.pin_memory) out.inputs = out.inputs.pin_memory();
           return out;
         }
         const int channels = static_cast<int>(inputs.size(1));
@@ -132,7 +134,9 @@ absl::StatusOr<LoadedBatch> BatchLoader::Make(int64_t batch) const {
         const int width = static_cast<int>(inputs.size(3));
         const int64_t plane = int64_t{height} * width;
         const int64_t stride = channels * plane;
-        out.inputs = at::empty({end - begin, channels, height, width}, at::kFloat);
+        out.inputs = at::empty(
+            {end - begin, channels, height, width},
+            at::TensorOptions(at::kFloat).pinned_memory(options_.pin_memory));
         float* dst = out.inputs.data_ptr<float>();
         const uint8_t* images = inputs.data_ptr<uint8_t>();
 

@@ -55,6 +55,10 @@ struct BatchLoaderOptions {
   int threads = 1;
   // Batches prepared ahead of the one being trained; 0: 2 per thread.
   int prefetch = 0;
+  // Prepared images go to page-locked host memory, from which a copy to a
+  // GPU can run asynchronously (non_blocking) while the host goes on. Only
+  // where LibTorch has CUDA.
+  bool pin_memory = false;
 };
 
 class BatchLoader {

@@ -728,6 +728,7 @@ absl::Status WorkerAgent::RunJobSteps(Job* job, JobFinished* finished) {
   input.spec = assign.spec();
   input.work_dir = work_dir;
   input.num_threads = options_.num_threads;
+  input.worker_device = options_.device;
   if (ReusesBackbone(assign.spec().kind())) {
     if (assign.backbone().sha256().empty()) {
       return absl::FailedPreconditionError(

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "prometheus/registry.h"
 #include "worker/allocator.h"
+#include "worker/compute_device.h"
 #include "worker/connection.h"
 #include "worker/metrics_http.h"
 #include "worker/worker_metrics.h"
@@ -122,6 +123,14 @@ int main(int argc, char** argv) {
   }
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.device = absl::GetFlag(FLAGS_device);
+  // One worker per GPU: a device it cannot reach is a start-up error, not
+  // a failure of every job it would be sent.
+  if (absl::Status device = tlserve::worker::CheckWorkerDevice(options.device);
+      !device.ok()) {
+    tlserve::Log(tlserve::LogSeverity::kError, "cannot use --device",
+                 {{"error", std::string(device.message())}});
+    return 2;
+  }
   options.optimize_models = absl::GetFlag(FLAGS_optimize_models);
   const std::string worker_id = options.worker_id;
   options.on_connection_change = [worker_id](bool connected,

@@ -41,6 +41,7 @@
 #include "worker/backbone_split.h"
 #include "worker/batch_loader.h"
 #include "worker/checkpoint.h"
+#include "worker/compute_device.h"
 #include "worker/data_tensors.h"
 #include "worker/fused_adamw.h"
 #include "worker/model_builder.h"
@@ -373,6 +374,34 @@ class Trainer {
   }
   // Logits for model input: float images in [0, 1], or cached features.
   at::Tensor Forward(const at::Tensor& inputs);
+  // A batch (images, features, labels) on the job's device, images in its
+  // memory layout; asynchronous from pinned memory.
+  at::Tensor OnDevice(const at::Tensor& t) const {
+    c10::optional<c10::MemoryFormat> format;
+    if (t.dim() == 4) format = memory_format_;
+    return t.to(at::TensorOptions().device(device_), /*non_blocking=*/true,
+                /*copy=*/false, format);
+  }
+  // What one batch's passes add to the epoch's sums, kept on the device
+  // until the batch ends: one synchronisation per batch, not per number.
+  struct BatchSums {
+    at::Tensor loss;            // class loss * rows
+    at::Tensor total;           // the trained loss, summed (finite check)
+    at::Tensor correct;
+    at::Tensor domain_loss;     // DOMAIN_ADAPT: * (source + target rows)
+    at::Tensor domain_correct;
+    int64_t domain_seen = 0;
+    double lambda = 0;
+    std::vector<at::Tensor> task_loss;  // MULTITASK: * rows
+    std::vector<at::Tensor> task_correct;
+  };
+  // The forward and backward passes of one batch, `rows` at a time, each
+  // pass's loss scaled by its share of the batch so that the gradients
+  // add up to the whole batch's. `target` holds DOMAIN_ADAPT's target
+  // images (else undefined). No optimizer step.
+  absl::Status TrainPasses(const at::Tensor& x, const at::Tensor& y,
+                           const at::Tensor& target, int64_t rows,
+                           int64_t step, BatchSums* sums);
   // One epoch from batch `first_batch` on (> 0 when resuming inside it,
   // with resume_cursor_'s sums); false if cancelled.
   absl::StatusOr<bool> TrainEpoch(int epoch, int64_t first_batch,
@@ -390,6 +419,17 @@ class Trainer {
   const JobSpec& spec_;
   const DecodedDataset& data_;
   const TrainerCallbacks& callbacks_;
+
+  // Where the job runs (ResolveJobDevice), the layout of images and
+  // convolution weights there, whether passes run under bfloat16
+  // autocast, and the device settings made, for the manifest.
+  c10::Device device_{c10::kCPU};
+  c10::MemoryFormat memory_format_ = c10::MemoryFormat::Contiguous;
+  bool bf16_ = false;
+  std::vector<std::string> device_settings_;
+  // Rows per training pass (JobSpec.micro_batch_size; 0: the whole batch),
+  // halved on out-of-memory when the spec allows.
+  int64_t micro_batch_ = 0;
 
   Hyper hyper_;
   tlserve::v1::InputSpec input_spec_;
@@ -918,7 +958,9 @@ absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
   // only by float rounding, and the same seed always gives the same cache.
   std::optional<torch::jit::Module> fast;
   torch::jit::GraphOptimizerEnabledGuard optimizer_enabled(true);
-  if (optimize) {
+  // On the CPU, optimize_for_inference rewrites convolutions to MKL-DNN
+  // ones that bfloat16 autocast does not cover.
+  if (optimize && !(bf16_ && device_.is_cpu())) {
     try {
       torch::jit::Module frozen = torch::jit::freeze(
           classifier_, std::vector<std::string>{method});
@@ -946,8 +988,15 @@ absl::StatusOr<at::Tensor> Trainer::Features(const at::Tensor& images,
       return at::Tensor();
     }
     const int64_t end = std::min(images.size(0), start + kEvalBatchSize);
-    at::Tensor part =
-        features({ToModelInput(images.slice(0, start, end))}).toTensor();
+    at::Tensor part;
+    {
+      AutocastScope autocast(device_.type(), bf16_);
+      part = features({ToModelInput(OnDevice(images.slice(0, start, end)))})
+                 .toTensor();
+    }
+    // The cache lives in host memory (or on disk), in float32 and the
+    // default layout, whatever the device computed it in.
+    part = part.to(at::kCPU, at::kFloat).contiguous();
     if (spill_path.empty()) {
       parts.push_back(part);
     } else {
@@ -1026,7 +1075,9 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
   EvalResult result;
   result.count = inputs.size(0);
   // Flattened k x k counts: index true * k + predicted.
-  at::Tensor confusion = at::zeros({k * k}, labels.options().dtype(at::kLong));
+  const at::TensorOptions counts_options =
+      at::TensorOptions(at::kLong).device(device_);
+  at::Tensor confusion = at::zeros({k * k}, counts_options);
   const int64_t top = std::min<int64_t>(5, k);
   double loss_sum = 0;
   int64_t top5_hits = 0;
@@ -1034,15 +1085,20 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
   std::vector<at::Tensor> task_hits;
   std::vector<at::Tensor> task_support;
   for (const TaskHead& task : tasks_) {
-    task_hits.push_back(at::zeros({task.width}, at::kLong));
-    task_support.push_back(at::zeros({task.width}, at::kLong));
+    task_hits.push_back(at::zeros({task.width}, counts_options));
+    task_support.push_back(at::zeros({task.width}, counts_options));
   }
   for (int64_t start = 0; start < result.count; start += kEvalBatchSize) {
     const int64_t end = std::min(result.count, start + kEvalBatchSize);
-    at::Tensor y = labels.slice(0, start, end).to(at::kLong);
-    at::Tensor x = inputs.slice(0, start, end);
+    at::Tensor y = OnDevice(labels.slice(0, start, end)).to(at::kLong);
+    // Images travel as bytes and become floats on the device.
+    at::Tensor x = OnDevice(inputs.slice(0, start, end));
     if (!InputsCached()) x = ToModelInput(x);
-    const at::Tensor outputs = Forward(x);
+    at::Tensor outputs;
+    {
+      AutocastScope autocast(device_.type(), bf16_);
+      outputs = Forward(x).to(at::kFloat);
+    }
     at::Tensor logits = ClassLogits(outputs);
     for (size_t t = 0; t < tasks_.size(); ++t) {
       const TaskHead& task = tasks_[t];
@@ -1107,6 +1163,103 @@ EvalResult Trainer::Evaluate(const at::Tensor& inputs,
   return result;
 }
 
+absl::Status Trainer::TrainPasses(const at::Tensor& x, const at::Tensor& y,
+                                  const at::Tensor& target, int64_t rows,
+                                  int64_t step, BatchSums* sums) {
+  const int64_t b = y.size(0);
+  const int64_t bt = adapts_ ? target.size(0) : 0;
+  const at::TensorOptions on_device = at::TensorOptions().device(device_);
+  auto zero = [&](at::ScalarType type) {
+    return at::zeros({}, on_device.dtype(type));
+  };
+  sums->loss = zero(at::kDouble);
+  sums->total = zero(at::kDouble);
+  sums->correct = zero(at::kLong);
+  sums->domain_loss = zero(at::kDouble);
+  sums->domain_correct = zero(at::kLong);
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    sums->task_loss.push_back(zero(at::kDouble));
+    sums->task_correct.push_back(zero(at::kLong));
+  }
+  if (adapts_) {
+    const double progress =
+        static_cast<double>(step + 1) /
+        static_cast<double>(std::max<int64_t>(1, hyper_.epochs * steps_per_epoch_));
+    sums->lambda = 2.0 / (1.0 + std::exp(-domain_gamma_ * progress)) - 1.0;
+  }
+  const auto smoothed = torch::nn::functional::CrossEntropyFuncOptions()
+                            .label_smoothing(hyper_.label_smoothing);
+  for (int64_t begin = 0; begin < b; begin += rows) {
+    const int64_t end = std::min(b, begin + rows);
+    const int64_t n = end - begin;
+    const bool whole = n == b;
+    if (callbacks_.before_pass) callbacks_.before_pass(n);
+    const at::Tensor px = whole ? x : x.slice(0, begin, end);
+    const at::Tensor py = whole ? y : y.slice(0, begin, end);
+    at::Tensor total;
+    {
+      AutocastScope autocast(device_.type(), bf16_);
+      at::Tensor outputs;
+      at::Tensor domain_loss;
+      double domain_share = 1.0;
+      if (adapts_) {
+        // The target rows in proportion, so every pass sees both domains.
+        const int64_t tb = begin * bt / b;
+        const int64_t te = end * bt / b;
+        const int64_t nt = te - tb;
+        // One pass over both domains: BatchNorm sees them together.
+        at::Tensor features =
+            classifier_
+                .run_method("features",
+                            at::cat({px, whole ? target : target.slice(0, tb, te)}))
+                .toTensor();
+        outputs = head_.forward({features.slice(0, 0, n)}).toTensor().to(at::kFloat);
+        at::Tensor domain_logits =
+            domain_head_
+                .forward({GradientReversal::apply(features, sums->lambda)})
+                .toTensor()
+                .to(at::kFloat);
+        at::Tensor domains = at::cat({at::zeros({n}, on_device.dtype(at::kLong)),
+                                      at::ones({nt}, on_device.dtype(at::kLong))});
+        domain_loss = torch::nn::functional::cross_entropy(domain_logits, domains);
+        sums->domain_loss += domain_loss.detach().to(at::kDouble) * (n + nt);
+        sums->domain_correct += domain_logits.argmax(1).eq(domains).sum();
+        sums->domain_seen += n + nt;
+        if (!whole) {
+          domain_share = static_cast<double>(n + nt) / static_cast<double>(b + bt);
+        }
+      } else {
+        outputs = Forward(px).to(at::kFloat);
+      }
+      const at::Tensor logits = ClassLogits(outputs);
+      const at::Tensor loss =
+          torch::nn::functional::cross_entropy(logits, py, smoothed);
+      // The class loss is what the metrics report; the sum is what trains.
+      total = tasks_.empty() ? loss : loss * classes_weight_;
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        const TaskHead& task = tasks_[t];
+        const at::Tensor tl =
+            outputs.slice(1, task.offset, task.offset + task.width);
+        const at::Tensor ty = task.of_class.index_select(0, py);
+        const at::Tensor task_loss =
+            torch::nn::functional::cross_entropy(tl, ty, smoothed);
+        total = total + task_loss * task.weight;
+        sums->task_loss[t] += task_loss.detach().to(at::kDouble) * n;
+        sums->task_correct[t] += tl.argmax(1).eq(ty).sum();
+      }
+      // Each pass's mean loss weighs by its share of the batch: the
+      // gradients then add up to those of the batch's mean loss.
+      if (!whole) total = total * (static_cast<double>(n) / static_cast<double>(b));
+      if (adapts_) total = total + domain_loss * (domain_weight_ * domain_share);
+      sums->loss += loss.detach().to(at::kDouble) * n;
+      sums->total += total.detach().to(at::kDouble);
+      sums->correct += logits.argmax(1).eq(py).sum();
+    }
+    total.backward();
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
                                          EpochMetrics* metrics) {
   const Clock::time_point start = Clock::now();
@@ -1131,6 +1284,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
   // Cached features need no preparing; images are cropped, flipped and
   // converted on loader threads while the model trains.
   load.threads = InputsCached() ? 0 : std::max(1, spec_.loader_threads());
+  load.pin_memory = device_.is_cuda();
   BatchLoader loader(std::move(load));
   // DOMAIN_ADAPT: as many target images per batch as source ones, in an
   // order drawn from (seed, epoch) alone, so a resumed epoch sees the same.
@@ -1153,6 +1307,7 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     t.seed = spec_.seed() + 1;
     t.epoch = epoch;
     t.threads = std::max(1, spec_.loader_threads());
+    t.pin_memory = device_.is_cuda();
     target_loader = std::make_unique<BatchLoader>(std::move(t));
   }
   double domain_loss_sum = 0;
@@ -1189,8 +1344,8 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     }
     if (ShouldStop()) return false;
     ASSIGN_OR_RETURN(LoadedBatch loaded, loader.Next());
-    const at::Tensor& x = loaded.inputs;
-    const at::Tensor& y = loaded.labels;
+    const at::Tensor x = OnDevice(loaded.inputs);
+    const at::Tensor y = OnDevice(loaded.labels);
 
     const int64_t step =
         static_cast<int64_t>(epoch - 1) * steps_per_epoch_ + batch;
@@ -1198,80 +1353,75 @@ absl::StatusOr<bool> Trainer::TrainEpoch(int epoch, int64_t first_batch,
     for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
       optimizer_->param_groups()[g].options().set_lr(base_lrs_[g] * factor);
     }
-    // Zeroed, not dropped (set_to_none): dropped gradients went back to the
-    // OS and every step paid page faults for fresh ones, about 20% slower
-    // per step on the CPU.
-    optimizer_->zero_grad();
-    at::Tensor logits;
-    at::Tensor domain_loss;
+    const int64_t b = y.size(0);
+    at::Tensor target;
     if (adapts_) {
       ASSIGN_OR_RETURN(LoadedBatch target_batch, target_loader->Next());
-      const int64_t bs = x.size(0);
-      const int64_t bt = target_batch.inputs.size(0);
-      // One pass over both domains: BatchNorm sees them together.
-      at::Tensor features =
-          classifier_.run_method("features", at::cat({x, target_batch.inputs}))
-              .toTensor();
-      logits = head_.forward({features.slice(0, 0, bs)}).toTensor();
-      const double progress =
-          static_cast<double>(step + 1) /
-          static_cast<double>(std::max<int64_t>(1, hyper_.epochs * steps_per_epoch_));
-      lambda = 2.0 / (1.0 + std::exp(-domain_gamma_ * progress)) - 1.0;
-      at::Tensor domain_logits =
-          domain_head_.forward({GradientReversal::apply(features, lambda)})
-              .toTensor();
-      at::Tensor domains = at::cat({at::zeros({bs}, at::kLong),
-                                    at::ones({bt}, at::kLong)});
-      domain_loss = torch::nn::functional::cross_entropy(domain_logits, domains);
-      domain_loss_sum += domain_loss.item<double>() * (bs + bt);
-      domain_correct += domain_logits.argmax(1).eq(domains).sum().item<int64_t>();
-      domain_seen += bs + bt;
-    } else {
-      logits = Forward(x);
+      target = OnDevice(target_batch.inputs);
     }
-    const at::Tensor outputs = logits;
-    logits = ClassLogits(outputs);
-    auto smoothed = torch::nn::functional::CrossEntropyFuncOptions()
-                        .label_smoothing(hyper_.label_smoothing);
-    at::Tensor loss = torch::nn::functional::cross_entropy(logits, y, smoothed);
-    // The class loss is what the metrics report; the sum is what trains.
-    at::Tensor total = adapts_ ? loss + domain_loss * domain_weight_ : loss;
-    if (!tasks_.empty()) {
-      total = loss * classes_weight_;
-      for (size_t t = 0; t < tasks_.size(); ++t) {
-        const TaskHead& task = tasks_[t];
-        const at::Tensor tl =
-            outputs.slice(1, task.offset, task.offset + task.width);
-        const at::Tensor ty = task.of_class.index_select(0, y);
-        const at::Tensor task_loss =
-            torch::nn::functional::cross_entropy(tl, ty, smoothed);
-        total = total + task_loss * task.weight;
-        task_loss_sum[t] += task_loss.item<double>() * y.size(0);
-        task_correct[t] += tl.argmax(1).eq(ty).sum().item<int64_t>();
+    // The batch's passes, then its one step. A pass out of memory, with
+    // shrink_micro_batch_on_oom: the whole batch again, in passes half as
+    // large; the step (and so the result) stays the batch's.
+    BatchSums sums;
+    for (;;) {
+      // Zeroed, not dropped (set_to_none): dropped gradients went back to
+      // the OS and every step paid page faults for fresh ones, about 20%
+      // slower per step on the CPU.
+      optimizer_->zero_grad();
+      sums = BatchSums();
+      const int64_t rows = micro_batch_ > 0 ? std::min(micro_batch_, b) : b;
+      absl::Status passes = TorchGuard("a training pass", [&] {
+        return TrainPasses(x, y, target, rows, step, &sums);
+      });
+      if (passes.ok()) break;
+      if (!IsOutOfMemory(passes)) return passes;
+      if (!spec_.shrink_micro_batch_on_oom() || rows <= 1) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "%s; at epoch %d, batch %d a pass of %d rows did not fit on %s%s",
+            passes.message(), epoch, batch + 1, rows, device_.str(),
+            rows <= 1 ? ""
+                      : ": set spec.micro_batch_size lower, or "
+                        "spec.shrink_micro_batch_on_oom to let the job find "
+                        "a size that fits (same batch, same step)"));
       }
-      task_seen += y.size(0);
+      ReleaseCachedDeviceMemory();
+      micro_batch_ = (rows + 1) / 2;
+      Log(absl::StrFormat(
+          "out of memory in a pass of %d rows at epoch %d, batch %d: every "
+          "batch of %d now runs as passes of %d rows, gradients accumulated "
+          "into the same optimizer step",
+          rows, epoch, batch + 1, hyper_.batch_size, micro_batch_));
     }
+    const double batch_loss = sums.loss.item<double>();
     // A loss that is no longer finite poisons every weight it touches:
     // fail here, before the step, so no checkpoint ever holds it.
-    const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value) || !std::isfinite(total.item<double>())) {
+    if (!std::isfinite(batch_loss) || !std::isfinite(sums.total.item<double>())) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "training diverged: the loss is %f at epoch %d, batch %d of %d "
           "(learning rate %g); lower spec.optimizer.learning_rate or set "
           "spec.grad_clip_norm. No checkpoint was written from this batch on",
-          loss_value, epoch, batch + 1, steps_per_epoch_,
+          batch_loss / b, epoch, batch + 1, steps_per_epoch_,
           base_lrs_.empty() ? 0.0 : base_lrs_[0] * factor));
     }
-    total.backward();
     if (hyper_.grad_clip_norm > 0) {
       torch::nn::utils::clip_grad_norm_(all_params_, hyper_.grad_clip_norm);
     }
     optimizer_->step();
 
-    const int64_t b = y.size(0);
     seen += b;
-    loss_sum += loss_value * b;
-    correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+    loss_sum += batch_loss;
+    correct += sums.correct.item<int64_t>();
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      task_loss_sum[t] += sums.task_loss[t].item<double>();
+      task_correct[t] += sums.task_correct[t].item<int64_t>();
+    }
+    if (!tasks_.empty()) task_seen += b;
+    if (adapts_) {
+      domain_loss_sum += sums.domain_loss.item<double>();
+      domain_correct += sums.domain_correct.item<int64_t>();
+      domain_seen += sums.domain_seen;
+      lambda = sums.lambda;
+    }
     ++batches_done_;
     trained_since_checkpoint_ = true;
     if (callbacks_.on_samples_trained) callbacks_.on_samples_trained(b);
@@ -1394,6 +1544,13 @@ absl::Status Trainer::Checkpoint(const TrainingCursor& cursor,
 
 absl::Status Trainer::Export(TrainJobOutput* output) {
   RETURN_IF_ERROR(SetTrainingMode(classifier_, plan_, false));
+  // The model is served by CPU and GPU workers alike, and its backbone
+  // digest compared with the one loaded: float32, on the CPU, in the
+  // default layout.
+  if (!device_.is_cpu()) {
+    classifier_.to(at::kCPU);
+    SetWeightsMemoryFormat(classifier_, c10::MemoryFormat::Contiguous);
+  }
   if (ReusesBackbone(spec_.kind())) {
     output->artifact_path =
         (std::filesystem::path(input_.work_dir) / "model.pt").string();
@@ -1431,6 +1588,25 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   torch::manual_seed(spec_.seed());
   ASSIGN_OR_RETURN(hyper_, ResolveHyper(spec_));
   if (spec_.kind() == v1::FEW_SHOT) hyper_.epochs = 0;  // nothing trains
+  ASSIGN_OR_RETURN(device_, ResolveJobDevice(input_.worker_device, spec_.device()));
+  memory_format_ = PreferredMemoryFormat(device_);
+  bf16_ = spec_.precision() == v1::PRECISION_BF16;
+  micro_batch_ = spec_.micro_batch_size();
+  if (micro_batch_ < 0 || micro_batch_ > hyper_.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.micro_batch_size must be in [0, batch_size = ",
+        hyper_.batch_size, "], got ", micro_batch_));
+  }
+  device_settings_ = ConfigureForTraining(device_);
+  if (device_.is_cuda() || bf16_ || micro_batch_ > 0) {
+    Log(absl::StrFormat(
+        "device %s, %s%s", DescribeDevice(device_),
+        bf16_ ? "bfloat16 autocast" : "float32",
+        micro_batch_ > 0
+            ? absl::StrFormat(", batches of %d in passes of %d rows",
+                              hyper_.batch_size, micro_batch_)
+            : ""));
+  }
 
   if (ReusesBackbone(spec_.kind())) {
     input_spec_ = ApplyJobFit(input_.backbone_input_spec, spec_);
@@ -1479,6 +1655,13 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
         "none: raise data.validation_fraction or data.samples_per_class");
   }
   RETURN_IF_ERROR(BuildModel());
+  // Built on the CPU (the backbone file loads there); trained where the
+  // job runs. Before the optimizer, whose state follows its tensors.
+  if (!device_.is_cpu()) {
+    classifier_.to(device_);
+    SetWeightsMemoryFormat(classifier_, memory_format_);
+    for (TaskHead& task : tasks_) task.of_class = task.of_class.to(device_);
+  }
   RETURN_IF_ERROR(BuildOptimizer());
 
   const int64_t n = tensors_.train.size();
@@ -1627,7 +1810,14 @@ absl::StatusOr<TrainJobOutput> Trainer::Run() {
   tlserve::v1::ReproManifest* manifest = result.mutable_manifest();
   manifest->set_seed(spec_.seed());
   manifest->set_libtorch_version(TORCH_VERSION);
-  manifest->set_device("cpu");
+  manifest->set_device(device_.str());
+  for (const std::string& setting : device_settings_) {
+    manifest->add_settings(setting);
+  }
+  manifest->add_settings(bf16_ ? "precision=bf16_autocast" : "precision=fp32");
+  if (spec_.micro_batch_size() > 0 || micro_batch_ > 0) {
+    manifest->add_settings(absl::StrCat("micro_batch_size=", micro_batch_));
+  }
   manifest->set_threads(at::get_num_threads());
   manifest->set_deterministic_algorithms(
       at::globalContext().deterministicAlgorithms());

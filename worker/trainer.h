@@ -48,6 +48,10 @@ struct TrainerCallbacks {
   // there, and stops the job with `handed_back` set, so that another
   // worker resumes it from that checkpoint.
   std::function<bool()> should_hand_back;
+  // Before every forward pass of training, with its rows (a batch, or a
+  // micro-batch of it). A fault seam: tests throw an out-of-memory error
+  // from it to drive JobSpec.shrink_micro_batch_on_oom without a GPU.
+  std::function<void(int64_t rows)> before_pass;
 };
 
 struct TrainJobInput {
@@ -64,6 +68,9 @@ struct TrainJobInput {
   // DOMAIN_ADAPT: the target dataset (its training labels are not read).
   const DecodedDataset* target_data = nullptr;
   int num_threads = 0;  // 0: leave LibTorch's setting
+  // The worker's --device ("cpu", "cuda:N"): where a job whose
+  // spec.device is "cuda" runs.
+  std::string worker_device = "cpu";
 };
 
 struct TrainJobOutput {
