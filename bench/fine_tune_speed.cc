@@ -8,6 +8,7 @@
 // Prints one row per mode: tlserve seconds, peer seconds, the ratio
 // (peer / tlserve, higher is better for tlserve) and both test accuracies.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -41,6 +42,15 @@ ABSL_FLAG(std::string, source_dir, TLSERVE_SOURCE_DIR, "the repository");
 ABSL_FLAG(std::string, work_dir, "/tmp/tlserve_fine_tune_speed", "scratch");
 ABSL_FLAG(bool, peer, true,
           "also time the Python peer (false: tlserve only, for A/B runs)");
+ABSL_FLAG(std::string, device, "cpu",
+          "the trainer's device: cpu, or cuda:N (the job asks for cuda)");
+ABSL_FLAG(std::string, precision, "fp32", "fp32 or bf16 (autocast)");
+ABSL_FLAG(int, micro_batch_size, 0, "rows per pass (0: the whole batch)");
+ABSL_FLAG(std::string, optimizer, "adamw",
+          "adamw (the CPU peer's), or sgd (momentum 0.9, as bench/gpu_peer.py)");
+ABSL_FLAG(int, loader_threads, 1, "threads preparing training batches");
+ABSL_FLAG(std::string, python, "/usr/bin/python3",
+          "the python3 with torch and torchvision (export and peer)");
 ABSL_FLAG(bool, verbose, false,
           "print the trainer's log lines with seconds since the job started");
 
@@ -84,7 +94,8 @@ int main(int argc, char** argv) {
   const std::string backbone = absl::StrCat(work, "/", arch, "_", size, ".pt");
   std::string out;
   if (!std::filesystem::exists(backbone) &&
-      !RunCommand(absl::StrCat("/usr/bin/python3 ", absl::GetFlag(FLAGS_source_dir),
+      !RunCommand(absl::StrCat(absl::GetFlag(FLAGS_python), " ",
+                               absl::GetFlag(FLAGS_source_dir),
                                "/tools/export_backbone.py --arch ", arch,
                                " --size ", size, " --out ", backbone),
                   &out)) {
@@ -112,8 +123,20 @@ int main(int argc, char** argv) {
               arch.c_str(), size, size, absl::GetFlag(FLAGS_per_class),
               absl::GetFlag(FLAGS_epochs), absl::GetFlag(FLAGS_batch_size),
               absl::GetFlag(FLAGS_threads));
-  std::printf("%-11s %12s %12s %8s %10s %10s\n", "MODE", "TLSERVE_S",
-              "PEER_S", "RATIO", "TLS_ACC", "PEER_ACC");
+  const std::string device = absl::GetFlag(FLAGS_device);
+  const bool bf16 = absl::GetFlag(FLAGS_precision) == "bf16";
+  if (!bf16 && absl::GetFlag(FLAGS_precision) != "fp32") {
+    std::cerr << "--precision must be fp32 or bf16\n";
+    return 1;
+  }
+  std::printf("device %s, %s, passes of %d rows, %d loader threads\n",
+              device.c_str(), bf16 ? "bf16 autocast" : "fp32",
+              absl::GetFlag(FLAGS_micro_batch_size),
+              absl::GetFlag(FLAGS_loader_threads));
+  // TRAIN_IMG_S: the trainer's own rate (EpochMetrics.samples_per_second)
+  // of its fastest epoch after the first, which pays cuDNN's autotuning.
+  std::printf("%-11s %12s %12s %8s %10s %10s %12s\n", "MODE", "TLSERVE_S",
+              "PEER_S", "RATIO", "TLS_ACC", "PEER_ACC", "TRAIN_IMG_S");
   for (absl::string_view mode :
        absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
     tlserve::worker::TrainJobInput input;
@@ -124,8 +147,14 @@ int main(int argc, char** argv) {
     input.spec.mutable_data()->set_samples_per_class(absl::GetFlag(FLAGS_per_class));
     input.spec.mutable_data()->set_validation_fraction(0.1f);
     input.spec.mutable_data()->set_max_test_samples(1000);
-    input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::ADAMW);
-    input.spec.mutable_optimizer()->set_learning_rate(1e-3f);
+    if (absl::GetFlag(FLAGS_optimizer) == "sgd") {
+      input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::SGD);
+      input.spec.mutable_optimizer()->set_learning_rate(0.01f);
+      input.spec.mutable_optimizer()->set_momentum(0.9f);
+    } else {
+      input.spec.mutable_optimizer()->set_kind(tlserve::v1::OptimizerSpec::ADAMW);
+      input.spec.mutable_optimizer()->set_learning_rate(1e-3f);
+    }
     input.spec.mutable_schedule()->set_kind(tlserve::v1::ScheduleSpec::COSINE);
     FreezePolicy* freeze = input.spec.mutable_freeze();
     freeze->set_backbone_lr_scale(0.1f);
@@ -145,6 +174,12 @@ int main(int argc, char** argv) {
     input.backbone_path = backbone;
     input.backbone_input_spec = spec;
     input.num_threads = absl::GetFlag(FLAGS_threads);
+    input.worker_device = device;
+    input.spec.set_device(device == "cpu" ? "cpu" : "cuda");
+    input.spec.set_precision(bf16 ? tlserve::v1::PRECISION_BF16
+                                  : tlserve::v1::PRECISION_FP32);
+    input.spec.set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
+    input.spec.set_loader_threads(absl::GetFlag(FLAGS_loader_threads));
 
     // The timed span matches the peer's: reading the gzip files to the
     // test accuracy.
@@ -155,15 +190,30 @@ int main(int argc, char** argv) {
       return 1;
     }
     tlserve::worker::TrainerCallbacks callbacks;
+    double train_rate = 0;
+    callbacks.on_epoch_end = [&train_rate](const tlserve::v1::EpochMetrics& m,
+                                           const std::string&) {
+      if (m.epoch() > 1 || train_rate == 0) {
+        train_rate = m.epoch() > 1 ? std::max(train_rate, m.samples_per_second())
+                                   : m.samples_per_second();
+      }
+      return absl::OkStatus();
+    };
     if (absl::GetFlag(FLAGS_verbose)) {
       std::printf("  %6.2f s  dataset loaded\n", Seconds(start));
       callbacks.on_log = [&start](const std::string& line) {
         std::printf("  %6.2f s  %s\n", Seconds(start), line.c_str());
       };
-      callbacks.on_epoch_end = [&start](const tlserve::v1::EpochMetrics& m,
-                                        const std::string&) {
-        std::printf("  %6.2f s  epoch %d done (%.2f s)\n", Seconds(start),
-                    m.epoch(), m.seconds());
+      callbacks.on_epoch_end = [&start, &train_rate](
+                                   const tlserve::v1::EpochMetrics& m,
+                                   const std::string&) {
+        std::printf("  %6.2f s  epoch %d done (%.2f s, %.0f images/s)\n",
+                    Seconds(start), m.epoch(), m.seconds(),
+                    m.samples_per_second());
+        if (m.epoch() > 1 || train_rate == 0) {
+          train_rate = m.epoch() > 1 ? std::max(train_rate, m.samples_per_second())
+                                     : m.samples_per_second();
+        }
         return absl::OkStatus();
       };
     }
@@ -176,15 +226,15 @@ int main(int argc, char** argv) {
     }
 
     if (!absl::GetFlag(FLAGS_peer)) {
-      std::printf("%-11s %12.1f %12s %8s %10.4f %10s\n",
+      std::printf("%-11s %12.1f %12s %8s %10.4f %10s %12.0f\n",
                   std::string(mode).c_str(), ours, "-", "-",
-                  job->result.test_accuracy(), "-");
+                  job->result.test_accuracy(), "-", train_rate);
       std::fflush(stdout);
       continue;
     }
     std::string peer_out;
     const std::string peer = absl::StrCat(
-        "/usr/bin/python3 ", absl::GetFlag(FLAGS_source_dir),
+        absl::GetFlag(FLAGS_python), " ", absl::GetFlag(FLAGS_source_dir),
         "/bench/fine_tune_speed_peer.py --backbone ", backbone, " --mode ", mode,
         " --size ", size, " --per-class ", absl::GetFlag(FLAGS_per_class),
         " --epochs ", absl::GetFlag(FLAGS_epochs), " --batch-size ",
@@ -196,10 +246,10 @@ int main(int argc, char** argv) {
     }
     const double theirs = JsonNumber(peer_out, "seconds");
     if (absl::GetFlag(FLAGS_verbose)) std::printf("  peer: %s", peer_out.c_str());
-    std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f\n",
+    std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f %12.0f\n",
                 std::string(mode).c_str(), ours, theirs, theirs / ours,
                 job->result.test_accuracy(),
-                JsonNumber(peer_out, "test_accuracy"));
+                JsonNumber(peer_out, "test_accuracy"), train_rate);
     std::fflush(stdout);
   }
   return 0;
