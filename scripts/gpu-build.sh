@@ -46,6 +46,13 @@ export PATH=$PREFIX/usr/bin:\$PATH
 ENV
 # shellcheck disable=SC1091
 source "$BUILD/env.sh"
+# Debian 12's libraries need its glibc (2.36) or newer: say so at once
+# rather than as a link error half an hour into the build.
+if ! "$PREFIX/usr/bin/protoc" --version >/dev/null 2>&1; then
+  echo "gpu-build: the unpacked Debian 12 protoc does not run here ($(ldd --version | head -1)): this machine's C library is older than Debian 12's" >&2
+  "$PREFIX/usr/bin/protoc" --version >&2 || true
+  exit 1
+fi
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
