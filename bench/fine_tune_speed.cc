@@ -7,6 +7,12 @@
 //
 // Prints one row per mode: tlserve seconds, peer seconds, the ratio
 // (peer / tlserve, higher is better for tlserve) and both test accuracies.
+//
+// With --train_archive (an image-folder tar of JPEGs, as bench/data_pipeline
+// writes), the timed span decodes that archive instead of reading the IDX
+// files, as a job on an uploaded JPEG dataset does; there is no peer then.
+// E2E_IMG_S counts every training image of every epoch over that whole
+// span, decoding included.
 
 #include <algorithm>
 #include <chrono>
@@ -51,6 +57,10 @@ ABSL_FLAG(std::string, optimizer, "adamw",
 ABSL_FLAG(int, loader_threads, 1, "threads preparing training batches");
 ABSL_FLAG(std::string, python, "/usr/bin/python3",
           "the python3 with torch and torchvision (export and peer)");
+ABSL_FLAG(std::string, train_archive, "",
+          "an image-folder tar to decode in the timed span instead of the IDX "
+          "files (needs --peer=false)");
+ABSL_FLAG(int, decode_threads, 1, "threads decoding --train_archive");
 ABSL_FLAG(bool, verbose, false,
           "print the trainer's log lines with seconds since the job started");
 
@@ -104,12 +114,33 @@ int main(int argc, char** argv) {
   }
 
   tlserve::DatasetFiles files;
-  files.format = tlserve::v1::IDX;
+  tlserve::DatasetLoadOptions load_options;
   const std::string dir = absl::GetFlag(FLAGS_data_dir);
-  files.paths[tlserve::v1::TRAIN_IMAGES] = dir + "/train-images-idx3-ubyte.gz";
-  files.paths[tlserve::v1::TRAIN_LABELS] = dir + "/train-labels-idx1-ubyte.gz";
-  files.paths[tlserve::v1::TEST_IMAGES] = dir + "/t10k-images-idx3-ubyte.gz";
-  files.paths[tlserve::v1::TEST_LABELS] = dir + "/t10k-labels-idx1-ubyte.gz";
+  const std::string archive = absl::GetFlag(FLAGS_train_archive);
+  if (!archive.empty()) {
+    if (absl::GetFlag(FLAGS_peer)) {
+      std::cerr << "--train_archive has no peer here (bench/gpu_peer.py "
+                   "--mode frozen is its peer): add --peer=false\n";
+      return 1;
+    }
+    if (!std::filesystem::exists(archive)) {
+      std::cerr << "--train_archive " << archive << " does not exist; "
+                << "bench/data_pipeline --format=jpeg --modes= builds one\n";
+      return 1;
+    }
+    files.format = tlserve::v1::IMAGE_FOLDER_TAR;
+    files.paths[tlserve::v1::TRAIN_ARCHIVE] = archive;
+    // As the worker decodes an uploaded archive for a job at this size.
+    load_options.fit_height = size;
+    load_options.fit_width = size;
+    load_options.decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  } else {
+    files.format = tlserve::v1::IDX;
+    files.paths[tlserve::v1::TRAIN_IMAGES] = dir + "/train-images-idx3-ubyte.gz";
+    files.paths[tlserve::v1::TRAIN_LABELS] = dir + "/train-labels-idx1-ubyte.gz";
+    files.paths[tlserve::v1::TEST_IMAGES] = dir + "/t10k-images-idx3-ubyte.gz";
+    files.paths[tlserve::v1::TEST_LABELS] = dir + "/t10k-labels-idx1-ubyte.gz";
+  }
 
   tlserve::v1::InputSpec spec;
   spec.set_channels(3);
@@ -135,8 +166,10 @@ int main(int argc, char** argv) {
               absl::GetFlag(FLAGS_loader_threads));
   // TRAIN_IMG_S: the trainer's own rate (EpochMetrics.samples_per_second)
   // of its fastest epoch after the first, which pays cuDNN's autotuning.
-  std::printf("%-11s %12s %12s %8s %10s %10s %12s\n", "MODE", "TLSERVE_S",
-              "PEER_S", "RATIO", "TLS_ACC", "PEER_ACC", "TRAIN_IMG_S");
+  // E2E_IMG_S: training images of all epochs over TLSERVE_S.
+  std::printf("%-11s %12s %12s %8s %10s %10s %12s %10s\n", "MODE", "TLSERVE_S",
+              "PEER_S", "RATIO", "TLS_ACC", "PEER_ACC", "TRAIN_IMG_S",
+              "E2E_IMG_S");
   for (absl::string_view mode :
        absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
     tlserve::worker::TrainJobInput input;
@@ -184,15 +217,19 @@ int main(int argc, char** argv) {
     // The timed span matches the peer's: reading the gzip files to the
     // test accuracy.
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<tlserve::DecodedDataset> data = tlserve::LoadDataset(files);
+    absl::StatusOr<tlserve::DecodedDataset> data =
+        tlserve::LoadDataset(files, {}, load_options);
     if (!data.ok()) {
       std::cerr << data.status() << "\n";
       return 1;
     }
     tlserve::worker::TrainerCallbacks callbacks;
     double train_rate = 0;
-    callbacks.on_epoch_end = [&train_rate](const tlserve::v1::EpochMetrics& m,
-                                           const std::string&) {
+    double trained_images = 0;
+    callbacks.on_epoch_end = [&train_rate, &trained_images](
+                                 const tlserve::v1::EpochMetrics& m,
+                                 const std::string&) {
+      trained_images += m.samples_per_second() * m.seconds();
       if (m.epoch() > 1 || train_rate == 0) {
         train_rate = m.epoch() > 1 ? std::max(train_rate, m.samples_per_second())
                                    : m.samples_per_second();
@@ -204,9 +241,10 @@ int main(int argc, char** argv) {
       callbacks.on_log = [&start](const std::string& line) {
         std::printf("  %6.2f s  %s\n", Seconds(start), line.c_str());
       };
-      callbacks.on_epoch_end = [&start, &train_rate](
+      callbacks.on_epoch_end = [&start, &train_rate, &trained_images](
                                    const tlserve::v1::EpochMetrics& m,
                                    const std::string&) {
+        trained_images += m.samples_per_second() * m.seconds();
         std::printf("  %6.2f s  epoch %d done (%.2f s, %.0f images/s)\n",
                     Seconds(start), m.epoch(), m.seconds(),
                     m.samples_per_second());
@@ -226,9 +264,10 @@ int main(int argc, char** argv) {
     }
 
     if (!absl::GetFlag(FLAGS_peer)) {
-      std::printf("%-11s %12.1f %12s %8s %10.4f %10s %12.0f\n",
+      std::printf("%-11s %12.1f %12s %8s %10.4f %10s %12.0f %10.0f\n",
                   std::string(mode).c_str(), ours, "-", "-",
-                  job->result.test_accuracy(), "-", train_rate);
+                  job->result.test_accuracy(), "-", train_rate,
+                  trained_images / ours);
       std::fflush(stdout);
       continue;
     }
@@ -246,10 +285,11 @@ int main(int argc, char** argv) {
     }
     const double theirs = JsonNumber(peer_out, "seconds");
     if (absl::GetFlag(FLAGS_verbose)) std::printf("  peer: %s", peer_out.c_str());
-    std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f %12.0f\n",
+    std::printf("%-11s %12.1f %12.1f %7.2fx %10.4f %10.4f %12.0f %10.0f\n",
                 std::string(mode).c_str(), ours, theirs, theirs / ours,
                 job->result.test_accuracy(),
-                JsonNumber(peer_out, "test_accuracy"), train_rate);
+                JsonNumber(peer_out, "test_accuracy"), train_rate,
+                trained_images / ours);
     std::fflush(stdout);
   }
   return 0;

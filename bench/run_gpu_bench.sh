@@ -8,7 +8,8 @@
 #     under torch.compile, and a frozen backbone fed JPEGs by a DataLoader;
 #   - tlserve's trainer (bench/fine_tune_speed): a full fine-tune and a
 #     frozen-backbone job on Fashion-MNIST at the same size, batch,
-#     precision and optimizer (SGD, momentum 0.9).
+#     precision and optimizer (SGD, momentum 0.9), and the frozen job again
+#     on a tar of JPEGs that it decodes inside the timed span.
 # Every figure is also a `RESULT {json}` line; the whole log is written to
 # $OUT/gpu_bench.log (or /tmp/gpu_bench.log).
 #
@@ -71,6 +72,21 @@ step "tlserve trainer: full fine-tune and frozen backbone"
   --threads="$THREADS" --loader_threads="$((THREADS > 4 ? THREADS - 4 : 1))" \
   --peer=false --python="$PY" --data_dir="$DATA" --source_dir="$PWD" \
   --work_dir=/tmp/tlserve_gpu_bench --verbose
+
+# The frozen figure from JPEG bytes, like the peer's DataLoader: Fashion-MNIST
+# upsampled to 224 and JPEG-encoded at quality 90, decoded inside the timed
+# span, one epoch (every image decoded and through the backbone once, as in
+# the peer's steps); E2E_IMG_S is the figure.
+step "tlserve trainer: frozen backbone from JPEG bytes"
+"$BUILD/bench/data_pipeline" --format=jpeg --modes= --count=$((PER_CLASS * 12)) \
+  --size=224 --quality=90 --peer=false --data_dir="$DATA" \
+  --work_dir=/tmp/tlserve_gpu_bench
+"$BUILD/bench/fine_tune_speed" --device=cuda:0 --precision=bf16 \
+  --arch=resnet50 --size=224 --batch_size=256 --per_class="$PER_CLASS" \
+  --epochs=1 --modes=frozen --optimizer=sgd --threads="$THREADS" \
+  --train_archive="/tmp/tlserve_gpu_bench/fmnist_$((PER_CLASS * 12))_224_jpeg_q90.tar" \
+  --decode_threads="$THREADS" --peer=false --python="$PY" \
+  --source_dir="$PWD" --work_dir=/tmp/tlserve_gpu_bench --verbose
 
 step "not measured here"
 echo "inference through the service at concurrency 64: the inference runner has no GPU path yet"

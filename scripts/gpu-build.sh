@@ -66,5 +66,6 @@ cmake -S . -B "$BUILD" "${generator[@]}" \
   -DCUDAToolkit_ROOT="$CUDA_HOME" \
   -DTLSERVE_WITH_CUDA=ON
 cmake --build "$BUILD" -j"$(nproc)" --target \
-  tlserve tlworker tlctl fine_tune_speed load_gen worker_test gpu_preprocess_test
+  tlserve tlworker tlctl fine_tune_speed data_pipeline load_gen worker_test \
+  gpu_preprocess_test
 echo "gpu-build: built in $BUILD; source $BUILD/env.sh before running it"
