@@ -24,6 +24,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <sys/types.h>
+#include <unistd.h>
 #include <functional>
 #include <map>
 #include <memory>
@@ -78,6 +80,12 @@ ABSL_FLAG(int, timeout_ms, 10000, "deadline of each call");
 ABSL_FLAG(int, top_k, 0, "PredictRequest.top_k (0: the server's default)");
 ABSL_FLAG(int, channels, 1,
           "gRPC channels (TCP connections) the calls are spread over");
+ABSL_FLAG(bool, echo, false,
+          "instead of --target, load an InferenceService that a child "
+          "process serves on 127.0.0.1, whose Predict answers at once (one "
+          "empty prediction per input): one gRPC hop between two processes "
+          "on this machine with the same requests, the floor under any "
+          "server's latency");
 ABSL_FLAG(bool, allow_errors, false, "exit 0 even when calls failed");
 
 namespace {
@@ -224,6 +232,64 @@ absl::StatusOr<std::unique_ptr<RpcDriver>> MakeDriver() {
   tensor->set_contents(std::move(contents));
   return std::make_unique<PredictDriver>(per_model(request),
                                          static_cast<int>((*shape)[0]));
+}
+
+// --echo: Predict answered at once, on gRPC's own thread, one empty
+// prediction per input, so a call costs what gRPC and the loopback cost.
+class EchoService final : public InferenceService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
+                                    const PredictRequest* request,
+                                    PredictResponse* response) override {
+    int inputs = request->images_size();
+    if (inputs == 0 && request->tensor().shape_size() > 0) {
+      inputs = static_cast<int>(request->tensor().shape(0));
+    }
+    for (int i = 0; i < inputs; ++i) response->add_predictions();
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+// Forks the --echo server (before this process has touched gRPC, so the
+// child starts clean) and returns its port. The child serves until its
+// pipe from this process closes, that is until this process exits,
+// however it exits.
+absl::StatusOr<int> StartEchoProcess() {
+  int to_child[2];
+  int from_child[2];
+  if (pipe(to_child) != 0 || pipe(from_child) != 0) {
+    return absl::InternalError("--echo: pipe() failed");
+  }
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("--echo: fork() failed");
+  if (pid == 0) {
+    close(to_child[1]);
+    close(from_child[0]);
+    EchoService echo;
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.SetMaxReceiveMessageSize(-1);
+    builder.RegisterService(&echo);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (server == nullptr) port = 0;
+    (void)!write(from_child[1], &port, sizeof(port));
+    char byte;
+    while (read(to_child[0], &byte, 1) > 0) {
+    }
+    std::_Exit(0);  // no destructors: the server's threads are still up
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  int port = 0;
+  if (read(from_child[0], &port, sizeof(port)) != sizeof(port) || port == 0) {
+    return absl::UnavailableError("--echo: the echo server did not start");
+  }
+  close(from_child[0]);
+  return port;  // to_child[1] stays open until this process exits
 }
 
 // Where a call completed, relative to the measurement window.
@@ -507,7 +573,12 @@ int main(int argc, char** argv) {
     return fail(absl::InvalidArgumentError("--channels must be >= 1"));
   }
 
-  const std::string target = absl::GetFlag(FLAGS_target);
+  std::string target = absl::GetFlag(FLAGS_target);
+  if (absl::GetFlag(FLAGS_echo)) {
+    absl::StatusOr<int> port = StartEchoProcess();
+    if (!port.ok()) return fail(port.status());
+    target = absl::StrCat("127.0.0.1:", *port);
+  }
   std::vector<std::unique_ptr<InferenceService::Stub>> stubs;
   for (int i = 0; i < num_channels; ++i) {
     grpc::ChannelArguments args;

@@ -62,6 +62,9 @@ ABSL_FLAG(bool, optimize, false,
           "freeze the module and run torch::jit::optimize_for_inference first "
           "(as tlserve's worker does)");
 
+ABSL_FLAG(int64_t, single_thread_max_rows, -1,
+          "with --image: InferenceRunner's option of that name (-1: measured "
+          "at load, as the worker does; 0: never one thread)");
 ABSL_FLAG(std::string, image, "",
           "time the worker's whole Predict compute on this encoded image "
           "(needs --model_json) instead of forward on a random tensor");
@@ -128,6 +131,7 @@ absl::Status RunThroughRunner(const std::string& path, int threads,
   tlserve::worker::InferenceRunner::Options options;
   options.num_threads = threads;
   options.optimize = absl::GetFlag(FLAGS_optimize);
+  options.single_thread_max_rows = absl::GetFlag(FLAGS_single_thread_max_rows);
   tlserve::worker::InferenceRunner runner(options);
   tlserve::worker::InferenceRunner::ModelFile file;
   file.model_id = record.id().empty() ? "model" : record.id();
@@ -147,6 +151,11 @@ absl::Status RunThroughRunner(const std::string& path, int threads,
   request.set_top_k(3);
   // A bad image or model fails here, before any timing.
   RETURN_IF_ERROR(runner.Predict(file, request).status());
+  for (const auto& loaded : runner.LoadedModels()) {
+    std::printf("model_latency: batches of up to %lld rows run on one "
+                "thread\n",
+                static_cast<long long>(loaded.single_thread_max_rows));
+  }
   absl::Status failed;
   TimeCalls(
       [&] {

@@ -207,6 +207,14 @@ for model in $MODELS; do
   fi
 
   for conc in $CONCURRENCY; do load tlserve "$SERVER" "$id" "$conc"; done
+  # The floor under any server at c=1: one gRPC hop between two processes
+  # on this machine, same request, answered at once (tlserve makes two:
+  # client to server, server to worker).
+  log "$model: one gRPC hop, echo server in a child process, c=1"
+  timeout $((WARMUP + SECONDS_W + 60)) "$BUILD/bench/load_gen" --echo --model="$id" \
+    "${input[@]}" --concurrency=1 --warmup_seconds="$WARMUP" --seconds="$SECONDS_W" \
+    > "$OUT/$model.echo.c1.log" 2>&1 || log "load_gen --echo exited $?"
+  record "$OUT/$model.echo.c1.log" model="$model" server=echo concurrency=1
 
   peer_args=(--model="$OUT/$model.pt" --model_json="$OUT/$model.model.json"
              --port=0 --port_file="$OUT/peer.$model.port" --threads="$THREADS")
@@ -266,7 +274,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r["bench_model"], r["bench_server"], r["bench_concurrency"]): r for r in rows}
 models = list(dict.fromkeys(r["bench_model"] for r in rows))
 concs = sorted({r["bench_concurrency"] for r in rows
-                if r["bench_server"] not in ("inproc", "runner")})
+                if r["bench_server"] not in ("inproc", "runner", "echo")})
 print(f"\nInference, {sys.argv[2]} LibTorch threads each, input {sys.argv[3]}, "
       f"closed loop, {sys.argv[4]} s warmup + {sys.argv[5]} s per point; "
       f"1-min load average {sys.argv[6]} at start, {sys.argv[7]} at end\n")
@@ -296,6 +304,10 @@ for m in models:
     if w:
         print(f"; the worker's compute for one request in process (decode, fit, "
               f"forward, top-k) p50 {fmt(w.get('p50_ms'), '%.2f')} ms", end="")
+    e = by.get((m, "echo", 1))
+    if e:
+        print(f"; one gRPC hop between two processes (an echo server, same "
+              f"request) p50 {fmt(e.get('p50_ms'), '%.3f')} ms", end="")
     s = means(m)
     if s:
         print(f"; tlserve at c=1, mean per call in the server "

@@ -23,9 +23,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/image.h"
 #include "common/status_macros.h"
 #include "worker/data_tensors.h"
+#include "worker/intra_op_threads.h"
 #include "common/text_tokenizer.h"
 #include "common/word_vectors.h"
 #include "worker/model_builder.h"
@@ -54,6 +57,8 @@ struct SharedBackbone {
   // The `backbone` submodule's parameters and buffers plus mean and std
   // (twice with the optimised copy).
   int64_t bytes = 0;
+  // Batches of up to this many rows run its features() on one thread.
+  int64_t single_thread_max_rows = 0;
 
   // The module whose features() a batch runs.
   torch::jit::Module Features() const {
@@ -88,7 +93,65 @@ struct LoadedModel {
   std::unique_ptr<const TextInput> text;
   // Options.optimize: forward() of this copy answers Predict-only batches.
   std::optional<torch::jit::Module> optimized;
+  // Standalone: batches of up to this many rows run on one thread.
+  int64_t single_thread_max_rows = 0;
+
+  int64_t SingleThreadMaxRows() const {
+    return backbone != nullptr ? backbone->single_thread_max_rows
+                               : single_thread_max_rows;
+  }
 };
+
+// Largest batch (1, 2, 4, ... kMaxRows rows of `probe`) on which `run`
+// is not slower on one intra-op thread than on `threads`, each forward
+// timed after an idle gap as between calls at low load, when the other
+// threads have gone to sleep (small batches come only at low load: under
+// load the batcher makes them bigger); medians of interleaved timings.
+// 0 when one thread loses at one row, when a forward on one row takes
+// over kSlowForward (the threads' hand-offs are noise there, and measuring
+// would slow the load), or when the per-thread count cannot be set. Runs
+// under InferenceMode; LibTorch errors propagate.
+int64_t MeasureSingleThreadMaxRows(
+    const at::Tensor& probe, int threads,
+    const std::function<void(const at::Tensor&)>& run) {
+  constexpr int64_t kMaxRows = 64;
+  constexpr int kRepeats = 5;
+  constexpr absl::Duration kIdleGap = absl::Milliseconds(2);
+  constexpr absl::Duration kSlowForward = absl::Milliseconds(10);
+  constexpr absl::Duration kBudget = absl::Milliseconds(400);
+  if (threads <= 1 || !ScopedIntraOpThreads::Supported()) return 0;
+  c10::InferenceMode inference_mode;
+  const at::Tensor row = probe.slice(0, 0, 1);
+  auto time_once = [&](const at::Tensor& x, int n) {
+    ScopedIntraOpThreads scoped(n);
+    absl::SleepFor(kIdleGap);
+    const absl::Time start = absl::Now();
+    run(x);
+    return absl::Now() - start;
+  };
+  time_once(row, threads);  // warm: the first call after a change is slow
+  if (time_once(row, threads) > kSlowForward) return 0;
+  const absl::Time began = absl::Now();
+  int64_t best = 0;
+  for (int64_t rows = 1; rows <= kMaxRows; rows *= 2) {
+    std::vector<int64_t> sizes = row.sizes().vec();
+    sizes[0] = rows;
+    const at::Tensor x = row.expand(sizes).contiguous();
+    time_once(x, 1);
+    time_once(x, threads);
+    std::vector<absl::Duration> one, many;
+    for (int r = 0; r < kRepeats; ++r) {
+      one.push_back(time_once(x, 1));
+      many.push_back(time_once(x, threads));
+    }
+    std::nth_element(one.begin(), one.begin() + kRepeats / 2, one.end());
+    std::nth_element(many.begin(), many.begin() + kRepeats / 2, many.end());
+    if (one[kRepeats / 2] > many[kRepeats / 2]) break;
+    best = rows;
+    if (absl::Now() - began > kBudget) break;
+  }
+  return best;
+}
 
 bool IsLittleEndian() {
   const uint16_t probe = 1;
@@ -521,7 +584,40 @@ struct InferenceRunner::Impl {
             return absl::OkStatus();
           }));
     }
+    if (ValidateInputSpec(file.input_spec).ok()) {
+      torch::jit::Module runs =
+          loaded->optimized.has_value() ? *loaded->optimized : module;
+      loaded->single_thread_max_rows = SingleThreadMaxRows(
+          file, [&runs](const at::Tensor& x) { runs.forward({x}); });
+    }
     return loaded;
+  }
+
+  // Options.single_thread_max_rows for a model (or backbone) whose batch
+  // runs `run`: the option's value, or measured on its probe input.
+  int64_t SingleThreadMaxRows(
+      const ModelFile& file,
+      const std::function<void(const at::Tensor&)>& run) const {
+    if (options.single_thread_max_rows >= 0) {
+      return options.single_thread_max_rows;
+    }
+    const int threads =
+        options.num_threads > 0 ? options.num_threads : at::get_num_threads();
+    absl::StatusOr<int64_t> rows = TorchGuardOr<int64_t>(
+        absl::StrCat("timing model ", file.model_id, " on one thread"),
+        [&]() -> absl::StatusOr<int64_t> {
+          return MeasureSingleThreadMaxRows(ProbeInput(file.input_spec),
+                                            threads, run);
+        });
+    return rows.ok() ? *rows : 0;  // could not measure: never one thread
+  }
+
+  // Whether a batch of `rows` rows on `model` runs on one intra-op
+  // thread; counts the ones that do.
+  bool OnOneThread(const LoadedModel& model, int64_t rows) {
+    if (rows <= 0 || rows > model.SingleThreadMaxRows()) return false;
+    single_thread_runs.fetch_add(1, std::memory_order_relaxed);
+    return true;
   }
 
   // Sets loaded->optimized when optimize_for_inference makes a copy whose
@@ -634,6 +730,11 @@ struct InferenceRunner::Impl {
               created->optimized = OptimizedFeatures(module, file);
               if (created->optimized.has_value()) created->bytes *= 2;
             }
+            torch::jit::Module features = created->Features();
+            created->single_thread_max_rows = SingleThreadMaxRows(
+                file, [&features](const at::Tensor& x) {
+                  features.run_method("features", x);
+                });
             backbone = std::move(created);
           }
           loaded->module = head;
@@ -734,6 +835,10 @@ struct InferenceRunner::Impl {
                      std::vector<tlserve::v1::InferenceResult>* results) {
     const std::string& id = run->file->model_id;
     backbone_runs.fetch_add(1, std::memory_order_relaxed);
+    std::optional<ScopedIntraOpThreads> threads;
+    if (run->model->text == nullptr && OnOneThread(*run->model, run->rows)) {
+      threads.emplace(1);
+    }
     absl::Status ran =
         TorchGuard(absl::StrCat("running model ", id), [&]() -> absl::Status {
           at::Tensor batch =
@@ -792,6 +897,11 @@ struct InferenceRunner::Impl {
         absl::StrCat("shared backbone '", backbone.key, "' of models ",
                      absl::StrJoin(ids, ", "));
     backbone_runs.fetch_add(1, std::memory_order_relaxed);
+    int64_t rows = 0;
+    for (const ModelRun* run : group) rows += run->rows;
+    // The heads run under the same count: they are a small part of it.
+    std::optional<ScopedIntraOpThreads> threads;
+    if (OnOneThread(*group[0]->model, rows)) threads.emplace(1);
     at::Tensor features;
     absl::Status ran =
         TorchGuard(absl::StrCat("running the ", what), [&]() -> absl::Status {
@@ -1008,6 +1118,7 @@ struct InferenceRunner::Impl {
   // is fine.
   std::list<std::string> lru ABSL_GUARDED_BY(mu);
   std::atomic<int64_t> backbone_runs{0};
+  std::atomic<int64_t> single_thread_runs{0};
 };
 
 InferenceRunner::InferenceRunner(Options options)
@@ -1039,6 +1150,7 @@ std::vector<InferenceRunner::LoadedModelInfo> InferenceRunner::LoadedModels()
     info.model_id = id;
     info.bytes = model.bytes;
     if (model.backbone != nullptr) info.shared_backbone = model.backbone->key;
+    info.single_thread_max_rows = model.SingleThreadMaxRows();
     out.push_back(std::move(info));
   }
   return out;
@@ -1051,6 +1163,10 @@ int64_t InferenceRunner::LoadedBytes() const {
 
 int64_t InferenceRunner::BackboneRuns() const {
   return impl_->backbone_runs.load(std::memory_order_relaxed);
+}
+
+int64_t InferenceRunner::SingleThreadRuns() const {
+  return impl_->single_thread_runs.load(std::memory_order_relaxed);
 }
 
 std::vector<tlserve::v1::InferenceResult> InferenceRunner::RunBatch(

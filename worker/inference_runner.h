@@ -55,6 +55,17 @@ class InferenceRunner {
     // it (Predict and Embed). The copies' bytes count against
     // max_loaded_bytes too.
     bool optimize = true;
+    // Image batches of at most this many rows run on one intra-op thread
+    // instead of num_threads. A small model's forward on a few rows is
+    // faster alone than split: every parallel op wakes the other threads
+    // and waits for them, and between calls they have gone to sleep (the
+    // compact model at batch 1: 0.48 ms on one thread, 0.65 on two,
+    // back to back). -1: measured per model (per shared backbone) at
+    // load: one thread against num_threads on batches of 1, 2, 4, ... 64
+    // rows, for as long as one thread is not slower; a model whose forward
+    // on one row takes over 10 ms is not measured (never one thread).
+    // 0: never. Needs LibTorch's OpenMP build; otherwise never.
+    int64_t single_thread_max_rows = -1;
   };
 
   // A model of a batch: its id, its file on this worker and what the
@@ -85,6 +96,9 @@ class InferenceRunner {
     // The key of the backbone it runs on; empty when it runs alone (no
     // key, or the check at load found a different backbone).
     std::string shared_backbone;
+    // Options.single_thread_max_rows as it applies to this model (its
+    // shared backbone's when it has one).
+    int64_t single_thread_max_rows = 0;
   };
 
   explicit InferenceRunner(Options options);
@@ -126,6 +140,9 @@ class InferenceRunner {
   // (however many chunks each run takes). Load-time warm-ups and checks
   // are not counted.
   int64_t BackboneRuns() const;
+  // Of those, the runs made on one intra-op thread
+  // (Options.single_thread_max_rows).
+  int64_t SingleThreadRuns() const;
 
  private:
   struct Impl;

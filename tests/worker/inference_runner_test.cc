@@ -598,6 +598,65 @@ TEST_F(SharedBackboneTest, OptimizedBackboneAnswersLikeTheExportedOne) {
                     exported.RunBatch(Files({kA}, ""), one));
 }
 
+// Options::single_thread_max_rows: batches up to that many rows run on
+// one intra-op thread, standalone or on a shared backbone, with the same
+// answers as on several; bigger batches keep the threads.
+TEST_F(SharedBackboneTest, SmallBatchesRunOnOneThreadWithTheSameAnswers) {
+  const at::Tensor x = torch::rand({8, 1, kSize, kSize});
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> small;
+  AddItem(&small, 0, x.slice(0, 0, 1), false, false);
+  AddItem(&small, 1, x.slice(0, 1, 4), true, true);
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> big;
+  AddItem(&big, 0, x, false, false);
+  AddItem(&big, 1, x.slice(0, 2, 5), false, false);
+  InferenceRunner::Options options;
+  options.num_threads = 2;
+  options.single_thread_max_rows = 4;
+  InferenceRunner::Options never = options;
+  never.single_thread_max_rows = 0;
+  for (const std::string key : {"backbone-1", ""}) {
+    SCOPED_TRACE(key.empty() ? "standalone" : "shared");
+    const std::vector<InferenceRunner::ModelFile> files = Files({kA, kB}, key);
+    InferenceRunner one(options);
+    InferenceRunner several(never);
+    ExpectSameResults(one.RunBatch(files, small), several.RunBatch(files, small));
+    // Shared: one backbone run of 4 rows. Standalone: a's 1 and b's 3.
+    EXPECT_EQ(one.SingleThreadRuns(), key.empty() ? 2 : 1);
+    ExpectSameResults(one.RunBatch(files, big), several.RunBatch(files, big));
+    // Shared: 11 rows; standalone: a's 8 and b's 3, which still fits.
+    EXPECT_EQ(one.SingleThreadRuns(), key.empty() ? 3 : 1);
+    EXPECT_EQ(several.SingleThreadRuns(), 0);
+    for (const auto& info : one.LoadedModels()) {
+      EXPECT_EQ(info.single_thread_max_rows, 4) << info.model_id;
+    }
+  }
+}
+
+// Measured at load (the default): a power of two up to 64, or 0; never
+// one thread when the runner has only one anyway.
+TEST_F(SharedBackboneTest, SingleThreadRowsAreMeasuredAtLoad) {
+  const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
+  InferenceRunner::Options options;
+  options.num_threads = 2;
+  InferenceRunner measured(options);
+  measured.RunBatch(Files({kA}, "backbone-1"), none);
+  measured.RunBatch(Files({kB}, ""), none);
+  for (const auto& info : measured.LoadedModels()) {
+    const int64_t rows = info.single_thread_max_rows;
+    EXPECT_TRUE(rows == 0 || (rows <= 64 && (rows & (rows - 1)) == 0))
+        << info.model_id << ": " << rows;
+    std::cout << info.model_id << ": batches of up to " << rows
+              << " rows run on one thread\n";
+  }
+  options.num_threads = 1;
+  InferenceRunner single(options);
+  single.RunBatch(Files({kA}, "backbone-1"), none);
+  single.RunBatch(Files({kB}, ""), none);
+  for (const auto& info : single.LoadedModels()) {
+    EXPECT_EQ(info.single_thread_max_rows, 0) << info.model_id;
+  }
+}
+
 TEST_F(SharedBackboneTest, LoadedBytesCountTheBackboneOnce) {
   const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
   // The exported modules' bytes: no optimised copies.
