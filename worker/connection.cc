@@ -159,6 +159,7 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
   runner_options.max_loaded_models = opts.max_loaded_models;
   runner_options.num_threads = opts.num_threads;
   runner_options.optimize = opts.optimize_models;
+  runner_options.single_thread_max_rows = opts.single_thread_max_rows;
   agent->inference_runner_ = std::make_unique<InferenceRunner>(runner_options);
 
   try {

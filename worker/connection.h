@@ -74,6 +74,8 @@ class WorkerAgent {
     size_t max_loaded_models = 8;
     // InferenceRunner::Options::optimize.
     bool optimize_models = true;
+    // InferenceRunner::Options::single_thread_max_rows.
+    int64_t single_thread_max_rows = -1;
     // Largest message the server may push (inference calls carry images).
     int max_receive_message_bytes = 256 << 20;
     // Told about connects ("connected") and disconnects (with the reason),

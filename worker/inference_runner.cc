@@ -26,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/image.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "worker/data_tensors.h"
 #include "worker/intra_op_threads.h"
@@ -489,7 +490,18 @@ struct InferenceRunner::Impl {
     // first loads of models on one backbone cannot both become its copy.
     absl::MutexLock load_lock(&load_mu);
     if (auto hit = Lookup(file)) return hit;  // loaded while we waited
+    const absl::Time start = absl::Now();
     ASSIGN_OR_RETURN(std::shared_ptr<LoadedModel> loaded, Load(file));
+    Log(LogSeverity::kInfo, "model loaded",
+        {{"model_id", file.model_id},
+         {"seconds", absl::ToDoubleSeconds(absl::Now() - start)},
+         {"bytes", loaded->bytes},
+         {"shared_backbone",
+          loaded->backbone != nullptr ? loaded->backbone->key : ""},
+         {"optimized", loaded->optimized.has_value() ||
+                           (loaded->backbone != nullptr &&
+                            loaded->backbone->optimized.has_value())},
+         {"single_thread_max_rows", loaded->SingleThreadMaxRows()}});
     {
       absl::MutexLock lock(&mu);
       Insert(file.model_id, loaded);

@@ -72,6 +72,10 @@ ABSL_FLAG(bool, optimize_models, true,
           "optimised for inference (torch::jit::optimize_for_inference), "
           "when it gives the model's answers; false: the exported model as "
           "it is");
+ABSL_FLAG(int64_t, single_thread_max_rows, -1,
+          "inference batches of at most this many rows run on one LibTorch "
+          "thread instead of --threads; -1: measured per model when it "
+          "loads (worker/inference_runner.h); 0: never");
 ABSL_FLAG(double, drain_seconds, 60,
           "on SIGTERM/SIGINT: seconds to checkpoint and hand back the "
           "running job and finish held inference calls before stopping; a "
@@ -132,6 +136,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.optimize_models = absl::GetFlag(FLAGS_optimize_models);
+  options.single_thread_max_rows = absl::GetFlag(FLAGS_single_thread_max_rows);
   const std::string worker_id = options.worker_id;
   options.on_connection_change = [worker_id](bool connected,
                                              const std::string& detail) {
