@@ -110,8 +110,9 @@ struct LoadedModel {
 // load the batcher makes them bigger); medians of interleaved timings.
 // 0 when one thread loses at one row, when a forward on one row takes
 // over kSlowForward (the threads' hand-offs are noise there, and measuring
-// would slow the load), or when the per-thread count cannot be set. Runs
-// under InferenceMode; LibTorch errors propagate.
+// would slow the load), or when the per-thread count cannot be set. Stops
+// early, keeping what it found, rather than take over kBudget. Runs under
+// InferenceMode; LibTorch errors propagate.
 int64_t MeasureSingleThreadMaxRows(
     const at::Tensor& probe, int threads,
     const std::function<void(const at::Tensor&)>& run) {
@@ -133,8 +134,13 @@ int64_t MeasureSingleThreadMaxRows(
   time_once(row, threads);  // warm: the first call after a change is slow
   if (time_once(row, threads) > kSlowForward) return 0;
   const absl::Time began = absl::Now();
+  absl::Duration last_step = absl::ZeroDuration();
   int64_t best = 0;
   for (int64_t rows = 1; rows <= kMaxRows; rows *= 2) {
+    // A step takes about twice the last (twice the rows): stop before one
+    // would run past the budget, so a load never waits long for this.
+    if (absl::Now() - began + 2 * last_step > kBudget) break;
+    const absl::Time step_start = absl::Now();
     std::vector<int64_t> sizes = row.sizes().vec();
     sizes[0] = rows;
     const at::Tensor x = row.expand(sizes).contiguous();
@@ -149,7 +155,7 @@ int64_t MeasureSingleThreadMaxRows(
     std::nth_element(many.begin(), many.begin() + kRepeats / 2, many.end());
     if (one[kRepeats / 2] > many[kRepeats / 2]) break;
     best = rows;
-    if (absl::Now() - began > kBudget) break;
+    last_step = absl::Now() - step_start;
   }
   return best;
 }
