@@ -56,11 +56,11 @@ class FakeWorkerService final : public tlserve::v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     hold_fetches_ = hold;
   }
-  // Waits until a FetchBlob call came in.
-  bool WaitForFetch(absl::Duration timeout = absl::Seconds(10)) {
+  // Waits until `n` FetchBlob calls came in.
+  bool WaitForFetch(int n = 1, absl::Duration timeout = absl::Seconds(10)) {
     absl::MutexLock lock(&mu_);
-    auto fetched = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return fetches_ > 0;
+    auto fetched = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return fetches_ >= n;
     };
     return mu_.AwaitWithTimeout(absl::Condition(&fetched), timeout);
   }
@@ -275,13 +275,14 @@ TEST_F(BlobCacheTest, FetchAfterShutdownIsCancelled) {
 
 class WorkerAgentTest : public WorkerTestBase {
  protected:
-  void StartAgent() {
+  void StartAgent(std::function<void(WorkerAgent::Options*)> adjust = {}) {
     WorkerAgent::Options options;
     options.server_address = address_;
     options.worker_id = "w-test";
     options.cache_dir = (dir_ / "agent").string();
     options.reconnect_backoff = absl::Milliseconds(20);
     options.max_reconnect_backoff = absl::Milliseconds(100);
+    if (adjust) adjust(&options);
     auto agent = WorkerAgent::Create(options);
     ASSERT_TRUE(agent.ok()) << agent.status();
     agent_ = *std::move(agent);
@@ -294,6 +295,32 @@ class WorkerAgentTest : public WorkerTestBase {
       agent_.reset();
     }
     WorkerTestBase::TearDown();
+  }
+
+  // An inference call for a model the fake server does not have: the
+  // worker fetches it (held while the test holds fetches), then replies
+  // NOT_FOUND.
+  static ServerMessage InferCall(const std::string& request_id) {
+    ServerMessage call;
+    call.mutable_infer()->set_request_id(request_id);
+    tlserve::v1::InferenceModel* model = call.mutable_infer()->add_models();
+    model->set_model_id("model-" + request_id);
+    model->mutable_model()->set_sha256(Sha256Hex("no model " + request_id));
+    call.mutable_infer()->add_items()->mutable_request()->add_images("png");
+    call.mutable_infer()->set_timeout_ms(10'000);
+    return call;
+  }
+
+  // The code of the reply to `request_id`, or -1 while there is none.
+  static int ReplyCode(const std::vector<WorkerMessage>& messages,
+                       const std::string& request_id) {
+    for (const WorkerMessage& m : messages) {
+      if (m.has_inference_reply() &&
+          m.inference_reply().request_id() == request_id) {
+        return m.inference_reply().code();
+      }
+    }
+    return -1;
   }
 
   static int Count(const std::vector<WorkerMessage>& messages,
@@ -354,6 +381,54 @@ TEST_F(WorkerAgentTest, RepliesToInferenceWhoseModelIsMissing) {
     }
     return false;
   }));
+}
+
+// Every inference thread busy: the stream is still read, so a further call
+// is queued and one over the queue's bound is refused at once. Then all
+// finish, calls one at a time are answered, and a drain finds the worker
+// idle (the thread waiting on the stream counts as idle).
+TEST_F(WorkerAgentTest, KeepsReadingWhileEveryInferenceThreadRuns) {
+  StartAgent([](WorkerAgent::Options* options) {
+    options->inference_threads = 2;
+    options->max_queued_inferences = 1;
+  });
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kHeartbeat) >= 1;
+  }));
+  service_.HoldFetches(true);
+  // One at a time: two calls queued at once would find the 1-call queue
+  // full.
+  ASSERT_TRUE(service_.Push(InferCall("r1")));
+  ASSERT_TRUE(service_.WaitForFetch(1));
+  ASSERT_TRUE(service_.Push(InferCall("r2")));
+  ASSERT_TRUE(service_.WaitForFetch(2));  // both threads are in a call
+  ASSERT_TRUE(service_.Push(InferCall("r3")));
+  ASSERT_TRUE(service_.Push(InferCall("r4")));
+  const int exhausted = static_cast<int>(absl::StatusCode::kResourceExhausted);
+  const int not_found = static_cast<int>(absl::StatusCode::kNotFound);
+  ASSERT_TRUE(service_.WaitFor([&](const std::vector<WorkerMessage>& m) {
+    return ReplyCode(m, "r4") == exhausted;
+  }));
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return ReplyCode(m, "r1") == -1 && ReplyCode(m, "r2") == -1 &&
+           ReplyCode(m, "r3") == -1;
+  }));
+  EXPECT_EQ(service_.fetches(), 2);  // r3 waits in the queue
+
+  service_.HoldFetches(false);
+  ASSERT_TRUE(service_.WaitFor([&](const std::vector<WorkerMessage>& m) {
+    return ReplyCode(m, "r1") == not_found && ReplyCode(m, "r2") == not_found &&
+           ReplyCode(m, "r3") == not_found;
+  }));
+  // Calls one after another, each on an idle worker, all answered.
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = "s" + std::to_string(i);
+    ASSERT_TRUE(service_.Push(InferCall(id)));
+    ASSERT_TRUE(service_.WaitFor([&](const std::vector<WorkerMessage>& m) {
+      return ReplyCode(m, id) == not_found;
+    })) << id;
+  }
+  EXPECT_TRUE(agent_->Drain(absl::Seconds(5)));
 }
 
 TEST_F(WorkerAgentTest, ReportsAJobWhoseDatasetCannotBeFetched) {
