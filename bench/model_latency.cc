@@ -63,8 +63,9 @@ ABSL_FLAG(bool, optimize, false,
           "(as tlserve's worker does)");
 
 ABSL_FLAG(int64_t, single_thread_max_rows, -1,
-          "with --image: InferenceRunner's option of that name (-1: measured "
-          "at load, as the worker does; 0: never one thread)");
+          "with --image: InferenceRunner's option of that name (-1: chosen "
+          "from the timings of its batches, as the worker does; 0: never "
+          "one thread)");
 ABSL_FLAG(std::string, image, "",
           "time the worker's whole Predict compute on this encoded image "
           "(needs --model_json) instead of forward on a random tensor");
@@ -151,11 +152,17 @@ absl::Status RunThroughRunner(const std::string& path, int threads,
   request.set_top_k(3);
   // A bad image or model fails here, before any timing.
   RETURN_IF_ERROR(runner.Predict(file, request).status());
-  for (const auto& loaded : runner.LoadedModels()) {
-    std::printf("model_latency: batches of up to %lld rows run on one "
-                "thread\n",
-                static_cast<long long>(loaded.single_thread_max_rows));
-  }
+  auto print_threads = [&runner](const char* when) {
+    for (const auto& loaded : runner.LoadedModels()) {
+      std::printf("model_latency: %s, batches of up to %lld rows run on one "
+                  "thread%s\n",
+                  when, static_cast<long long>(loaded.single_thread_max_rows),
+                  loaded.threads_chosen_per_batch
+                      ? " (chosen from the timings of its batches)"
+                      : "");
+    }
+  };
+  print_threads("after the first call");
   absl::Status failed;
   TimeCalls(
       [&] {
@@ -168,6 +175,7 @@ absl::Status RunThroughRunner(const std::string& path, int threads,
         }
       },
       timings);
+  print_threads("after the timed calls");
   return failed;
 }
 

@@ -30,6 +30,7 @@
 #include "common/status_macros.h"
 #include "worker/data_tensors.h"
 #include "worker/intra_op_threads.h"
+#include "worker/thread_choice.h"
 #include "common/text_tokenizer.h"
 #include "common/word_vectors.h"
 #include "worker/model_builder.h"
@@ -47,6 +48,20 @@ constexpr int kDefaultTopK = 5;
 // on: the first such model's whole TlClassifier, whose features() serves
 // them all. That model's head stays in it, uncounted, until the backbone
 // goes (when the last model using it is dropped and no batch holds it).
+// How a model's (or shared backbone's) batches choose their intra-op
+// threads.
+struct ThreadPolicy {
+  // Without `choice`: batches of up to this many rows run on one thread
+  // (Options.single_thread_max_rows, or 0 where one thread is not tried).
+  int64_t fixed_max_rows = 0;
+  // The default: chosen from timings of real batches.
+  std::unique_ptr<ThreadChoice> choice;
+
+  int64_t OneThreadMaxRows() const {
+    return choice != nullptr ? choice->OneThreadMaxRows() : fixed_max_rows;
+  }
+};
+
 struct SharedBackbone {
   std::string key;
   torch::jit::Module module;
@@ -58,8 +73,8 @@ struct SharedBackbone {
   // The `backbone` submodule's parameters and buffers plus mean and std
   // (twice with the optimised copy).
   int64_t bytes = 0;
-  // Batches of up to this many rows run its features() on one thread.
-  int64_t single_thread_max_rows = 0;
+  // Whether a batch runs its features() on one thread.
+  ThreadPolicy threads;
 
   // The module whose features() a batch runs.
   torch::jit::Module Features() const {
@@ -94,70 +109,26 @@ struct LoadedModel {
   std::unique_ptr<const TextInput> text;
   // Options.optimize: forward() of this copy answers Predict-only batches.
   std::optional<torch::jit::Module> optimized;
-  // Standalone: batches of up to this many rows run on one thread.
-  int64_t single_thread_max_rows = 0;
+  // Standalone: whether a batch runs on one thread.
+  ThreadPolicy threads;
 
-  int64_t SingleThreadMaxRows() const {
-    return backbone != nullptr ? backbone->single_thread_max_rows
-                               : single_thread_max_rows;
+  const ThreadPolicy& Threads() const {
+    return backbone != nullptr ? backbone->threads : threads;
   }
 };
 
-// Largest batch (1, 2, 4, ... kMaxRows rows of `probe`) on which `run`
-// is not slower on one intra-op thread than on `threads`, each forward
-// timed after an idle gap as between calls at low load, when the other
-// threads have gone to sleep (small batches come only at low load: under
-// load the batcher makes them bigger); medians of interleaved timings.
-// 0 when one thread loses at one row, when a forward on one row takes
-// over kSlowForward (the threads' hand-offs are noise there, and measuring
-// would slow the load), or when the per-thread count cannot be set. Stops
-// early, keeping what it found, rather than take over kBudget. Runs under
+// How long `run` takes on one row of `probe`, on `threads` threads, the
+// second time (the first after a change of count is slow). Runs under
 // InferenceMode; LibTorch errors propagate.
-int64_t MeasureSingleThreadMaxRows(
-    const at::Tensor& probe, int threads,
-    const std::function<void(const at::Tensor&)>& run) {
-  constexpr int64_t kMaxRows = 64;
-  constexpr int kRepeats = 5;
-  constexpr absl::Duration kIdleGap = absl::Milliseconds(2);
-  constexpr absl::Duration kSlowForward = absl::Milliseconds(10);
-  constexpr absl::Duration kBudget = absl::Milliseconds(400);
-  if (threads <= 1 || !ScopedIntraOpThreads::Supported()) return 0;
+absl::Duration OneRowForward(const at::Tensor& probe, int threads,
+                             const std::function<void(const at::Tensor&)>& run) {
   c10::InferenceMode inference_mode;
+  ScopedIntraOpThreads scoped(threads);
   const at::Tensor row = probe.slice(0, 0, 1);
-  auto time_once = [&](const at::Tensor& x, int n) {
-    ScopedIntraOpThreads scoped(n);
-    absl::SleepFor(kIdleGap);
-    const absl::Time start = absl::Now();
-    run(x);
-    return absl::Now() - start;
-  };
-  time_once(row, threads);  // warm: the first call after a change is slow
-  if (time_once(row, threads) > kSlowForward) return 0;
-  const absl::Time began = absl::Now();
-  absl::Duration last_step = absl::ZeroDuration();
-  int64_t best = 0;
-  for (int64_t rows = 1; rows <= kMaxRows; rows *= 2) {
-    // A step takes about twice the last (twice the rows): stop before one
-    // would run past the budget, so a load never waits long for this.
-    if (absl::Now() - began + 2 * last_step > kBudget) break;
-    const absl::Time step_start = absl::Now();
-    std::vector<int64_t> sizes = row.sizes().vec();
-    sizes[0] = rows;
-    const at::Tensor x = row.expand(sizes).contiguous();
-    time_once(x, 1);
-    time_once(x, threads);
-    std::vector<absl::Duration> one, many;
-    for (int r = 0; r < kRepeats; ++r) {
-      one.push_back(time_once(x, 1));
-      many.push_back(time_once(x, threads));
-    }
-    std::nth_element(one.begin(), one.begin() + kRepeats / 2, one.end());
-    std::nth_element(many.begin(), many.begin() + kRepeats / 2, many.end());
-    if (one[kRepeats / 2] > many[kRepeats / 2]) break;
-    best = rows;
-    last_step = absl::Now() - step_start;
-  }
-  return best;
+  run(row);
+  const absl::Time start = absl::Now();
+  run(row);
+  return absl::Now() - start;
 }
 
 bool IsLittleEndian() {
@@ -507,7 +478,11 @@ struct InferenceRunner::Impl {
          {"optimized", loaded->optimized.has_value() ||
                            (loaded->backbone != nullptr &&
                             loaded->backbone->optimized.has_value())},
-         {"single_thread_max_rows", loaded->SingleThreadMaxRows()}});
+         {"threads", loaded->Threads().choice != nullptr
+                         ? std::string("chosen per batch size")
+                         : absl::StrCat("one up to ",
+                                        loaded->Threads().fixed_max_rows,
+                                        " rows")}});
     {
       absl::MutexLock lock(&mu);
       Insert(file.model_id, loaded);
@@ -605,37 +580,58 @@ struct InferenceRunner::Impl {
     if (ValidateInputSpec(file.input_spec).ok()) {
       torch::jit::Module runs =
           loaded->optimized.has_value() ? *loaded->optimized : module;
-      loaded->single_thread_max_rows = SingleThreadMaxRows(
+      loaded->threads = MakeThreadPolicy(
           file, [&runs](const at::Tensor& x) { runs.forward({x}); });
     }
     return loaded;
   }
 
-  // Options.single_thread_max_rows for a model (or backbone) whose batch
-  // runs `run`: the option's value, or measured on its probe input.
-  int64_t SingleThreadMaxRows(
+  // The thread policy of a model (or backbone) whose batches run `run`:
+  // the option's fixed size when set; else chosen from real batches,
+  // except where one thread is not worth trying: the runner has one
+  // anyway, the count cannot be set per thread, or a one-row forward takes
+  // over kSlowForward (the threads' hand-offs are noise there, and a batch
+  // tried on one thread would cost a caller that much more).
+  ThreadPolicy MakeThreadPolicy(
       const ModelFile& file,
       const std::function<void(const at::Tensor&)>& run) const {
+    constexpr absl::Duration kSlowForward = absl::Milliseconds(10);
+    ThreadPolicy policy;
     if (options.single_thread_max_rows >= 0) {
-      return options.single_thread_max_rows;
+      policy.fixed_max_rows = options.single_thread_max_rows;
+      return policy;
     }
     const int threads =
         options.num_threads > 0 ? options.num_threads : at::get_num_threads();
-    absl::StatusOr<int64_t> rows = TorchGuardOr<int64_t>(
-        absl::StrCat("timing model ", file.model_id, " on one thread"),
-        [&]() -> absl::StatusOr<int64_t> {
-          return MeasureSingleThreadMaxRows(ProbeInput(file.input_spec),
-                                            threads, run);
+    if (threads <= 1 || !ScopedIntraOpThreads::Supported()) return policy;
+    absl::StatusOr<absl::Duration> took = TorchGuardOr<absl::Duration>(
+        absl::StrCat("timing model ", file.model_id, " on one row"),
+        [&]() -> absl::StatusOr<absl::Duration> {
+          return OneRowForward(ProbeInput(file.input_spec), threads, run);
         });
-    return rows.ok() ? *rows : 0;  // could not measure: never one thread
+    if (took.ok() && *took <= kSlowForward) {
+      policy.choice = std::make_unique<ThreadChoice>();
+    }
+    return policy;
   }
 
-  // Whether a batch of `rows` rows on `model` runs on one intra-op
-  // thread; counts the ones that do.
-  bool OnOneThread(const LoadedModel& model, int64_t rows) {
-    if (rows <= 0 || rows > model.SingleThreadMaxRows()) return false;
-    single_thread_runs.fetch_add(1, std::memory_order_relaxed);
-    return true;
+  // Whether a batch of `rows` rows runs on one intra-op thread; counts the
+  // ones that do.
+  bool OnOneThread(const ThreadPolicy& policy, int64_t rows) {
+    const bool one =
+        policy.choice != nullptr
+            ? policy.choice->OneThread(rows)
+            : rows > 0 && rows <= policy.fixed_max_rows;
+    if (one) single_thread_runs.fetch_add(1, std::memory_order_relaxed);
+    return one;
+  }
+
+  // A batch's compute time, for the choice of the next ones.
+  static void RecordThreads(const ThreadPolicy& policy, int64_t rows,
+                            bool one_thread, absl::Time began) {
+    if (policy.choice != nullptr) {
+      policy.choice->Record(rows, one_thread, absl::Now() - began);
+    }
   }
 
   // Sets loaded->optimized when optimize_for_inference makes a copy whose
@@ -749,7 +745,7 @@ struct InferenceRunner::Impl {
               if (created->optimized.has_value()) created->bytes *= 2;
             }
             torch::jit::Module features = created->Features();
-            created->single_thread_max_rows = SingleThreadMaxRows(
+            created->threads = MakeThreadPolicy(
                 file, [&features](const at::Tensor& x) {
                   features.run_method("features", x);
                 });
@@ -853,10 +849,12 @@ struct InferenceRunner::Impl {
                      std::vector<tlserve::v1::InferenceResult>* results) {
     const std::string& id = run->file->model_id;
     backbone_runs.fetch_add(1, std::memory_order_relaxed);
+    const ThreadPolicy& policy = run->model->Threads();
+    const bool one_thread =
+        run->model->text == nullptr && OnOneThread(policy, run->rows);
     std::optional<ScopedIntraOpThreads> threads;
-    if (run->model->text == nullptr && OnOneThread(*run->model, run->rows)) {
-      threads.emplace(1);
-    }
+    if (one_thread) threads.emplace(1);
+    const absl::Time began = absl::Now();
     absl::Status ran =
         TorchGuard(absl::StrCat("running model ", id), [&]() -> absl::Status {
           at::Tensor batch =
@@ -897,7 +895,11 @@ struct InferenceRunner::Impl {
           }
           return absl::OkStatus();
         });
-    if (!ran.ok()) FailReady(*run, ran, results);
+    if (!ran.ok()) {
+      FailReady(*run, ran, results);
+      return;
+    }
+    RecordThreads(policy, run->rows, one_thread, began);
   }
 
   // Models on one shared backbone with the same input spec: its
@@ -918,8 +920,10 @@ struct InferenceRunner::Impl {
     int64_t rows = 0;
     for (const ModelRun* run : group) rows += run->rows;
     // The heads run under the same count: they are a small part of it.
+    const bool one_thread = OnOneThread(backbone.threads, rows);
     std::optional<ScopedIntraOpThreads> threads;
-    if (OnOneThread(*group[0]->model, rows)) threads.emplace(1);
+    if (one_thread) threads.emplace(1);
+    const absl::Time began = absl::Now();
     at::Tensor features;
     absl::Status ran =
         TorchGuard(absl::StrCat("running the ", what), [&]() -> absl::Status {
@@ -936,6 +940,7 @@ struct InferenceRunner::Impl {
       for (const ModelRun* run : group) FailReady(*run, ran, results);
       return;
     }
+    RecordThreads(backbone.threads, rows, one_thread, began);
     int64_t start = 0;
     for (ModelRun* run : group) {
       run->features = features.slice(0, start, start + run->rows);
@@ -1168,7 +1173,8 @@ std::vector<InferenceRunner::LoadedModelInfo> InferenceRunner::LoadedModels()
     info.model_id = id;
     info.bytes = model.bytes;
     if (model.backbone != nullptr) info.shared_backbone = model.backbone->key;
-    info.single_thread_max_rows = model.SingleThreadMaxRows();
+    info.single_thread_max_rows = model.Threads().OneThreadMaxRows();
+    info.threads_chosen_per_batch = model.Threads().choice != nullptr;
     out.push_back(std::move(info));
   }
   return out;

@@ -56,15 +56,14 @@ class InferenceRunner {
     // max_loaded_bytes too.
     bool optimize = true;
     // Image batches of at most this many rows run on one intra-op thread
-    // instead of num_threads. A small model's forward on a few rows is
+    // instead of num_threads. A small model's forward on a few rows can be
     // faster alone than split: every parallel op wakes the other threads
-    // and waits for them, and between calls they have gone to sleep (the
-    // compact model at batch 1: 0.48 ms on one thread, 0.65 on two,
-    // back to back). -1: measured per model (per shared backbone) at
-    // load: one thread against num_threads on batches of 1, 2, 4, ... 64
-    // rows, for as long as one thread is not slower; a model whose forward
-    // on one row takes over 10 ms is not measured (never one thread).
-    // 0: never. Needs LibTorch's OpenMP build; otherwise never.
+    // and waits for them, and between calls they have gone to sleep, or
+    // their cores serve other processes. 0: never. -1 (the default): chosen
+    // per model (per shared backbone) and batch size from how long its
+    // real batches took each way (worker/thread_choice.h); one thread is
+    // never tried for a model whose forward on one row takes over 10 ms.
+    // Needs LibTorch's OpenMP build; otherwise never.
     int64_t single_thread_max_rows = -1;
   };
 
@@ -96,9 +95,13 @@ class InferenceRunner {
     // The key of the backbone it runs on; empty when it runs alone (no
     // key, or the check at load found a different backbone).
     std::string shared_backbone;
-    // Options.single_thread_max_rows as it applies to this model (its
-    // shared backbone's when it has one).
+    // Batches of up to this many rows run on one thread, as it applies to
+    // this model (its shared backbone's when it has one): the option's
+    // value, or what the timings of real batches choose now (0 while
+    // still deciding).
     int64_t single_thread_max_rows = 0;
+    // The choice follows the timings of real batches (the default).
+    bool threads_chosen_per_batch = false;
   };
 
   explicit InferenceRunner(Options options);

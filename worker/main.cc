@@ -74,8 +74,9 @@ ABSL_FLAG(bool, optimize_models, true,
           "it is");
 ABSL_FLAG(int64_t, single_thread_max_rows, -1,
           "inference batches of at most this many rows run on one LibTorch "
-          "thread instead of --threads; -1: measured per model when it "
-          "loads (worker/inference_runner.h); 0: never");
+          "thread instead of --threads; -1: chosen per model and batch size "
+          "from the timings of its batches (worker/thread_choice.h); 0: "
+          "never");
 ABSL_FLAG(double, drain_seconds, 60,
           "on SIGTERM/SIGINT: seconds to checkpoint and hand back the "
           "running job and finish held inference calls before stopping; a "

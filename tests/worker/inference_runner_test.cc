@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
 #include "worker/model_builder.h"
+#include "worker/thread_choice.h"
 #include "worker/trainer.h"
 
 namespace tlserve::worker {
@@ -632,27 +633,42 @@ TEST_F(SharedBackboneTest, SmallBatchesRunOnOneThreadWithTheSameAnswers) {
   }
 }
 
-// Measured at load (the default): a power of two up to 64, or 0; never
-// one thread when the runner has only one anyway.
-TEST_F(SharedBackboneTest, SingleThreadRowsAreMeasuredAtLoad) {
-  const google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> none;
+// The default: a model's small batches try one thread and the team, then
+// keep to the faster (worker/thread_choice.h), standalone or on a shared
+// backbone; never one thread when the runner has only one anyway.
+TEST_F(SharedBackboneTest, ThreadsAreChosenFromTheTimingsOfRealBatches) {
+  google::protobuf::RepeatedPtrField<tlserve::v1::InferenceItem> one_row;
+  AddItem(&one_row, 0, torch::rand({1, 1, kSize, kSize}), false, false);
+  constexpr int kBatches = 20;
   InferenceRunner::Options options;
   options.num_threads = 2;
-  InferenceRunner measured(options);
-  measured.RunBatch(Files({kA}, "backbone-1"), none);
-  measured.RunBatch(Files({kB}, ""), none);
-  for (const auto& info : measured.LoadedModels()) {
-    const int64_t rows = info.single_thread_max_rows;
-    EXPECT_TRUE(rows == 0 || (rows <= 64 && (rows & (rows - 1)) == 0))
-        << info.model_id << ": " << rows;
-    std::cout << info.model_id << ": batches of up to " << rows
-              << " rows run on one thread\n";
+  for (const std::string key : {"backbone-1", ""}) {
+    SCOPED_TRACE(key.empty() ? "standalone" : "shared");
+    InferenceRunner chosen(options);
+    const std::vector<InferenceRunner::ModelFile> files = Files({kA}, key);
+    for (int i = 0; i < kBatches; ++i) {
+      for (const auto& result : chosen.RunBatch(files, one_row)) {
+        ASSERT_TRUE(result.has_prediction()) << result.message();
+      }
+    }
+    // Each way ran its first tries; which won is the machine's business.
+    EXPECT_GE(chosen.SingleThreadRuns(), ThreadChoice::kMinSamples);
+    EXPECT_LE(chosen.SingleThreadRuns(), kBatches - ThreadChoice::kMinSamples);
+    for (const auto& info : chosen.LoadedModels()) {
+      EXPECT_TRUE(info.threads_chosen_per_batch) << info.model_id;
+      EXPECT_LE(info.single_thread_max_rows, 1) << info.model_id;
+      std::cout << info.model_id << ": batches of up to "
+                << info.single_thread_max_rows << " rows run on one thread, "
+                << chosen.SingleThreadRuns() << " of " << kBatches
+                << " on one\n";
+    }
   }
   options.num_threads = 1;
   InferenceRunner single(options);
-  single.RunBatch(Files({kA}, "backbone-1"), none);
-  single.RunBatch(Files({kB}, ""), none);
+  for (int i = 0; i < 5; ++i) single.RunBatch(Files({kA}, "backbone-1"), one_row);
+  EXPECT_EQ(single.SingleThreadRuns(), 0);
   for (const auto& info : single.LoadedModels()) {
+    EXPECT_FALSE(info.threads_chosen_per_batch) << info.model_id;
     EXPECT_EQ(info.single_thread_max_rows, 0) << info.model_id;
   }
 }
