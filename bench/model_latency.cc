@@ -69,6 +69,10 @@ ABSL_FLAG(int64_t, single_thread_max_rows, -1,
 ABSL_FLAG(std::string, image, "",
           "time the worker's whole Predict compute on this encoded image "
           "(needs --model_json) instead of forward on a random tensor");
+ABSL_FLAG(bool, on_thread, false,
+          "with --image: make every call (the model's load included) on a "
+          "thread started for it, as tlworker's inference threads do, not "
+          "on the main thread");
 ABSL_FLAG(std::string, model_json, "",
           "the model's record, `tlctl --json model get ID`: its input spec "
           "and class names, for --image");
@@ -256,9 +260,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   Timings timings;
-  absl::Status status = through_runner
-                            ? RunThroughRunner(path, threads, &timings)
+  absl::Status status;
+  if (through_runner && absl::GetFlag(FLAGS_on_thread)) {
+    std::thread([&] { status = RunThroughRunner(path, threads, &timings); })
+        .join();
+  } else {
+    status = through_runner ? RunThroughRunner(path, threads, &timings)
                             : Run(path, shape, &timings);
+  }
   if (!status.ok()) {
     std::fprintf(stderr, "model_latency: %s\n", status.ToString().c_str());
     return 1;

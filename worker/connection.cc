@@ -162,11 +162,16 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(
   runner_options.single_thread_max_rows = opts.single_thread_max_rows;
   agent->inference_runner_ = std::make_unique<InferenceRunner>(runner_options);
 
+  {
+    absl::MutexLock lock(&agent->mu_);
+    agent->inference_thread_running_.assign(opts.inference_threads, false);
+    agent->inference_thread_running_[0] = true;
+  }
   try {
-    for (int i = 0; i < opts.inference_threads; ++i) {
-      agent->inference_threads_.emplace_back(&WorkerAgent::InferenceLoop,
-                                             agent.get(), i);
-    }
+    absl::MutexLock lock(&agent->threads_mu_);
+    agent->inference_threads_.resize(opts.inference_threads);
+    agent->inference_threads_[0] =
+        std::thread(&WorkerAgent::InferenceLoop, agent.get(), 0);
   } catch (const std::system_error& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("starting inference threads: ", e.what()));
@@ -206,9 +211,12 @@ void WorkerAgent::Stop() {
 }
 
 bool WorkerAgent::IdleLocked() const {
+  const int running_extra = static_cast<int>(
+      std::count(inference_thread_running_.begin() + 1,
+                 inference_thread_running_.end(), true));
   return (job_ == nullptr || job_->done) && inference_queue_.empty() &&
-         static_cast<int>(idle_inference_threads_.size()) >=
-             options_.inference_threads;
+         main_inference_thread_idle_ &&
+         static_cast<int>(idle_inference_threads_.size()) >= running_extra;
 }
 
 void WorkerAgent::SendDraining() {
@@ -253,6 +261,7 @@ void WorkerAgent::JoinThreads() {
     inference_stop_ = true;
   }
   if (job != nullptr && job->thread.joinable()) job->thread.join();
+  absl::MutexLock lock(&threads_mu_);
   for (std::thread& thread : inference_threads_) {
     if (thread.joinable()) thread.join();
   }
@@ -509,6 +518,8 @@ void WorkerAgent::OnCancel(const CancelAssignment& cancel) {
 }
 
 void WorkerAgent::OnInfer(const InferenceCall& call) {
+  bool queued = false;
+  int start = -1;  // an extra inference thread's slot to start
   {
     absl::MutexLock lock(&mu_);
     if (!inference_stop_ &&
@@ -520,9 +531,25 @@ void WorkerAgent::OnInfer(const InferenceCall& call) {
                           ? absl::Now() + absl::Milliseconds(call.timeout_ms())
                           : absl::InfiniteFuture();
       inference_queue_.push_back(std::move(task));
-      return;
+      queued = true;
+      // Only when every running thread is inside a batch: one that is
+      // sending its reply takes the call in a moment.
+      const int running = static_cast<int>(
+          std::count(inference_thread_running_.begin(),
+                     inference_thread_running_.end(), true));
+      if (inference_threads_computing_ >= running) {
+        for (int i = 1; i < options_.inference_threads; ++i) {
+          if (!inference_thread_running_[i]) {
+            inference_thread_running_[i] = true;
+            start = i;
+            break;
+          }
+        }
+      }
     }
   }
+  if (start >= 0) StartExtraInferenceThread(start);
+  if (queued) return;
   WorkerMessage message;
   *message.mutable_inference_reply() = ErrorReply(
       call.request_id(),
@@ -533,26 +560,74 @@ void WorkerAgent::OnInfer(const InferenceCall& call) {
   Send(message);
 }
 
+void WorkerAgent::StartExtraInferenceThread(int index) {
+  absl::MutexLock threads_lock(&threads_mu_);
+  {
+    // JoinThreads sets the stop flag before it joins (under threads_mu_):
+    // a thread started after that would never be joined.
+    absl::MutexLock lock(&mu_);
+    if (inference_stop_ || inference_threads_.empty()) {
+      inference_thread_running_[index] = false;
+      return;
+    }
+  }
+  // The slot's last thread has exited (or is about to): reap it.
+  std::thread& slot = inference_threads_[index];
+  if (slot.joinable()) slot.join();
+  try {
+    slot = std::thread(&WorkerAgent::InferenceLoop, this, index);
+  } catch (const std::system_error&) {
+    // The call waits for a running thread instead.
+    absl::MutexLock lock(&mu_);
+    inference_thread_running_[index] = false;
+  }
+}
+
 void WorkerAgent::InferenceLoop(int index) {
+  const bool main_thread = index == 0;
   // Evaluated by the mutex with mu_ held.
-  auto my_turn = [this, index]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return inference_stop_ ||
-           (!inference_queue_.empty() && !idle_inference_threads_.empty() &&
-            idle_inference_threads_.back() == index);
+  auto my_turn = [this, index, main_thread]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (inference_stop_) return true;
+    if (inference_queue_.empty()) return false;
+    if (main_thread) return true;
+    return !main_inference_thread_idle_ && !idle_inference_threads_.empty() &&
+           idle_inference_threads_.back() == index;
   };
   while (true) {
     InferenceTask task;
     {
       absl::MutexLock lock(&mu_);
-      idle_inference_threads_.push_back(index);
-      mu_.Await(absl::Condition(&my_turn));
+      if (main_thread) {
+        main_inference_thread_idle_ = true;
+        mu_.Await(absl::Condition(&my_turn));
+      } else {
+        idle_inference_threads_.push_back(index);
+        if (!mu_.AwaitWithTimeout(absl::Condition(&my_turn),
+                                  options_.extra_inference_thread_idle)) {
+          // Idle too long: exit, and LibTorch's thread team with it.
+          idle_inference_threads_.erase(
+              std::find(idle_inference_threads_.begin(),
+                        idle_inference_threads_.end(), index));
+          inference_thread_running_[index] = false;
+          return;
+        }
+      }
       if (inference_stop_) return;
-      idle_inference_threads_.pop_back();
+      if (main_thread) {
+        main_inference_thread_idle_ = false;
+      } else {
+        idle_inference_threads_.pop_back();
+      }
       task = std::move(inference_queue_.front());
       inference_queue_.pop_front();
+      ++inference_threads_computing_;
     }
     WorkerMessage message;
     *message.mutable_inference_reply() = RunInference(task);
+    {
+      absl::MutexLock lock(&mu_);
+      --inference_threads_computing_;
+    }
     Send(message);
   }
 }

@@ -69,6 +69,9 @@ class WorkerAgent {
     // Inference calls run on this many threads; calls beyond
     // max_queued_inferences waiting are refused with RESOURCE_EXHAUSTED.
     int inference_threads = 4;
+    // An inference thread other than the first exits after this long
+    // without a call (see idle_inference_threads_).
+    absl::Duration extra_inference_thread_idle = absl::Seconds(2);
     int max_queued_inferences = 64;
     // Models the inference runner keeps loaded.
     size_t max_loaded_models = 8;
@@ -152,12 +155,16 @@ class WorkerAgent {
   absl::Status RunJobSteps(Job* job, tlserve::v1::JobFinished* finished);
   void SendJobLog(const Job& job, const std::string& text);
 
-  // Inference thread `index`: takes a call when it is the most recently
-  // idle thread (or the worker stops).
+  // Inference thread `index`: thread 0 takes a call whenever it is idle;
+  // another when thread 0 is busy and it is the most recently idle extra
+  // one. Returns when the worker stops, or (not thread 0) after
+  // Options::extra_inference_thread_idle without a call.
   void InferenceLoop(int index);
   // Stops and joins the job and the inference threads. Idempotent.
   void JoinThreads();
   tlserve::v1::InferenceReply RunInference(const InferenceTask& task);
+  // Starts extra inference thread `index` (its slot marked running).
+  void StartExtraInferenceThread(int index);
 
   const Options options_;
   std::string hostname_;
@@ -177,12 +184,23 @@ class WorkerAgent {
   grpc::ClientContext* stream_context_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::deque<InferenceTask> inference_queue_ ABSL_GUARDED_BY(mu_);
   bool inference_stop_ ABSL_GUARDED_BY(mu_) = false;
-  // Idle inference threads, the most recently idle last. The next call
-  // goes to that one: at low load one thread serves every call, with its
-  // OpenMP team and caches warm (handing calls round the threads made a
-  // batch-1 resnet18 call 12% slower, a compact model's 50%).
+  // Inference thread 0 lives as long as the agent and takes the next call
+  // whenever it is idle, so at low load it serves every call. The others
+  // (up to Options::inference_threads in all) start when a call finds no
+  // thread idle and exit after extra_inference_thread_idle without one.
+  // Why they exit: OpenMP keeps a team of threads for every thread that
+  // ran a parallel op, and once those add up to more than the cores every
+  // team's threads sleep between ops instead of spinning; a resnet18
+  // forward at batch 1 took 24-27 ms that way instead of 17. Of the idle
+  // extra threads the most recently idle (last here) goes first.
+  bool main_inference_thread_idle_ ABSL_GUARDED_BY(mu_) = false;
+  // Inference threads inside RunInference (not waiting, not sending).
+  int inference_threads_computing_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<int> idle_inference_threads_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> inference_threads_;
+  // Per slot: a thread is running there (slot 0 always).
+  std::vector<bool> inference_thread_running_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex threads_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<std::thread> inference_threads_ ABSL_GUARDED_BY(threads_mu_);
 
   // Serialises writes: gRPC sync streams allow one writer at a time.
   absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(mu_);

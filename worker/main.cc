@@ -61,6 +61,9 @@ ABSL_FLAG(std::string, cache_dir, "",
 ABSL_FLAG(int, threads, static_cast<int>(std::thread::hardware_concurrency()),
           "LibTorch threads for training and for each inference batch "
           "(default: this machine's cores; 0: LibTorch's own choice)");
+ABSL_FLAG(int, inference_threads, 4,
+          "inference batches this worker runs at once, each on --threads "
+          "LibTorch threads");
 ABSL_FLAG(std::string, device, "cpu",
           "device to train and infer on: cpu, or cuda:N for GPU N");
 ABSL_FLAG(bool, keep_freed_memory, true,
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
     options.cache_dir = absl::StrCat("./var/worker-cache/", options.worker_id);
   }
   options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.inference_threads = absl::GetFlag(FLAGS_inference_threads);
   options.device = absl::GetFlag(FLAGS_device);
   // One worker per GPU: a device it cannot reach is a start-up error, not
   // a failure of every job it would be sent.
