@@ -431,6 +431,47 @@ TEST_F(WorkerAgentTest, KeepsReadingWhileEveryInferenceThreadRuns) {
   EXPECT_TRUE(agent_->Drain(absl::Seconds(5)));
 }
 
+// Beyond the first, inference threads start when a call finds every thread
+// in a batch, up to the limit, and exit when idle; they start again at the
+// next burst.
+TEST_F(WorkerAgentTest, ExtraInferenceThreadsStartUnderLoadAndExitWhenIdle) {
+  StartAgent([](WorkerAgent::Options* options) {
+    options->inference_threads = 3;
+    options->max_queued_inferences = 4;
+    options->extra_inference_thread_idle = absl::Milliseconds(50);
+  });
+  ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
+    return Count(m, WorkerMessage::kHeartbeat) >= 1;
+  }));
+  const int not_found = static_cast<int>(absl::StatusCode::kNotFound);
+  int fetches = 0;
+  for (const std::string burst : {"a", "b"}) {
+    SCOPED_TRACE(burst);
+    service_.HoldFetches(true);
+    // Three calls in batches at once: the first thread and two started.
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(service_.Push(InferCall(burst + std::to_string(i))));
+      ASSERT_TRUE(service_.WaitForFetch(++fetches));
+    }
+    // A fourth waits: the limit is three threads.
+    ASSERT_TRUE(service_.Push(InferCall(burst + "3")));
+    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_EQ(service_.fetches(), fetches);
+    service_.HoldFetches(false);
+    ++fetches;
+    ASSERT_TRUE(service_.WaitFor([&](const std::vector<WorkerMessage>& m) {
+      for (int i = 0; i < 4; ++i) {
+        if (ReplyCode(m, burst + std::to_string(i)) != not_found) return false;
+      }
+      return true;
+    }));
+    EXPECT_EQ(service_.fetches(), fetches);
+    // Long enough for the extra threads to exit.
+    absl::SleepFor(absl::Milliseconds(300));
+  }
+  EXPECT_TRUE(agent_->Drain(absl::Seconds(5)));
+}
+
 TEST_F(WorkerAgentTest, ReportsAJobWhoseDatasetCannotBeFetched) {
   StartAgent();
   ASSERT_TRUE(service_.WaitFor([](const std::vector<WorkerMessage>& m) {
