@@ -66,8 +66,9 @@ class WorkerAgent {
     // Least time between progress updates of a job (the last batch of an
     // epoch is always sent).
     absl::Duration progress_interval = absl::Milliseconds(500);
-    // Inference calls run on this many threads; calls beyond
-    // max_queued_inferences waiting are refused with RESOURCE_EXHAUSTED.
+    // Inference calls run on up to this many threads (all but the first
+    // started under load); calls beyond max_queued_inferences waiting are
+    // refused with RESOURCE_EXHAUSTED.
     int inference_threads = 4;
     // An inference thread other than the first exits after this long
     // without a call (see idle_inference_threads_).
