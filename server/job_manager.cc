@@ -42,7 +42,8 @@ JobEvent JobManager::NewEvent() const {
 absl::Status JobManager::Transition(Job* job, JobState to,
                                     const std::string& reason,
                                     std::vector<JobEvent> extra,
-                                    bool enter_queue) {
+                                    bool enter_queue,
+                                    const Store::JobOutputs& outputs) {
   JobEvent change = NewEvent();
   auto* sc = change.mutable_state_change();
   sc->set_from(job->state());
@@ -59,7 +60,7 @@ absl::Status JobManager::Transition(Job* job, JobState to,
   // The state change goes last: a watcher that stops at a final state has
   // then seen everything that led to it.
   extra.push_back(std::move(change));
-  RETURN_IF_ERROR(store_->PutJob(*job, &extra, enter_queue));
+  RETURN_IF_ERROR(store_->PutJobWithOutputs(*job, outputs, &extra, enter_queue));
   Log(to == tlserve::v1::FAILED ? LogSeverity::kWarning : LogSeverity::kInfo,
       "job state change",
       {{"job_id", job->id()},
@@ -445,11 +446,12 @@ absl::Status JobManager::OnEpochDone(const std::string& worker_id,
                                 }),
                  metrics->end());
   *job.add_metrics() = done.metrics();
+  Store::JobOutputs outputs;
   if (done.has_checkpoint()) {
-    RETURN_IF_ERROR(
-        RecordCheckpoint(done.checkpoint(), done.attempt(), &job, &events));
+    RETURN_IF_ERROR(RecordCheckpoint(done.checkpoint(), done.attempt(), &job,
+                                     &events, &outputs));
   }
-  RETURN_IF_ERROR(store_->PutJob(job, &events));
+  RETURN_IF_ERROR(store_->PutJobWithOutputs(job, outputs, &events));
   events_->Notify(job.id());
   return absl::OkStatus();
 }
@@ -461,16 +463,18 @@ absl::Status JobManager::OnCheckpointSaved(
   ASSIGN_OR_RETURN(Job job, LoadRunningAttempt(worker_id, saved.job_id(),
                                                saved.attempt()));
   std::vector<JobEvent> events;
-  RETURN_IF_ERROR(
-      RecordCheckpoint(saved.checkpoint(), saved.attempt(), &job, &events));
-  RETURN_IF_ERROR(store_->PutJob(job, &events));
+  Store::JobOutputs outputs;
+  RETURN_IF_ERROR(RecordCheckpoint(saved.checkpoint(), saved.attempt(), &job,
+                                   &events, &outputs));
+  RETURN_IF_ERROR(store_->PutJobWithOutputs(job, outputs, &events));
   events_->Notify(job.id());
   return absl::OkStatus();
 }
 
 absl::Status JobManager::RecordCheckpoint(tlserve::v1::CheckpointInfo checkpoint,
                                           int32_t attempt, Job* job,
-                                          std::vector<JobEvent>* events) {
+                                          std::vector<JobEvent>* events,
+                                          Store::JobOutputs* outputs) {
   if (!blobs_->Has(checkpoint.sha256())) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "checkpoint %s of job '%s' was not stored; PutBlob it first",
@@ -478,7 +482,7 @@ absl::Status JobManager::RecordCheckpoint(tlserve::v1::CheckpointInfo checkpoint
   }
   checkpoint.set_attempt(attempt);
   *checkpoint.mutable_create_time() = ToProtoTime(options_.now());
-  RETURN_IF_ERROR(store_->AddCheckpoint(job->id(), checkpoint));
+  outputs->checkpoints.push_back(checkpoint);
   *job->mutable_latest_checkpoint() = checkpoint;
   JobEvent saved = NewEvent();
   *saved.mutable_checkpoint() = checkpoint;
@@ -499,7 +503,8 @@ absl::Status JobManager::OnLog(const std::string& worker_id,
 }
 
 absl::Status JobManager::RegisterArtifact(Job* job,
-                                          const tlserve::v1::JobFinished& finished) {
+                                          const tlserve::v1::JobFinished& finished,
+                                          Store::JobOutputs* outputs) {
   const std::string& sha = finished.artifact_sha256();
   if (!blobs_->Has(sha)) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -520,8 +525,8 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     backbone.set_source_job_id(job->id());
     backbone.set_tenant(job->tenant());
     *backbone.mutable_create_time() = ToProtoTime(options_.now());
-    RETURN_IF_ERROR(store_->PutBackbone(backbone));
     result->set_backbone_id(backbone.id());
+    outputs->backbones.push_back(std::move(backbone));
   } else {
     tlserve::v1::Model model;
     model.set_id(NewId("model"));
@@ -536,8 +541,8 @@ absl::Status JobManager::RegisterArtifact(Job* job,
     model.set_backbone_digest(finished.result().frozen_backbone_digest());
     if (finished.has_text()) *model.mutable_text() = finished.text();
     *model.mutable_create_time() = ToProtoTime(options_.now());
-    RETURN_IF_ERROR(store_->PutModel(model));
     result->set_model_id(model.id());
+    outputs->model = std::move(model);
     // The server cannot open TorchScript; the first worker to load an
     // uploaded backbone tells it the blocks and feature size, so that
     // `backbone get` can show them for later jobs.
@@ -546,7 +551,7 @@ absl::Status JobManager::RegisterArtifact(Job* job,
         finished.result().blocks_size() > 0) {
       backbone->set_feature_dim(finished.result().feature_dim());
       *backbone->mutable_blocks() = finished.result().blocks();
-      RETURN_IF_ERROR(store_->PutBackbone(*backbone));
+      outputs->backbones.push_back(*std::move(backbone));
     }
   }
   return absl::OkStatus();
@@ -560,14 +565,16 @@ absl::Status JobManager::OnFinished(const std::string& worker_id,
     ASSIGN_OR_RETURN(Job job, LoadRunningAttempt(worker_id, finished.job_id(),
                                                  finished.attempt()));
     if (finished.succeeded()) {
-      absl::Status registered = RegisterArtifact(&job, finished);
+      Store::JobOutputs outputs;
+      absl::Status registered = RegisterArtifact(&job, finished, &outputs);
       if (!registered.ok()) {
         return Transition(&job, tlserve::v1::FAILED,
                           "could not register the result: " +
                               std::string(registered.message()));
       }
       return Transition(&job, tlserve::v1::SUCCEEDED,
-                        absl::StrFormat("attempt %d finished", job.attempt()));
+                        absl::StrFormat("attempt %d finished", job.attempt()),
+                        /*extra=*/{}, /*enter_queue=*/false, outputs);
     }
     if (finished.cancelled()) {
       // The worker gave the attempt back (e.g. it is shutting down).

@@ -113,23 +113,29 @@ class JobManager {
   absl::StatusOr<tlserve::v1::Job> LoadRunningAttempt(
       const std::string& worker_id, const std::string& job_id, int attempt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves a job to `to` with a StateChange event (plus `extra` events) in one
-  // transaction, then wakes watchers.
+  // Moves a job to `to` with a StateChange event (plus `extra` events and
+  // the rows in `outputs`) in one transaction, then wakes watchers.
   absl::Status Transition(tlserve::v1::Job* job, tlserve::v1::JobState to,
                           const std::string& reason,
                           std::vector<tlserve::v1::JobEvent> extra = {},
-                          bool enter_queue = false)
+                          bool enter_queue = false,
+                          const Store::JobOutputs& outputs = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RequeueOrFail(tlserve::v1::Job* job, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Stores a checkpoint the worker reported (its blob must be there), makes
-  // it the job's latest and adds its event.
+  // Adds a checkpoint the worker reported (its blob must be there) to
+  // `outputs`, makes it the job's latest and adds its event; the caller
+  // stores all three with the job.
   absl::Status RecordCheckpoint(tlserve::v1::CheckpointInfo checkpoint,
                                 int32_t attempt, tlserve::v1::Job* job,
-                                std::vector<tlserve::v1::JobEvent>* events)
+                                std::vector<tlserve::v1::JobEvent>* events,
+                                Store::JobOutputs* outputs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The model (or, for PRETRAIN, the backbone) a finished job made, into
+  // `outputs` and the job's result; stored with its move to SUCCEEDED.
   absl::Status RegisterArtifact(tlserve::v1::Job* job,
-                                const tlserve::v1::JobFinished& finished)
+                                const tlserve::v1::JobFinished& finished,
+                                Store::JobOutputs* outputs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillQueueEstimate(tlserve::v1::Job* job);
   tlserve::v1::JobEvent NewEvent() const;

@@ -481,6 +481,31 @@ absl::Status PutResource(sqlite3* db, const ResourceTable& t, const T& proto,
   });
 }
 
+// UpsertResource of a proto inside the caller's transaction.
+template <typename T>
+absl::Status UpsertOwned(sqlite3* db, const ResourceTable& t, const T& proto) {
+  if (proto.id().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot store a ", t.kind, " without an id"));
+  }
+  const std::pair<std::string, std::string> owned = OwnedBytes(t, proto);
+  return UpsertResource(db, t, proto.id(), owned.first, owned.second);
+}
+
+absl::Status InsertCheckpoint(sqlite3* db, const std::string& job_id,
+                              const CheckpointInfo& checkpoint) {
+  ASSIGN_OR_RETURN(Statement stmt,
+                   Statement::Prepare(db,
+                                      "INSERT INTO checkpoints "
+                                      "(job_id, epoch, attempt, proto) "
+                                      "VALUES (?1, ?2, ?3, ?4)"));
+  RETURN_IF_ERROR(stmt.Bind(1, job_id));
+  RETURN_IF_ERROR(stmt.Bind(2, int64_t{checkpoint.epoch()}));
+  RETURN_IF_ERROR(stmt.Bind(3, int64_t{checkpoint.attempt()}));
+  RETURN_IF_ERROR(stmt.BindBlob(4, checkpoint.SerializeAsString()));
+  return stmt.Run();
+}
+
 // Another tenant's row is not found with the very message of a missing
 // one: its existence is not told.
 template <typename T>
@@ -857,6 +882,18 @@ absl::Status Store::DeleteJob(const std::string& id) {
 
 absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
                            bool enter_queue, const std::string& request_id) {
+  return StoreJob(job, /*outputs=*/nullptr, events, enter_queue, request_id);
+}
+
+absl::Status Store::PutJobWithOutputs(const Job& job, const JobOutputs& outputs,
+                                      std::vector<JobEvent>* events,
+                                      bool enter_queue) {
+  return StoreJob(job, &outputs, events, enter_queue, /*request_id=*/"");
+}
+
+absl::Status Store::StoreJob(const Job& job, const JobOutputs* outputs,
+                             std::vector<JobEvent>* events, bool enter_queue,
+                             const std::string& request_id) {
   if (job.id().empty()) {
     return absl::InvalidArgumentError("cannot store a job without an id");
   }
@@ -917,6 +954,17 @@ absl::Status Store::PutJob(const Job& job, std::vector<JobEvent>* events,
     RETURN_IF_ERROR(upsert.Run());
     if (events != nullptr) {
       ASSIGN_OR_RETURN(sequences, InsertEvents(db_, job.id(), *events));
+    }
+    if (outputs != nullptr) {
+      for (const CheckpointInfo& checkpoint : outputs->checkpoints) {
+        RETURN_IF_ERROR(InsertCheckpoint(db_, job.id(), checkpoint));
+      }
+      for (const Backbone& backbone : outputs->backbones) {
+        RETURN_IF_ERROR(UpsertOwned(db_, kBackbones, backbone));
+      }
+      if (outputs->model.has_value()) {
+        RETURN_IF_ERROR(UpsertOwned(db_, kModels, *outputs->model));
+      }
     }
     return RecordRequest(db_, "job", tenant, request_id, job.id());
   }));
@@ -1131,16 +1179,7 @@ absl::Status Store::AddCheckpoint(const std::string& job_id,
       return absl::NotFoundError(
           absl::StrCat(Quoted("job", job_id), " not found"));
     }
-    ASSIGN_OR_RETURN(Statement stmt,
-                     Statement::Prepare(db_,
-                                        "INSERT INTO checkpoints "
-                                        "(job_id, epoch, attempt, proto) "
-                                        "VALUES (?1, ?2, ?3, ?4)"));
-    RETURN_IF_ERROR(stmt.Bind(1, job_id));
-    RETURN_IF_ERROR(stmt.Bind(2, int64_t{checkpoint.epoch()}));
-    RETURN_IF_ERROR(stmt.Bind(3, int64_t{checkpoint.attempt()}));
-    RETURN_IF_ERROR(stmt.BindBlob(4, checkpoint.SerializeAsString()));
-    return stmt.Run();
+    return InsertCheckpoint(db_, job_id, checkpoint);
   });
 }
 

@@ -112,6 +112,18 @@ class Store {
                       std::vector<tlserve::v1::JobEvent>* events = nullptr,
                       bool enter_queue = false,
                       const std::string& request_id = "");
+  // What a running job made, stored in the transaction that stores the
+  // job: stored apart, a crash between the two would leave a checkpoint the
+  // job does not name, or a model whose job runs again and makes a second.
+  struct JobOutputs {
+    std::vector<tlserve::v1::CheckpointInfo> checkpoints;  // added
+    std::vector<tlserve::v1::Backbone> backbones;          // inserted or replaced
+    std::optional<tlserve::v1::Model> model;               // inserted
+  };
+  absl::Status PutJobWithOutputs(const tlserve::v1::Job& job,
+                                 const JobOutputs& outputs,
+                                 std::vector<tlserve::v1::JobEvent>* events,
+                                 bool enter_queue = false);
   absl::StatusOr<tlserve::v1::Job> GetJob(
       const std::string& id, absl::string_view tenant = kDefaultTenant);
   // Newest first. state JOB_STATE_UNSPECIFIED: every state.
@@ -168,6 +180,10 @@ class Store {
 
  private:
   explicit Store(sqlite3* db);
+  // PutJob and PutJobWithOutputs; outputs may be null.
+  absl::Status StoreJob(const tlserve::v1::Job& job, const JobOutputs* outputs,
+                        std::vector<tlserve::v1::JobEvent>* events,
+                        bool enter_queue, const std::string& request_id);
   sqlite3* db_;
   mutable absl::Mutex mu_;
   int schema_version_ = 0;

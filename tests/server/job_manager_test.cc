@@ -1,5 +1,7 @@
 #include "server/job_manager.h"
 
+#include <sqlite3.h>
+
 #include <cstdlib>
 #include <functional>
 #include <limits>
@@ -445,6 +447,66 @@ TEST_F(JobManagerTest, SuccessRegistersTheModel) {
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(model->job_id(), id);
   EXPECT_EQ(model->class_names_size(), 2);
+}
+
+// A reported checkpoint, and a finished job's model, are stored in the
+// transaction that stores the job. When that write fails, as when the
+// server dies half-way, neither is left behind: the job's next attempt
+// makes the only model (a model stored on its own made a second one in the
+// chaos test). The failure: a trigger on the jobs table, from a second
+// connection.
+TEST_F(JobManagerTest, CheckpointsAndTheModelAreStoredOnlyWithTheirJob) {
+  std::string id = manager_->CreateJob(Spec(), "")->id();
+  Claim("w1");
+  auto exec = [&](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ + "/tlserve.db").c_str(), &db), SQLITE_OK);
+    char* error = nullptr;
+    EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, &error), SQLITE_OK)
+        << (error != nullptr ? error : "");
+    sqlite3_free(error);
+    sqlite3_close(db);
+  };
+  exec("CREATE TRIGGER fail_job_write BEFORE UPDATE ON jobs "
+       "BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
+
+  tlserve::v1::JobCheckpointSaved saved;
+  saved.set_job_id(id);
+  saved.set_attempt(1);
+  saved.mutable_checkpoint()->set_epoch(1);
+  saved.mutable_checkpoint()->set_sha256(*blobs_->Put("checkpoint bytes"));
+  EXPECT_FALSE(manager_->OnCheckpointSaved("w1", saved).ok());
+  EXPECT_TRUE(store_->ListCheckpoints(id)->empty());
+
+  tlserve::v1::JobFinished finished;
+  finished.set_job_id(id);
+  finished.set_attempt(1);
+  finished.set_succeeded(true);
+  finished.set_artifact_sha256(*blobs_->Put("model bytes"));
+  finished.set_artifact_size_bytes(11);
+  finished.add_class_names("a");
+  finished.add_class_names("b");
+  absl::Status stored = manager_->OnFinished("w1", finished);
+  EXPECT_TRUE(absl::StrContains(stored.message(), "injected failure")) << stored;
+  EXPECT_TRUE(store_->ListModels(100, "")->items.empty());
+  EXPECT_EQ(manager_->GetJob(id)->state(), tlserve::v1::RUNNING);
+
+  exec("DROP TRIGGER fail_job_write");
+  manager_->OnWorkerLost("w1", "killed");
+  Claim("w2");
+  ASSERT_TRUE(manager_->OnCheckpointSaved("w2", [&] {
+                saved.set_attempt(2);
+                return saved;
+              }()).ok());
+  EXPECT_EQ(store_->ListCheckpoints(id)->size(), 1u);
+  finished.set_attempt(2);
+  ASSERT_TRUE(manager_->OnFinished("w2", finished).ok());
+  Job job = *manager_->GetJob(id);
+  EXPECT_EQ(job.state(), tlserve::v1::SUCCEEDED);
+  auto models = store_->ListModels(100, "");
+  ASSERT_EQ(models->items.size(), 1u);
+  EXPECT_EQ(models->items[0].id(), job.result().model_id());
+  EXPECT_EQ(models->items[0].job_id(), id);
 }
 
 // Deleting: only a finished job, with everything of it but its model; its
